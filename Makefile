@@ -1,0 +1,43 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Everything else is a step.
+SHELL := /bin/bash
+PY := .venv/bin/python3
+CARGO ?= cargo
+BIN := target/release/mobilenet
+
+.PHONY: setup check-torch build release test fixtures demo weights bench lint fmt clean
+
+## Create .venv with the pinned torch/torchvision/timm and link .libtorch (idempotent).
+setup:
+	@bash scripts/setup.sh
+
+## Fail early, naming both versions, if .venv holds another torch than the pin.
+check-torch: setup
+	@$(PY) scripts/check_torch.py
+
+build: check-torch
+	$(CARGO) build
+
+release: check-torch
+	$(CARGO) build --release
+
+## Reference tensors and weight files from the venv's torch, torchvision and timm (seeded).
+fixtures: check-torch
+	@$(PY) weights/export.py fixtures --out fixtures
+
+test: check-torch fixtures
+	$(CARGO) fmt --check
+	$(CARGO) build --release
+	$(CARGO) test --release -- --test-threads 2
+
+demo: release
+	$(BIN) info
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	rm -rf target fixtures

@@ -1,0 +1,64 @@
+//! Links the binary, tests and examples to the libtorch that torch-sys found, so that they run
+//! without `LD_LIBRARY_PATH` and load libtorch_cuda where there is a GPU.
+//!
+//! torch-sys exports the libtorch lib folder as `DEP_TCH_LIBTORCH_LIB` (its `links = "tch"`).
+//! A dependent binary gets no rpath from it, and `--as-needed` would drop libtorch.so (which pulls
+//! in libtorch_cuda.so) because no symbol of it is referenced directly: hence the two link args.
+
+use std::path::{Path, PathBuf};
+
+/// The PyTorch release this crate's `tch` pin was generated against.
+const EXPECTED_TORCH: &str = "2.11.0";
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(lib) => PathBuf::from(lib),
+        Err(_) => {
+            println!(
+                "cargo:warning=torch-sys did not report its libtorch folder; no rpath is set"
+            );
+            return;
+        }
+    };
+    let version = torch_version(&lib);
+    if let Some(v) = &version {
+        let base = v.split('+').next().unwrap_or(v);
+        if base != EXPECTED_TORCH {
+            panic!(
+                "libtorch at {} is PyTorch {v}, but this crate (tch 0.24) needs PyTorch {EXPECTED_TORCH}; \
+                 run `make setup` to install the pinned torch into .venv",
+                lib.display()
+            );
+        }
+    }
+    println!(
+        "cargo:rustc-env=MOBILENET_LIBTORCH_VERSION={}",
+        version.unwrap_or_else(|| "unknown".into())
+    );
+    println!("cargo:rustc-env=MOBILENET_LIBTORCH_LIB={}", lib.display());
+    if cfg!(target_os = "linux") || std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch");
+    }
+}
+
+/// Reads `torch/version.py` (a PyPI wheel) or `build-version` (a libtorch zip) next to `lib`.
+fn torch_version(lib: &Path) -> Option<String> {
+    let root = lib.parent()?;
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("__version__") {
+                let v = rest.trim_start_matches([' ', '=', ':']).trim();
+                let v = v.split('=').next_back().unwrap_or(v).trim();
+                return Some(v.trim_matches(['\'', '"']).to_string());
+            }
+        }
+    }
+    std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}

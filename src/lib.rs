@@ -1,0 +1,10 @@
+//! MobileNet V1, V2 and V3 on libtorch through `tch`: torchvision/timm weights loaded as
+//! downloaded, numerical parity with PyTorch, the four normalization layers, fast inference.
+//!
+//! Data flow, one module each: a weight file ([`weights`]) → a model ([`models`], built from the
+//! layers in [`nn`]) → logits → ImageNet labels.
+
+pub mod error;
+pub mod info;
+
+pub use error::{Error, Result};

@@ -1,0 +1,7 @@
+//! The `mobilenet` command line: see `mobilenet --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
