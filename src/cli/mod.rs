@@ -1,6 +1,8 @@
 //! Subcommands of the `mobilenet` binary, one file each.
 
+mod common;
 mod info;
+mod summary;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,6 +18,8 @@ struct Cli {
 enum Command {
     /// libtorch version, CUDA devices, cuDNN, threads.
     Info(info::Args),
+    /// Layer table: output shapes, parameters, mult-adds, separable vs standard convolutions.
+    Summary(summary::Args),
 }
 
 /// Parses the arguments and runs the subcommand. Exit codes: 0 success, 1 the command's own
@@ -24,6 +28,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Summary(args) => summary::run(args),
     };
     match result {
         Ok(code) => code,

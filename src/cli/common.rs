@@ -1,0 +1,32 @@
+//! Arguments shared by several subcommands.
+
+use mobilenet::models::{Arch, ModelConfig};
+use mobilenet::nn::NormKind;
+
+/// `--arch`, `--width-mult`, `--num-classes`, `--norm`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Architecture.
+    #[arg(long, value_enum, default_value = "mobilenet_v2")]
+    pub arch: Arch,
+    /// Width multiplier: scales every layer's channels.
+    #[arg(long, default_value_t = 1.0)]
+    pub width_mult: f64,
+    /// Number of output classes.
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Normalization after each convolution: batch, group:G, layer, instance.
+    #[arg(long, default_value = "batch")]
+    pub norm: NormKind,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> ModelConfig {
+        ModelConfig {
+            width_mult: self.width_mult,
+            num_classes: self.num_classes,
+            norm: self.norm.clone(),
+            ..ModelConfig::new(self.arch)
+        }
+    }
+}

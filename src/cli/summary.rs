@@ -1,0 +1,32 @@
+//! `mobilenet summary`: one row per layer (name, kind, output shape, parameters, mult-adds) and
+//! totals; each depthwise + pointwise pair against the standard convolution it replaces.
+
+use super::common::ModelArgs;
+use mobilenet::models::Model;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input resolution (square), at least 32.
+    #[arg(long, default_value_t = 224)]
+    resolution: i64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.resolution < 32 {
+        anyhow::bail!("--resolution {} is below the minimum of 32", args.resolution);
+    }
+    let model = Model::new(args.model.config(), tch::Device::Cpu)?;
+    let summary = model.summary(args.resolution);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,299 @@
+//! The MobileNet architectures, one file each, behind one [`Model`] type built from a
+//! [`ModelConfig`]: V1 (timm's naming), V2 (torchvision's).
+//!
+//! Every architecture is a struct of named blocks made of [`ConvNormAct`] units, so a caller can
+//! reach a block, count its parameters, fold its BatchNorm or read its feature map.
+
+pub mod mobilenet_v1;
+pub mod mobilenet_v2;
+pub mod summary;
+
+pub use mobilenet_v1::MobileNetV1;
+pub use mobilenet_v2::MobileNetV2;
+pub use summary::{LayerRow, Summary};
+
+use crate::nn::conv::ConvNormAct;
+use crate::nn::NormKind;
+use crate::{Error, Result};
+use serde::Serialize;
+use tch::{nn, Device, Tensor};
+
+/// The architectures, named as torchvision names its builders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+pub enum Arch {
+    /// MobileNet V1, timm's `mobilenetv1_100` (width 1.0) / `mobilenetv1_125` (width 1.25).
+    #[value(name = "mobilenet_v1")]
+    #[serde(rename = "mobilenet_v1")]
+    MobilenetV1,
+    /// MobileNet V2, torchvision's `mobilenet_v2`.
+    #[value(name = "mobilenet_v2")]
+    #[serde(rename = "mobilenet_v2")]
+    MobilenetV2,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::MobilenetV1 => "mobilenet_v1",
+            Arch::MobilenetV2 => "mobilenet_v2",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "mobilenet_v1" | "mobilenetv1" => Some(Arch::MobilenetV1),
+            "mobilenet_v2" | "mobilenetv2" => Some(Arch::MobilenetV2),
+            _ => None,
+        }
+    }
+
+    /// The dropout before the classifier in the reference implementation.
+    pub fn default_dropout(self) -> f64 {
+        match self {
+            Arch::MobilenetV1 => 0.0,
+            Arch::MobilenetV2 => 0.2,
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How to build a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// Scales every layer's channels (rounded by [`make_divisible`]).
+    pub width_mult: f64,
+    pub num_classes: i64,
+    /// The normalization after each convolution (default BatchNorm).
+    #[serde(serialize_with = "serialize_display")]
+    pub norm: NormKind,
+    /// Dropout probability before the classifier (applied in training only).
+    pub dropout: f64,
+    /// Channels are rounded to a multiple of this (torchvision's `round_nearest`).
+    pub round_nearest: i64,
+}
+
+fn serialize_display<S: serde::Serializer>(v: &NormKind, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl ModelConfig {
+    /// The reference defaults: width 1.0, 1000 classes, BatchNorm, the arch's dropout.
+    pub fn new(arch: Arch) -> Self {
+        ModelConfig {
+            arch,
+            width_mult: 1.0,
+            num_classes: 1000,
+            norm: NormKind::default(),
+            dropout: arch.default_dropout(),
+            round_nearest: 8,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.width_mult.is_finite() && self.width_mult > 0.0 && self.width_mult <= 10.0) {
+            return Err(Error::config("width_mult", format!("{} is not in (0, 10]", self.width_mult)));
+        }
+        if self.num_classes < 1 {
+            return Err(Error::config("num_classes", format!("{} is not >= 1", self.num_classes)));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config("dropout", format!("{} is not in [0, 1)", self.dropout)));
+        }
+        if self.round_nearest < 1 {
+            return Err(Error::config(
+                "round_nearest",
+                format!("{} is not >= 1", self.round_nearest),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// torchvision's `_make_divisible` (the same rule as timm's `make_divisible` with
+/// `round_limit=0.9`): round `v` to the nearest multiple of `divisor`, never below `divisor`
+/// and never more than 10% below `v`.
+pub fn make_divisible(v: f64, divisor: i64) -> i64 {
+    let d = divisor as f64;
+    let mut new_v = divisor.max(((v + d / 2.0) as i64) / divisor * divisor);
+    if (new_v as f64) < 0.9 * v {
+        new_v += divisor;
+    }
+    new_v
+}
+
+/// A named intermediate feature map (after a stage).
+#[derive(Debug)]
+pub struct Stage {
+    /// The module path whose output this is, e.g. `features.3` or `blocks.2`.
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// What every architecture provides.
+pub trait Classifier: std::fmt::Debug {
+    /// Runs the feature extractor. The last stage is always returned; `keep` returns every
+    /// stage's output.
+    fn forward_stages(&self, xs: &Tensor, train: bool, keep: bool) -> Result<Vec<Stage>>;
+    /// Pools and classifies the last feature map; `dropout` applies the training dropout.
+    fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor>;
+    /// The conv-norm-activation units along the main path, in order.
+    fn units(&self) -> Vec<&ConvNormAct>;
+    fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
+    /// Summary rows of the head (pooling and classifier).
+    fn head_rows(&self) -> Vec<LayerRow>;
+    /// Summary rows of the whole network at `resolution`.
+    fn rows(&self, resolution: i64) -> Vec<LayerRow> {
+        summary::rows_from_units(&self.units(), resolution, self.head_rows())
+    }
+}
+
+/// A built model: its configuration, its variables (named as the checkpoint's keys) and its
+/// architecture.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub vs: nn::VarStore,
+    pub net: Box<dyn Classifier>,
+    /// Whether the convs' BatchNorms are folded (eval mode only).
+    pub folded: bool,
+    /// Whether weights and inputs use channels-last strides.
+    pub channels_last: bool,
+}
+
+impl Model {
+    /// Builds the architecture on `device` with freshly initialized weights.
+    pub fn new(config: ModelConfig, device: Device) -> Result<Model> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let net: Box<dyn Classifier> = match config.arch {
+            Arch::MobilenetV1 => Box::new(MobileNetV1::new(&root, &config)?),
+            Arch::MobilenetV2 => Box::new(MobileNetV2::new(&root, &config)?),
+        };
+        Ok(Model { config, vs, net, folded: false, channels_last: false })
+    }
+
+    /// Moves the weights to `device` and casts floating-point ones to `precision`.
+    pub fn to(&mut self, device: Device, precision: crate::device::Precision) -> Result<()> {
+        precision.check(device)?;
+        self.vs.set_device(device);
+        match precision {
+            crate::device::Precision::Fp32 => self.vs.float(),
+            crate::device::Precision::Fp16 => self.vs.half(),
+            crate::device::Precision::Bf16 => self.vs.bfloat16(),
+        }
+        // Folded weights are derived: recompute them in the new precision and place.
+        if self.folded {
+            self.fold_batch_norm()?;
+        }
+        Ok(())
+    }
+
+    /// Logits `[N, num_classes]` for images `[N, 3, H, W]`; `train` uses batch statistics and
+    /// dropout.
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.prepare_input(xs)?;
+        let stages = self.net.forward_stages(&x, train, false)?;
+        self.net.forward_head(&last(&stages)?.tensor, train)
+    }
+
+    /// Logits and every stage's feature map. `train` selects batch statistics in the norms;
+    /// `dropout` whether the classifier's dropout is applied (parity runs keep it off, since
+    /// PyTorch's and our random streams differ).
+    pub fn forward_with_stages(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        dropout: bool,
+    ) -> Result<(Tensor, Vec<Stage>)> {
+        let x = self.prepare_input(xs)?;
+        let stages = self.net.forward_stages(&x, train, true)?;
+        let logits = self.net.forward_head(&last(&stages)?.tensor, dropout)?;
+        Ok((logits, stages))
+    }
+
+    fn prepare_input(&self, xs: &Tensor) -> Result<Tensor> {
+        let size = xs.size();
+        if size.len() != 4 || size[1] != 3 {
+            return Err(Error::bad_input(
+                self.config.arch.name(),
+                format!("expected images [N, 3, H, W], got {size:?}"),
+            ));
+        }
+        if size[2] < 32 || size[3] < 32 {
+            return Err(Error::bad_input(
+                self.config.arch.name(),
+                format!("input {}x{} is smaller than 32x32", size[2], size[3]),
+            ));
+        }
+        if xs.device() != self.vs.device() || xs.kind() != self.kind() {
+            return Err(Error::bad_input(
+                self.config.arch.name(),
+                format!(
+                    "input is {:?} on {:?}, the model is {:?} on {:?}",
+                    xs.kind(),
+                    xs.device(),
+                    self.kind(),
+                    self.vs.device()
+                ),
+            ));
+        }
+        if self.channels_last {
+            crate::nn::conv::to_channels_last(xs)
+        } else {
+            Ok(xs.shallow_clone())
+        }
+    }
+
+    /// The floating-point kind of the weights.
+    pub fn kind(&self) -> tch::Kind {
+        self.net.units().first().map_or(tch::Kind::Float, |u| u.weight.kind())
+    }
+
+    /// Folds every BatchNorm into its convolution (used in eval mode only). Returns how many.
+    pub fn fold_batch_norm(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for unit in self.net.units_mut() {
+            n += unit.fold_batch_norm()? as usize;
+        }
+        self.folded = n > 0;
+        Ok(n)
+    }
+
+    /// Removes folded weights.
+    pub fn unfold_batch_norm(&mut self) {
+        for unit in self.net.units_mut() {
+            unit.unfold();
+        }
+        self.folded = false;
+    }
+
+    /// Switches weights (and so activations) to channels-last strides, or back.
+    pub fn set_channels_last(&mut self, channels_last: bool) -> Result<()> {
+        for unit in self.net.units_mut() {
+            unit.set_channels_last(channels_last)?;
+        }
+        self.channels_last = channels_last;
+        Ok(())
+    }
+
+    /// Layer table and totals at `resolution`.
+    pub fn summary(&self, resolution: i64) -> Summary {
+        Summary::new(self.config.clone(), resolution, self.net.rows(resolution))
+    }
+
+    /// Trainable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())`.
+    pub fn parameter_count(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+}
+
+fn last(stages: &[Stage]) -> Result<&Stage> {
+    stages.last().ok_or_else(|| Error::bad_input("model", "no feature stage was produced"))
+}

@@ -1,0 +1,222 @@
+//! Numerical parity with PyTorch: runs a model on a reference's `input` and compares logits,
+//! top-k, stage feature maps and (train mode) the running statistics with what PyTorch computed.
+//!
+//! A reference is a safetensors file written by `weights/export.py reference`: `input`
+//! `[N, 3, H, W]` f32, `logits` `[N, K]` f32, optionally `feature.<stage>` feature maps and, in
+//! train mode, `state.<key>` buffers after the forward.
+
+use crate::device::Precision;
+use crate::models::Model;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Tolerances of a parity check.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Tolerance {
+    /// Largest allowed `max |ours - torch|` of the logits, relative to `max |torch logits|` for
+    /// reduced precision and absolute for fp32.
+    pub logits: f64,
+    pub relative: bool,
+    /// How many leading top-k indices must be identical per sample (5 for fp32, 1 otherwise).
+    pub top_k: i64,
+}
+
+impl Tolerance {
+    /// fp32: max abs logit error <= 1e-4 and identical top-5. fp16: max error <= 1% of the
+    /// largest logit magnitude, identical top-1. bf16 (8 mantissa bits): 5%, identical top-1.
+    pub fn for_precision(p: Precision) -> Tolerance {
+        match p {
+            Precision::Fp32 => Tolerance { logits: 1e-4, relative: false, top_k: 5 },
+            Precision::Fp16 => Tolerance { logits: 1e-2, relative: true, top_k: 1 },
+            Precision::Bf16 => Tolerance { logits: 5e-2, relative: true, top_k: 1 },
+        }
+    }
+}
+
+/// The worst difference between two tensors.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    pub name: String,
+    pub max_abs: f64,
+    /// `max_abs / max |reference|`.
+    pub max_rel: f64,
+    /// Flat index of the worst element and both values there.
+    pub worst_index: i64,
+    pub ours: f64,
+    pub reference: f64,
+}
+
+/// Compares `ours` with `reference` (both converted to f64 on the CPU).
+pub fn diff(name: &str, ours: &Tensor, reference: &Tensor) -> Result<Diff> {
+    if ours.size() != reference.size() {
+        return Err(Error::bad_input(
+            name,
+            format!("shape {:?} differs from the reference's {:?}", ours.size(), reference.size()),
+        ));
+    }
+    let a = ours.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
+    let b = reference.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
+    if a.numel() == 0 {
+        return Ok(Diff {
+            name: name.into(),
+            max_abs: 0.0,
+            max_rel: 0.0,
+            worst_index: 0,
+            ours: 0.0,
+            reference: 0.0,
+        });
+    }
+    let d = (&a - &b).f_abs()?;
+    let worst = d.f_argmax(0, false)?.f_int64_value(&[])?;
+    let max_abs = d.f_double_value(&[worst])?;
+    let scale = b.f_abs()?.f_max()?.f_double_value(&[])?;
+    Ok(Diff {
+        name: name.into(),
+        max_abs,
+        max_rel: if scale > 0.0 { max_abs / scale } else { max_abs },
+        worst_index: worst,
+        ours: a.f_double_value(&[worst])?,
+        reference: b.f_double_value(&[worst])?,
+    })
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: max abs {:.3e} (rel {:.3e}) at flat index {}: ours {:.7} vs torch {:.7}",
+            self.name, self.max_abs, self.max_rel, self.worst_index, self.ours, self.reference
+        )
+    }
+}
+
+/// The outcome of a parity run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParityReport {
+    pub mode: String,
+    pub precision: Precision,
+    pub device: String,
+    pub logits: Diff,
+    /// Samples whose top-1 index agrees with PyTorch's, out of `samples`.
+    pub top1_agree: i64,
+    /// Samples whose top-5 indices (in order) agree with PyTorch's.
+    pub top5_agree: i64,
+    pub samples: i64,
+    /// Stage feature maps, in order, where the reference has them.
+    pub stages: Vec<Diff>,
+    /// The worst running-statistics buffer after a train-mode forward.
+    pub worst_buffer: Option<Diff>,
+    pub tolerance: Tolerance,
+    pub pass: bool,
+}
+
+/// Reads a reference file into a map, checking `input` and `logits` are there.
+pub fn read_reference(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::file(path, format!("not a readable safetensors reference: {e}")))?;
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    for key in ["input", "logits"] {
+        if !map.contains_key(key) {
+            return Err(Error::file(path, format!("reference has no `{key}` tensor")));
+        }
+    }
+    let input = &map["input"];
+    let logits = &map["logits"];
+    if input.dim() != 4 || input.size()[1] != 3 {
+        return Err(Error::file(path, format!("`input` is {:?}, not [N, 3, H, W]", input.size())));
+    }
+    if logits.dim() != 2 || logits.size()[0] != input.size()[0] {
+        return Err(Error::file(
+            path,
+            format!("`logits` is {:?}, not [N, K] for N = {}", logits.size(), input.size()[0]),
+        ));
+    }
+    Ok(map)
+}
+
+/// Runs `model` on the reference's input (`train` selects batch statistics; dropout stays off)
+/// and compares. The model must already be on its device in its precision.
+pub fn check(
+    model: &Model,
+    reference: &HashMap<String, Tensor>,
+    train: bool,
+    precision: Precision,
+) -> Result<ParityReport> {
+    let device = model.vs.device();
+    let want = &reference["logits"];
+    let k = model.config.num_classes;
+    if want.size()[1] != k {
+        return Err(Error::bad_input(
+            "reference",
+            format!("`logits` has {} classes, the model {k}", want.size()[1]),
+        ));
+    }
+    let input = reference["input"].f_to_device(device)?.f_to_kind(precision.kind())?;
+    let (logits, stages) = {
+        let _guard = tch::no_grad_guard();
+        model.forward_with_stages(&input, train, false)?
+    };
+    let logits = logits.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+    let logit_diff = diff("logits", &logits, want)?;
+
+    let top = k.min(5);
+    let ours_top = logits.f_topk(top, 1, true, true)?.1;
+    let want_top = want.f_topk(top, 1, true, true)?.1;
+    let samples = want.size()[0];
+    let (mut top1, mut top5) = (0, 0);
+    for i in 0..samples {
+        let a: Vec<i64> = Vec::try_from(ours_top.f_get(i)?)?;
+        let b: Vec<i64> = Vec::try_from(want_top.f_get(i)?)?;
+        top1 += (a[0] == b[0]) as i64;
+        top5 += (a == b) as i64;
+    }
+
+    let mut stage_diffs = Vec::new();
+    for stage in &stages {
+        if let Some(r) = reference.get(&format!("feature.{}", stage.name)) {
+            stage_diffs.push(diff(&stage.name, &stage.tensor, r)?);
+        }
+    }
+
+    let mut worst_buffer: Option<Diff> = None;
+    if train {
+        let vars = model.vs.variables();
+        for (key, want) in reference.iter().filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))
+        {
+            let ours = vars.get(key).ok_or_else(|| {
+                Error::bad_input("reference", format!("buffer `{key}` is not in the model"))
+            })?;
+            let d = diff(key, ours, want)?;
+            if worst_buffer.as_ref().is_none_or(|w| d.max_abs > w.max_abs) {
+                worst_buffer = Some(d);
+            }
+        }
+    }
+
+    let tolerance = Tolerance::for_precision(precision);
+    let err = if tolerance.relative { logit_diff.max_rel } else { logit_diff.max_abs };
+    let top_ok = if tolerance.top_k >= 5 { top5 == samples } else { top1 == samples };
+    let buffers_ok = worst_buffer.as_ref().is_none_or(|d| {
+        if precision == Precision::Fp32 {
+            d.max_abs <= tolerance.logits
+        } else {
+            d.max_rel <= tolerance.logits
+        }
+    });
+    Ok(ParityReport {
+        mode: if train { "train" } else { "eval" }.into(),
+        precision,
+        device: format!("{device:?}"),
+        pass: err <= tolerance.logits && top_ok && buffers_ok,
+        logits: logit_diff,
+        top1_agree: top1,
+        top5_agree: top5,
+        samples,
+        stages: stage_diffs,
+        worst_buffer,
+        tolerance,
+    })
+}
