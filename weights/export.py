@@ -64,8 +64,8 @@ def norm_layer(norm):
     raise SystemExit(f"unknown norm {norm!r}")
 
 
-def build(arch, width_mult=1.0, norm="batch", num_classes=1000):
-    """The reference model: torchvision for V2/V3, timm for V1."""
+def build(arch, width_mult=1.0, norm="batch", num_classes=1000, **v3):
+    """The reference model: torchvision for V2/V3, timm for V1. `v3`: reduced_tail, dilated."""
     import torchvision
 
     layer = norm_layer(norm)
@@ -77,7 +77,7 @@ def build(arch, width_mult=1.0, norm="batch", num_classes=1000):
     if arch in ("mobilenet_v3_large", "mobilenet_v3_small"):
         kwargs = {} if layer is None else {"norm_layer": layer}
         ctor = getattr(torchvision.models, arch)
-        return ctor(weights=None, width_mult=width_mult, num_classes=num_classes, **kwargs)
+        return ctor(weights=None, width_mult=width_mult, num_classes=num_classes, **kwargs, **v3)
     if arch == "mobilenet_v1":
         if layer is not None:
             raise SystemExit("mobilenet_v1 references exist for BatchNorm only (timm)")
@@ -102,9 +102,9 @@ def randomize_norms(model, gen):
                     m.num_batches_tracked.fill_(3)
 
 
-def seeded(arch, width_mult, norm, num_classes, seed):
+def seeded(arch, width_mult, norm, num_classes, seed, **v3):
     torch.manual_seed(seed)
-    model = build(arch, width_mult, norm, num_classes)
+    model = build(arch, width_mult, norm, num_classes, **v3)
     randomize_norms(model, torch.Generator().manual_seed(seed + 1))
     return model.eval()
 
@@ -164,7 +164,8 @@ def save_reference(ref, path, meta):
     save_file(ref, path, metadata={k: str(v) for k, v in meta.items()})
 
 
-# Every configuration the Rust parity tests run: (name, arch, width, norm, [(res, mode), ...]).
+# Every configuration the Rust parity tests run:
+# (name, arch, width, norm, [(resolution, mode), ...][, V3 options]).
 FIXTURES = [
     ("v2_100", "mobilenet_v2", 1.0, "batch", [(224, "eval"), (224, "train"), (160, "eval")]),
     ("v2_050", "mobilenet_v2", 0.5, "batch", [(160, "eval"), (160, "train")]),
@@ -174,9 +175,16 @@ FIXTURES = [
     ("v2_instance", "mobilenet_v2", 1.0, "instance", [(160, "eval"), (160, "train")]),
     ("v1_100", "mobilenet_v1", 1.0, "batch", [(224, "eval"), (224, "train"), (160, "eval")]),
     ("v1_125", "mobilenet_v1", 1.25, "batch", [(224, "eval"), (160, "train")]),
+    ("v3l_100", "mobilenet_v3_large", 1.0, "batch", [(224, "eval"), (224, "train"), (160, "eval")]),
+    ("v3l_075", "mobilenet_v3_large", 0.75, "batch", [(160, "eval"), (160, "train")]),
+    ("v3l_tail", "mobilenet_v3_large", 1.0, "batch", [(224, "eval")],
+     {"reduced_tail": True, "dilated": True}),
+    ("v3s_100", "mobilenet_v3_small", 1.0, "batch", [(224, "eval"), (224, "train"), (160, "eval")]),
+    ("v3s_075", "mobilenet_v3_small", 0.75, "batch", [(160, "eval"), (160, "train")]),
+    ("v3s_group8", "mobilenet_v3_small", 1.0, "group:8", [(160, "eval"), (160, "train")]),
 ]
 # Configurations also saved as torch.save .pth (zip), to test the direct path.
-PTH_TOO = {"v2_100", "v1_100"}
+PTH_TOO = {"v2_100", "v1_100", "v3l_100"}
 
 
 def cmd_fixtures(args):
@@ -184,10 +192,11 @@ def cmd_fixtures(args):
     os.makedirs(out, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     manifest = []
-    for seed, (name, arch, width, norm, refs) in enumerate(FIXTURES):
+    for seed, (name, arch, width, norm, refs, *rest) in enumerate(FIXTURES):
         if only and name not in only:
             continue
-        model = seeded(arch, width, norm, 1000, 1000 + seed)
+        v3 = rest[0] if rest else {}
+        model = seeded(arch, width, norm, 1000, 1000 + seed, **v3)
         weights = os.path.join(out, f"{name}.safetensors")
         save_weights(model, weights)
         entry = {
@@ -196,6 +205,8 @@ def cmd_fixtures(args):
             "width_mult": width,
             "norm": norm,
             "num_classes": 1000,
+            "reduced_tail": v3.get("reduced_tail", False),
+            "dilated": v3.get("dilated", False),
             "weights": os.path.relpath(weights, args.out),
             "parameters": sum(p.numel() for p in model.parameters()),
             "keys": [[k, list(v.shape), str(v.dtype).replace("torch.", "")]
@@ -208,7 +219,7 @@ def cmd_fixtures(args):
             entry["pth"] = os.path.relpath(pth, args.out)
         for res, mode in refs:
             # Each reference starts from the saved weights: train mode changes the buffers.
-            model = seeded(arch, width, norm, 1000, 1000 + seed)
+            model = seeded(arch, width, norm, 1000, 1000 + seed, **v3)
             ref = reference(arch, model, res, 2, mode, seed)
             path = os.path.join(out, f"{name}_{mode}_{res}.safetensors")
             save_reference(ref, path, {"arch": arch, "mode": mode, "resolution": res})

@@ -18,6 +18,12 @@ pub struct ModelArgs {
     /// Normalization after each convolution: batch, group:G, layer, instance.
     #[arg(long, default_value = "batch")]
     pub norm: NormKind,
+    /// MobileNet V3: halve the channels of the last blocks (torchvision's `reduced_tail`).
+    #[arg(long)]
+    pub reduced_tail: bool,
+    /// MobileNet V3: dilate the last blocks instead of striding (torchvision's `dilated`).
+    #[arg(long)]
+    pub dilated: bool,
 }
 
 impl ModelArgs {
@@ -26,6 +32,8 @@ impl ModelArgs {
             width_mult: self.width_mult,
             num_classes: self.num_classes,
             norm: self.norm.clone(),
+            reduced_tail: self.reduced_tail,
+            dilated: self.dilated,
             ..ModelConfig::new(self.arch)
         }
     }

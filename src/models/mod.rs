@@ -6,11 +6,13 @@
 
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
+pub mod mobilenet_v3;
 pub mod summary;
 
 pub use mobilenet_v1::MobileNetV1;
 pub use mobilenet_v2::MobileNetV2;
-pub use summary::{LayerRow, Summary};
+pub use mobilenet_v3::MobileNetV3;
+pub use summary::{LayerRow, Summary, SummaryUnit};
 
 use crate::nn::conv::ConvNormAct;
 use crate::nn::NormKind;
@@ -29,6 +31,14 @@ pub enum Arch {
     #[value(name = "mobilenet_v2")]
     #[serde(rename = "mobilenet_v2")]
     MobilenetV2,
+    /// MobileNet V3 Large, torchvision's `mobilenet_v3_large`.
+    #[value(name = "mobilenet_v3_large")]
+    #[serde(rename = "mobilenet_v3_large")]
+    MobilenetV3Large,
+    /// MobileNet V3 Small, torchvision's `mobilenet_v3_small`.
+    #[value(name = "mobilenet_v3_small")]
+    #[serde(rename = "mobilenet_v3_small")]
+    MobilenetV3Small,
 }
 
 impl Arch {
@@ -36,6 +46,8 @@ impl Arch {
         match self {
             Arch::MobilenetV1 => "mobilenet_v1",
             Arch::MobilenetV2 => "mobilenet_v2",
+            Arch::MobilenetV3Large => "mobilenet_v3_large",
+            Arch::MobilenetV3Small => "mobilenet_v3_small",
         }
     }
 
@@ -43,6 +55,8 @@ impl Arch {
         match name {
             "mobilenet_v1" | "mobilenetv1" => Some(Arch::MobilenetV1),
             "mobilenet_v2" | "mobilenetv2" => Some(Arch::MobilenetV2),
+            "mobilenet_v3_large" => Some(Arch::MobilenetV3Large),
+            "mobilenet_v3_small" => Some(Arch::MobilenetV3Small),
             _ => None,
         }
     }
@@ -51,7 +65,7 @@ impl Arch {
     pub fn default_dropout(self) -> f64 {
         match self {
             Arch::MobilenetV1 => 0.0,
-            Arch::MobilenetV2 => 0.2,
+            Arch::MobilenetV2 | Arch::MobilenetV3Large | Arch::MobilenetV3Small => 0.2,
         }
     }
 }
@@ -74,8 +88,12 @@ pub struct ModelConfig {
     pub norm: NormKind,
     /// Dropout probability before the classifier (applied in training only).
     pub dropout: f64,
-    /// Channels are rounded to a multiple of this (torchvision's `round_nearest`).
+    /// Channels are rounded to a multiple of this (torchvision's `round_nearest`; V1, V2).
     pub round_nearest: i64,
+    /// V3: halve the channels of the last blocks (torchvision's `reduced_tail`).
+    pub reduced_tail: bool,
+    /// V3: dilate the last blocks' depthwise convs instead of striding (`dilated`).
+    pub dilated: bool,
 }
 
 fn serialize_display<S: serde::Serializer>(v: &NormKind, s: S) -> Result<S::Ok, S::Error> {
@@ -92,6 +110,8 @@ impl ModelConfig {
             norm: NormKind::default(),
             dropout: arch.default_dropout(),
             round_nearest: 8,
+            reduced_tail: false,
+            dilated: false,
         }
     }
 
@@ -147,9 +167,13 @@ pub trait Classifier: std::fmt::Debug {
     fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
     /// Summary rows of the head (pooling and classifier).
     fn head_rows(&self) -> Vec<LayerRow>;
+    /// The layers along the main path for the summary (by default the conv units).
+    fn summary_units(&self) -> Vec<SummaryUnit<'_>> {
+        self.units().into_iter().map(SummaryUnit::Conv).collect()
+    }
     /// Summary rows of the whole network at `resolution`.
     fn rows(&self, resolution: i64) -> Vec<LayerRow> {
-        summary::rows_from_units(&self.units(), resolution, self.head_rows())
+        summary::rows_from_units(&self.summary_units(), resolution, self.head_rows())
     }
 }
 
@@ -175,6 +199,8 @@ impl Model {
         let net: Box<dyn Classifier> = match config.arch {
             Arch::MobilenetV1 => Box::new(MobileNetV1::new(&root, &config)?),
             Arch::MobilenetV2 => Box::new(MobileNetV2::new(&root, &config)?),
+            Arch::MobilenetV3Large => Box::new(MobileNetV3::new(&root, &config, true)?),
+            Arch::MobilenetV3Small => Box::new(MobileNetV3::new(&root, &config, false)?),
         };
         Ok(Model { config, vs, net, folded: false, channels_last: false })
     }

@@ -83,12 +83,36 @@ impl LayerRow {
     }
 }
 
-/// Rows for a chain of conv units (the main path) followed by the head.
-pub fn rows_from_units(units: &[&ConvNormAct], resolution: i64, head: Vec<LayerRow>) -> Vec<LayerRow> {
+/// A layer along the main path, for the summary.
+#[derive(Debug, Clone, Copy)]
+pub enum SummaryUnit<'a> {
+    Conv(&'a ConvNormAct),
+    /// MobileNet V3's squeeze-and-excitation: same output shape as its input.
+    SqueezeExcite(&'a crate::models::mobilenet_v3::SqueezeExcitation),
+}
+
+/// Rows for a chain of units (the main path) followed by the head.
+pub fn rows_from_units(units: &[SummaryUnit], resolution: i64, head: Vec<LayerRow>) -> Vec<LayerRow> {
     let (mut h, mut w) = (resolution, resolution);
     let mut rows = Vec::new();
     let mut prev: Option<&ConvNormAct> = None;
     for unit in units {
+        let unit = match unit {
+            SummaryUnit::Conv(c) => c,
+            SummaryUnit::SqueezeExcite(se) => {
+                let c = se.channels;
+                rows.push(LayerRow {
+                    name: se.name.clone(),
+                    kind: "squeeze-excite".into(),
+                    output_shape: vec![c, h, w],
+                    parameters: se.parameter_count(),
+                    // Two 1x1 convs on the pooled vector, then the channel-wise scaling.
+                    mult_adds: 2 * c * se.squeeze_channels + c * h * w,
+                    separable: None,
+                });
+                continue;
+            }
+        };
         let (mut row, oh, ow) = LayerRow::conv(unit, h, w);
         if let Some(dw) = prev.filter(|p| p.spec.kind() == ConvKind::Depthwise) {
             if unit.spec.kind() == ConvKind::Pointwise {
@@ -133,7 +157,7 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<24} {:<10} {:>16} {:>11} {:>14}  separable vs standard",
+            "{:<24} {:<14} {:>16} {:>11} {:>14}  separable vs standard",
             "layer", "kind", "output", "params", "mult-adds"
         );
         for r in &self.layers {
@@ -150,7 +174,7 @@ impl Summary {
             });
             let _ = writeln!(
                 out,
-                "{:<24} {:<10} {:>16} {:>11} {:>14}  {sep}",
+                "{:<24} {:<14} {:>16} {:>11} {:>14}  {sep}",
                 r.name,
                 r.kind,
                 shape,

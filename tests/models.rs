@@ -1,0 +1,176 @@
+//! MobileNet V1/V2 against the venv's torchvision and timm: variable names and shapes, parameter
+//! counts and mult-adds, and numerical parity (logits, top-5, every stage's feature map, the
+//! running statistics after a train-mode step). References come from `weights/export.py
+//! fixtures` (run by `make fixtures`), seeded models with randomized norm statistics.
+
+use mobilenet::device::Precision;
+use mobilenet::models::{Arch, Model, ModelConfig};
+use mobilenet::parity;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn manifest() -> Vec<serde_json::Value> {
+    let path = fixtures().join("models/manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", path.display()));
+    serde_json::from_str(&text).expect("manifest.json parses")
+}
+
+fn config(entry: &serde_json::Value) -> ModelConfig {
+    let arch = Arch::from_name(entry["arch"].as_str().unwrap()).unwrap();
+    ModelConfig {
+        width_mult: entry["width_mult"].as_f64().unwrap(),
+        num_classes: entry["num_classes"].as_i64().unwrap(),
+        norm: entry["norm"].as_str().unwrap().parse().unwrap(),
+        reduced_tail: entry["reduced_tail"].as_bool().unwrap(),
+        dilated: entry["dilated"].as_bool().unwrap(),
+        ..ModelConfig::new(arch)
+    }
+}
+
+#[test]
+fn variable_names_and_shapes_equal_the_reference_state_dict() {
+    for entry in manifest() {
+        let model = Model::new(config(&entry), Device::Cpu).unwrap();
+        let vars = model.vs.variables();
+        let mut ours: Vec<(String, Vec<i64>)> =
+            vars.iter().map(|(k, v)| (k.clone(), v.size())).collect();
+        ours.sort();
+        let mut theirs: Vec<(String, Vec<i64>)> = entry["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let shape = k[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+                (k[0].as_str().unwrap().to_string(), shape)
+            })
+            .collect();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{}: names or shapes differ", entry["name"]);
+        assert_eq!(
+            model.parameter_count(),
+            entry["parameters"].as_i64().unwrap(),
+            "{}: parameter count",
+            entry["name"]
+        );
+        assert_eq!(
+            model.summary(224).total_parameters,
+            entry["parameters"].as_i64().unwrap(),
+            "{}: summary total",
+            entry["name"]
+        );
+    }
+}
+
+#[test]
+fn parity_with_pytorch_every_configuration() {
+    let mut checked = 0;
+    for entry in manifest() {
+        let weights = fixtures().join(entry["weights"].as_str().unwrap());
+        for r in entry["references"].as_array().unwrap() {
+            // A fresh model for each reference: train mode updates the running statistics.
+            let model = Model::from_file(config(&entry), &weights, Device::Cpu, Precision::Fp32)
+                .unwrap_or_else(|e| panic!("{}: {e}", entry["name"]));
+            let reference =
+                parity::read_reference(&fixtures().join(r["path"].as_str().unwrap())).unwrap();
+            let train = r["mode"] == "train";
+            let report = parity::check(&model, &reference, train, Precision::Fp32).unwrap();
+            let what = format!("{} {} {}", entry["name"], r["mode"], r["resolution"]);
+            println!("{what}: {}; top-5 {}/{}", report.logits, report.top5_agree, report.samples);
+            assert!(!report.stages.is_empty(), "{what}: no stage feature maps compared");
+            for stage in &report.stages {
+                assert!(stage.max_abs <= 1e-4, "{what}: stage {stage}");
+            }
+            assert!(report.logits.max_abs <= 1e-4, "{what}: {}", report.logits);
+            assert_eq!(report.top5_agree, report.samples, "{what}: top-5 differs");
+            if train {
+                let b = report.worst_buffer.as_ref();
+                if entry["norm"] == "batch" {
+                    let b = b.unwrap_or_else(|| panic!("{what}: no buffers compared"));
+                    assert!(b.max_abs <= 1e-5, "{what}: buffer {b}");
+                }
+            }
+            assert!(report.pass, "{what}: report says fail: {report:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} references checked");
+}
+
+#[test]
+fn pth_and_safetensors_load_to_the_same_model() {
+    for entry in manifest().iter().filter(|e| e.get("pth").is_some()) {
+        let cfg = config(entry);
+        let a = Model::from_file(
+            cfg.clone(),
+            &fixtures().join(entry["pth"].as_str().unwrap()),
+            Device::Cpu,
+            Precision::Fp32,
+        )
+        .unwrap();
+        let b = Model::from_file(
+            cfg,
+            &fixtures().join(entry["weights"].as_str().unwrap()),
+            Device::Cpu,
+            Precision::Fp32,
+        )
+        .unwrap();
+        let (va, vb) = (a.vs.variables(), b.vs.variables());
+        for (k, t) in &va {
+            assert!(t.equal(&vb[k]), "{}: {k} differs between .pth and .safetensors", entry["name"]);
+        }
+    }
+}
+
+#[test]
+fn summary_totals_match_pytorch_and_the_papers() {
+    let v2 = Model::new(ModelConfig::new(Arch::MobilenetV2), Device::Cpu).unwrap().summary(224);
+    assert_eq!(v2.total_parameters, 3_504_872);
+    // The MobileNetV2 paper: 300M multiply-adds at 224.
+    assert!((v2.total_mult_adds as f64 / 300e6 - 1.0).abs() < 0.01, "{}", v2.total_mult_adds);
+    let v1 = Model::new(ModelConfig::new(Arch::MobilenetV1), Device::Cpu).unwrap().summary(224);
+    assert_eq!(v1.total_parameters, 4_231_976);
+    // The MobileNet paper, Table 4: 569M mult-adds.
+    assert!((v1.total_mult_adds as f64 / 569e6 - 1.0).abs() < 0.01, "{}", v1.total_mult_adds);
+    // Every depthwise + pointwise pair reports the standard conv it replaces.
+    // torchvision's V3 parameter counts; the V3 paper's 219M (Large) and 56M (Small).
+    for (arch, params, madds) in [
+        (Arch::MobilenetV3Large, 5_483_032, 219e6),
+        (Arch::MobilenetV3Small, 2_542_856, 56e6),
+    ] {
+        let s = Model::new(ModelConfig::new(arch), Device::Cpu).unwrap().summary(224);
+        assert_eq!(s.total_parameters, params, "{arch}");
+        assert!((s.total_mult_adds as f64 / madds - 1.0).abs() < 0.02, "{arch}: {}", s.total_mult_adds);
+    }
+    let pairs: Vec<_> = v1.layers.iter().filter_map(|r| r.separable.as_ref()).collect();
+    assert_eq!(pairs.len(), 13);
+    let first = pairs[0];
+    assert_eq!((first.depthwise_weights, first.pointwise_weights), (3 * 3 * 32, 32 * 64));
+    assert_eq!(first.standard_weights, 3 * 3 * 32 * 64);
+}
+
+#[test]
+fn separable_counts_match_the_design_notes_example() {
+    // A 3x3 conv from 3 to 4 channels: 108 weights; depthwise 27 + pointwise 12 = 39.
+    let s = mobilenet::models::summary::Separable::new(3, 3, 4);
+    assert_eq!((s.standard_weights, s.depthwise_weights, s.pointwise_weights), (108, 27, 12));
+    assert!((s.ratio - 39.0 / 108.0).abs() < 1e-12);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let model = Model::new(ModelConfig::new(Arch::MobilenetV2), Device::Cpu).unwrap();
+    for shape in [vec![1, 3, 224], vec![1, 4, 224, 224], vec![1, 3, 16, 16]] {
+        let x = tch::Tensor::zeros(&shape[..], (tch::Kind::Float, Device::Cpu));
+        let err = model.f_forward_t(&x, false).unwrap_err().to_string();
+        assert!(err.contains("mobilenet_v2"), "{shape:?}: {err}");
+    }
+    let bad = ModelConfig { width_mult: 0.0, ..ModelConfig::new(Arch::MobilenetV2) };
+    assert!(Model::new(bad, Device::Cpu).unwrap_err().to_string().contains("width_mult"));
+    let bad = ModelConfig { num_classes: 0, ..ModelConfig::new(Arch::MobilenetV1) };
+    assert!(Model::new(bad, Device::Cpu).unwrap_err().to_string().contains("num_classes"));
+}
