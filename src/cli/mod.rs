@@ -1,14 +1,23 @@
 //! Subcommands of the `mobilenet` binary, one file each.
 
+mod bench;
+mod classify;
 mod common;
+mod convert;
 mod info;
+mod inspect;
+mod parity;
 mod summary;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "mobilenet", version, about = "MobileNet V1/V2/V3 on libtorch: torchvision/timm weights, PyTorch parity, fast inference")]
+#[command(
+    name = "mobilenet",
+    version,
+    about = "MobileNet V1/V2/V3 on libtorch: torchvision/timm weights, PyTorch parity, fast inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +29,16 @@ enum Command {
     Info(info::Args),
     /// Layer table: output shapes, parameters, mult-adds, separable vs standard convolutions.
     Summary(summary::Args),
+    /// Compare a model's outputs with a PyTorch reference (exit 0 pass, 1 fail, 2 bad input).
+    Parity(parity::Args),
+    /// Forward-pass latency and throughput per batch size.
+    Bench(bench::Args),
+    /// What a weight file holds: format, keys, shapes, dtypes, parameters, architecture.
+    Inspect(inspect::Args),
+    /// Convert a weight file to .safetensors or .ot (by the output's extension).
+    Convert(convert::Args),
+    /// ImageNet top-k classes of image files and folders (streamed, batched).
+    Classify(classify::Args),
 }
 
 /// Parses the arguments and runs the subcommand. Exit codes: 0 success, 1 the command's own
@@ -29,6 +48,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Summary(args) => summary::run(args),
+        Command::Parity(args) => parity::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Classify(args) => classify::run(args),
     };
     match result {
         Ok(code) => code,

@@ -71,5 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             t.top_k
         );
     }
-    Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -22,5 +22,4 @@ impl Model {
         model.to(device, precision)?;
         Ok(model)
     }
-
 }

@@ -15,8 +15,13 @@ use tch::{nn, Tensor};
 
 /// Per stage: (repeats, first stride, output channels), the paper's Table 1:
 /// 64, 128/2, 128, 256/2, 256, 512/2, 5x512, 1024/2, 1024.
-pub const STAGES: [(i64, i64, i64); 5] =
-    [(1, 1, 64), (2, 2, 128), (2, 2, 256), (6, 2, 512), (2, 2, 1024)];
+pub const STAGES: [(i64, i64, i64); 5] = [
+    (1, 1, 64),
+    (2, 2, 128),
+    (2, 2, 256),
+    (6, 2, 512),
+    (2, 2, 1024),
+];
 
 const STEM_CHANNELS: f64 = 32.0;
 
@@ -39,13 +44,23 @@ impl DepthwiseSeparable {
             &cfg.norm,
             bn,
         )?;
-        let conv_pw =
-            ConvNormAct::new(&p / "conv_pw", &p / "bn2", ConvSpec::new(inp, oup, 1, 1), &cfg.norm, bn)?;
-        Ok(DepthwiseSeparable { conv_dw, conv_pw, name: dotted(&p) })
+        let conv_pw = ConvNormAct::new(
+            &p / "conv_pw",
+            &p / "bn2",
+            ConvSpec::new(inp, oup, 1, 1),
+            &cfg.norm,
+            bn,
+        )?;
+        Ok(DepthwiseSeparable {
+            conv_dw,
+            conv_pw,
+            name: dotted(&p),
+        })
     }
 
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.conv_pw.f_forward_t(&self.conv_dw.f_forward_t(xs, train)?, train)
+        self.conv_pw
+            .f_forward_t(&self.conv_dw.f_forward_t(xs, train)?, train)
     }
 }
 
@@ -81,7 +96,13 @@ impl MobileNetV1 {
             let mut stage = Vec::new();
             for j in 0..n {
                 let stride = if j == 0 { s } else { 1 };
-                stage.push(DepthwiseSeparable::new(p / "blocks" / i / j, inp, oup, stride, cfg)?);
+                stage.push(DepthwiseSeparable::new(
+                    p / "blocks" / i / j,
+                    inp,
+                    oup,
+                    stride,
+                    cfg,
+                )?);
                 inp = oup;
             }
             blocks.push(stage);
@@ -91,10 +112,20 @@ impl MobileNetV1 {
         let fc_weight = cls.f_var(
             "weight",
             &[cfg.num_classes, inp],
-            nn::Init::Uniform { lo: -bound, up: bound },
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
         )?;
         let fc_bias = cls.f_zeros("bias", &[cfg.num_classes])?;
-        Ok(MobileNetV1 { stem, blocks, fc_weight, fc_bias, num_features: inp, dropout: cfg.dropout })
+        Ok(MobileNetV1 {
+            stem,
+            blocks,
+            fc_weight,
+            fc_bias,
+            num_features: inp,
+            dropout: cfg.dropout,
+        })
     }
 }
 
@@ -104,14 +135,20 @@ impl Classifier for MobileNetV1 {
         let mut stages = Vec::new();
         let mut x = self.stem.f_forward_t(xs, train)?;
         if keep {
-            stages.push(Stage { name: "bn1".into(), tensor: x.shallow_clone() });
+            stages.push(Stage {
+                name: "bn1".into(),
+                tensor: x.shallow_clone(),
+            });
         }
         for (i, stage) in self.blocks.iter().enumerate() {
             for block in stage {
                 x = block.f_forward_t(&x, train)?;
             }
             if keep || i + 1 == self.blocks.len() {
-                stages.push(Stage { name: format!("blocks.{i}"), tensor: x.shallow_clone() });
+                stages.push(Stage {
+                    name: format!("blocks.{i}"),
+                    tensor: x.shallow_clone(),
+                });
             }
         }
         Ok(stages)
@@ -119,18 +156,29 @@ impl Classifier for MobileNetV1 {
 
     fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
         let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let x = if dropout && self.dropout > 0.0 { x.f_dropout(self.dropout, true)? } else { x };
+        let x = if dropout && self.dropout > 0.0 {
+            x.f_dropout(self.dropout, true)?
+        } else {
+            x
+        };
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
     }
 
     fn units(&self) -> Vec<&ConvNormAct> {
-        let blocks = self.blocks.iter().flatten().flat_map(|b| [&b.conv_dw, &b.conv_pw]);
+        let blocks = self
+            .blocks
+            .iter()
+            .flatten()
+            .flat_map(|b| [&b.conv_dw, &b.conv_pw]);
         std::iter::once(&self.stem).chain(blocks).collect()
     }
 
     fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
-        let blocks =
-            self.blocks.iter_mut().flatten().flat_map(|b| [&mut b.conv_dw, &mut b.conv_pw]);
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .flatten()
+            .flat_map(|b| [&mut b.conv_dw, &mut b.conv_pw]);
         std::iter::once(&mut self.stem).chain(blocks).collect()
     }
 

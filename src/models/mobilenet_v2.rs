@@ -53,7 +53,10 @@ impl InvertedResidual {
         cfg: &ModelConfig,
     ) -> Result<Self> {
         if stride != 1 && stride != 2 {
-            return Err(Error::config("stride", format!("should be 1 or 2 instead of {stride}")));
+            return Err(Error::config(
+                "stride",
+                format!("should be 1 or 2 instead of {stride}"),
+            ));
         }
         let name = dotted(&p);
         let hidden_dim = (inp as f64 * expand_ratio as f64).round() as i64;
@@ -101,7 +104,9 @@ impl InvertedResidual {
 
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = match &self.conv_pw {
-            Some(pw) => self.conv_dw.f_forward_t(&pw.f_forward_t(xs, train)?, train)?,
+            Some(pw) => self
+                .conv_dw
+                .f_forward_t(&pw.f_forward_t(xs, train)?, train)?,
             None => self.conv_dw.f_forward_t(xs, train)?,
         };
         let ys = self.conv_pwl.f_forward_t(&ys, train)?;
@@ -109,15 +114,23 @@ impl InvertedResidual {
     }
 
     pub fn units(&self) -> Vec<&ConvNormAct> {
-        self.conv_pw.iter().chain([&self.conv_dw, &self.conv_pwl]).collect()
+        self.conv_pw
+            .iter()
+            .chain([&self.conv_dw, &self.conv_pwl])
+            .collect()
     }
 
     pub fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
-        self.conv_pw.iter_mut().chain([&mut self.conv_dw, &mut self.conv_pwl]).collect()
+        self.conv_pw
+            .iter_mut()
+            .chain([&mut self.conv_dw, &mut self.conv_pwl])
+            .collect()
     }
 }
 
 /// One element of `features`: the stem, an inverted residual, or the last 1x1 conv.
+// Built once per model: the variants' sizes don't matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Feature {
     Conv(ConvNormAct),
@@ -180,10 +193,19 @@ impl MobileNetV2 {
         let fc_weight = cls.f_var(
             "weight",
             &[cfg.num_classes, last_channel],
-            nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
         )?;
         let fc_bias = cls.f_zeros("bias", &[cfg.num_classes])?;
-        Ok(MobileNetV2 { features, fc_weight, fc_bias, last_channel, dropout: cfg.dropout })
+        Ok(MobileNetV2 {
+            features,
+            fc_weight,
+            fc_bias,
+            last_channel,
+            dropout: cfg.dropout,
+        })
     }
 }
 
@@ -198,7 +220,10 @@ impl Classifier for MobileNetV2 {
                 Feature::Block(b) => b.f_forward_t(&x, train)?,
             };
             if keep || i + 1 == self.features.len() {
-                stages.push(Stage { name: format!("features.{i}"), tensor: x.shallow_clone() });
+                stages.push(Stage {
+                    name: format!("features.{i}"),
+                    tensor: x.shallow_clone(),
+                });
             }
         }
         Ok(stages)
@@ -206,7 +231,11 @@ impl Classifier for MobileNetV2 {
 
     fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
         let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let x = if dropout && self.dropout > 0.0 { x.f_dropout(self.dropout, true)? } else { x };
+        let x = if dropout && self.dropout > 0.0 {
+            x.f_dropout(self.dropout, true)?
+        } else {
+            x
+        };
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
     }
 

@@ -30,6 +30,8 @@ pub struct BneckConf {
     pub tail: bool,
 }
 
+// One table row per call keeps the tables readable as the paper's.
+#[allow(clippy::too_many_arguments)]
 const fn b(i: i64, k: i64, e: i64, o: i64, se: bool, hs: bool, s: i64, tail: bool) -> BneckConf {
     BneckConf {
         input_channels: i,
@@ -110,9 +112,23 @@ impl SqueezeExcitation {
 
     pub fn f_forward(&self, xs: &Tensor) -> Result<Tensor> {
         let s = xs.f_adaptive_avg_pool2d([1, 1])?;
-        let s = s.f_conv2d(&self.fc1_weight, Some(&self.fc1_bias), [1, 1], [0, 0], [1, 1], 1)?;
+        let s = s.f_conv2d(
+            &self.fc1_weight,
+            Some(&self.fc1_bias),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )?;
         let s = s.f_relu()?;
-        let s = s.f_conv2d(&self.fc2_weight, Some(&self.fc2_bias), [1, 1], [0, 0], [1, 1], 1)?;
+        let s = s.f_conv2d(
+            &self.fc2_weight,
+            Some(&self.fc2_bias),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )?;
         Ok(s.f_hardsigmoid()? * xs)
     }
 
@@ -138,7 +154,11 @@ impl InvertedResidual {
     /// depthwise conv (whose stride is then 1).
     pub fn new(p: nn::Path, c: &BneckConf, dilation: i64, cfg: &ModelConfig) -> Result<Self> {
         let bn = v3_batch_norm();
-        let act = if c.use_hs { Activation::Hardswish } else { Activation::Relu };
+        let act = if c.use_hs {
+            Activation::Hardswish
+        } else {
+            Activation::Relu
+        };
         let block = &p / "block";
         let mut j = 0;
         let conv_pw = if c.expanded_channels != c.input_channels {
@@ -157,7 +177,9 @@ impl InvertedResidual {
         let conv_dw = ConvNormAct::new(
             &block / j / 0,
             &block / j / 1,
-            ConvSpec::depthwise(c.expanded_channels, c.kernel, stride).act(act).dilation(dilation),
+            ConvSpec::depthwise(c.expanded_channels, c.kernel, stride)
+                .act(act)
+                .dilation(dilation),
             &cfg.norm,
             bn,
         )?;
@@ -165,7 +187,11 @@ impl InvertedResidual {
         let se = if c.use_se {
             let squeeze = make_divisible((c.expanded_channels / 4) as f64, 8);
             j += 1;
-            Some(SqueezeExcitation::new(&block / (j - 1), c.expanded_channels, squeeze)?)
+            Some(SqueezeExcitation::new(
+                &block / (j - 1),
+                c.expanded_channels,
+                squeeze,
+            )?)
         } else {
             None
         };
@@ -202,10 +228,16 @@ impl InvertedResidual {
 
 /// torchvision's V3 norm: `BatchNorm2d(eps=0.001, momentum=0.01)`.
 fn v3_batch_norm() -> BatchNormConfig {
-    BatchNormConfig { eps: 0.001, momentum: Some(0.01), ..BatchNormConfig::default() }
+    BatchNormConfig {
+        eps: 0.001,
+        momentum: Some(0.01),
+        ..BatchNormConfig::default()
+    }
 }
 
 /// One element of `features`.
+// Built once per model: the variants' sizes don't matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Feature {
     Conv(ConvNormAct),
@@ -231,8 +263,11 @@ impl MobileNetV3 {
     /// `large` picks Table 1, else Table 2. `cfg.reduced_tail` halves the tail's channels,
     /// `cfg.dilated` dilates its depthwise convs (for segmentation backbones).
     pub fn new(p: &nn::Path, cfg: &ModelConfig, large: bool) -> Result<Self> {
-        let (table, last): (&[BneckConf], i64) =
-            if large { (&LARGE, LARGE_LAST_CHANNEL) } else { (&SMALL, SMALL_LAST_CHANNEL) };
+        let (table, last): (&[BneckConf], i64) = if large {
+            (&LARGE, LARGE_LAST_CHANNEL)
+        } else {
+            (&SMALL, SMALL_LAST_CHANNEL)
+        };
         let divider = if cfg.reduced_tail { 2 } else { 1 };
         let dilation = if cfg.dilated { 2 } else { 1 };
         let adjust = |c: i64| make_divisible(c as f64 * cfg.width_mult, 8);
@@ -244,9 +279,21 @@ impl MobileNetV3 {
                 // first tail block) by `reduce_divider` before scaling by the width.
                 let tail_in = c.tail && table[i.saturating_sub(1)].tail;
                 BneckConf {
-                    input_channels: adjust(if tail_in { c.input_channels / divider } else { c.input_channels }),
-                    expanded_channels: adjust(if tail_in { c.expanded_channels / divider } else { c.expanded_channels }),
-                    out_channels: adjust(if c.tail { c.out_channels / divider } else { c.out_channels }),
+                    input_channels: adjust(if tail_in {
+                        c.input_channels / divider
+                    } else {
+                        c.input_channels
+                    }),
+                    expanded_channels: adjust(if tail_in {
+                        c.expanded_channels / divider
+                    } else {
+                        c.expanded_channels
+                    }),
+                    out_channels: adjust(if c.tail {
+                        c.out_channels / divider
+                    } else {
+                        c.out_channels
+                    }),
                     ..*c
                 }
             })
@@ -276,7 +323,10 @@ impl MobileNetV3 {
             &cfg.norm,
             v3_batch_norm(),
         )?));
-        let init = nn::Init::Randn { mean: 0.0, stdev: 0.01 };
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        };
         let cls = p / "classifier";
         let fc1 = &cls / 0;
         let fc2 = &cls / 3;
@@ -305,7 +355,10 @@ impl Classifier for MobileNetV3 {
                 Feature::Block(b) => b.f_forward_t(&x, train)?,
             };
             if keep || i + 1 == self.features.len() {
-                stages.push(Stage { name: format!("features.{i}"), tensor: x.shallow_clone() });
+                stages.push(Stage {
+                    name: format!("features.{i}"),
+                    tensor: x.shallow_clone(),
+                });
             }
         }
         Ok(stages)
@@ -313,8 +366,14 @@ impl Classifier for MobileNetV3 {
 
     fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
         let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let x = x.f_linear(&self.fc1_weight, Some(&self.fc1_bias))?.f_hardswish()?;
-        let x = if dropout && self.dropout > 0.0 { x.f_dropout(self.dropout, true)? } else { x };
+        let x = x
+            .f_linear(&self.fc1_weight, Some(&self.fc1_bias))?
+            .f_hardswish()?;
+        let x = if dropout && self.dropout > 0.0 {
+            x.f_dropout(self.dropout, true)?
+        } else {
+            x
+        };
         Ok(x.f_linear(&self.fc2_weight, Some(&self.fc2_bias))?)
     }
 
@@ -333,9 +392,11 @@ impl Classifier for MobileNetV3 {
             .iter_mut()
             .flat_map(|f| match f {
                 Feature::Conv(c) => vec![c],
-                Feature::Block(b) => {
-                    b.conv_pw.iter_mut().chain([&mut b.conv_dw, &mut b.conv_pwl]).collect()
-                }
+                Feature::Block(b) => b
+                    .conv_pw
+                    .iter_mut()
+                    .chain([&mut b.conv_dw, &mut b.conv_pwl])
+                    .collect(),
             })
             .collect()
     }

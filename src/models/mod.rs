@@ -4,6 +4,7 @@
 //! Every architecture is a struct of named blocks made of [`ConvNormAct`] units, so a caller can
 //! reach a block, count its parameters, fold its BatchNorm or read its feature map.
 
+mod load;
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
@@ -117,13 +118,22 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.width_mult.is_finite() && self.width_mult > 0.0 && self.width_mult <= 10.0) {
-            return Err(Error::config("width_mult", format!("{} is not in (0, 10]", self.width_mult)));
+            return Err(Error::config(
+                "width_mult",
+                format!("{} is not in (0, 10]", self.width_mult),
+            ));
         }
         if self.num_classes < 1 {
-            return Err(Error::config("num_classes", format!("{} is not >= 1", self.num_classes)));
+            return Err(Error::config(
+                "num_classes",
+                format!("{} is not >= 1", self.num_classes),
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config("dropout", format!("{} is not in [0, 1)", self.dropout)));
+            return Err(Error::config(
+                "dropout",
+                format!("{} is not in [0, 1)", self.dropout),
+            ));
         }
         if self.round_nearest < 1 {
             return Err(Error::config(
@@ -202,7 +212,13 @@ impl Model {
             Arch::MobilenetV3Large => Box::new(MobileNetV3::new(&root, &config, true)?),
             Arch::MobilenetV3Small => Box::new(MobileNetV3::new(&root, &config, false)?),
         };
-        Ok(Model { config, vs, net, folded: false, channels_last: false })
+        Ok(Model {
+            config,
+            vs,
+            net,
+            folded: false,
+            channels_last: false,
+        })
     }
 
     /// Moves the weights to `device` and casts floating-point ones to `precision`.
@@ -279,7 +295,10 @@ impl Model {
 
     /// The floating-point kind of the weights.
     pub fn kind(&self) -> tch::Kind {
-        self.net.units().first().map_or(tch::Kind::Float, |u| u.weight.kind())
+        self.net
+            .units()
+            .first()
+            .map_or(tch::Kind::Float, |u| u.weight.kind())
     }
 
     /// Folds every BatchNorm into its convolution (used in eval mode only). Returns how many.
@@ -316,10 +335,16 @@ impl Model {
 
     /// Trainable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())`.
     pub fn parameter_count(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 }
 
 fn last(stages: &[Stage]) -> Result<&Stage> {
-    stages.last().ok_or_else(|| Error::bad_input("model", "no feature stage was produced"))
+    stages
+        .last()
+        .ok_or_else(|| Error::bad_input("model", "no feature stage was produced"))
 }

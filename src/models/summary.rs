@@ -92,7 +92,11 @@ pub enum SummaryUnit<'a> {
 }
 
 /// Rows for a chain of units (the main path) followed by the head.
-pub fn rows_from_units(units: &[SummaryUnit], resolution: i64, head: Vec<LayerRow>) -> Vec<LayerRow> {
+pub fn rows_from_units(
+    units: &[SummaryUnit],
+    resolution: i64,
+    head: Vec<LayerRow>,
+) -> Vec<LayerRow> {
     let (mut h, mut w) = (resolution, resolution);
     let mut rows = Vec::new();
     let mut prev: Option<&ConvNormAct> = None;
@@ -116,8 +120,11 @@ pub fn rows_from_units(units: &[SummaryUnit], resolution: i64, head: Vec<LayerRo
         let (mut row, oh, ow) = LayerRow::conv(unit, h, w);
         if let Some(dw) = prev.filter(|p| p.spec.kind() == ConvKind::Depthwise) {
             if unit.spec.kind() == ConvKind::Pointwise {
-                row.separable =
-                    Some(Separable::new(dw.spec.kernel, dw.spec.in_channels, unit.spec.out_channels));
+                row.separable = Some(Separable::new(
+                    dw.spec.kernel,
+                    dw.spec.in_channels,
+                    unit.spec.out_channels,
+                ));
             }
         }
         rows.push(row);
@@ -142,7 +149,13 @@ impl Summary {
     pub fn new(config: ModelConfig, resolution: i64, layers: Vec<LayerRow>) -> Summary {
         let total_parameters = layers.iter().map(|r| r.parameters).sum();
         let total_mult_adds = layers.iter().map(|r| r.mult_adds).sum();
-        Summary { config, resolution, layers, total_parameters, total_mult_adds }
+        Summary {
+            config,
+            resolution,
+            layers,
+            total_parameters,
+            total_mult_adds,
+        }
     }
 
     /// The table as text, one row per layer, then the totals.
@@ -153,7 +166,11 @@ impl Summary {
         let _ = writeln!(
             out,
             "{} width {} norm {} classes {} at {r}x{r}",
-            c.arch, c.width_mult, c.norm, c.num_classes, r = self.resolution
+            c.arch,
+            c.width_mult,
+            c.norm,
+            c.num_classes,
+            r = self.resolution
         );
         let _ = writeln!(
             out,
@@ -161,7 +178,12 @@ impl Summary {
             "layer", "kind", "output", "params", "mult-adds"
         );
         for r in &self.layers {
-            let shape = r.output_shape.iter().map(i64::to_string).collect::<Vec<_>>().join("x");
+            let shape = r
+                .output_shape
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join("x");
             let sep = r.separable.as_ref().map_or(String::new(), |s| {
                 format!(
                     "{} + {} = {} vs {} ({:.3}x)",

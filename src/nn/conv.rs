@@ -91,7 +91,10 @@ impl ConvSpec {
     }
     /// A depthwise conv: one `kernel`x`kernel` filter per channel (`groups = channels`).
     pub fn depthwise(channels: i64, kernel: i64, stride: i64) -> Self {
-        ConvSpec { groups: channels, ..ConvSpec::new(channels, channels, kernel, stride) }
+        ConvSpec {
+            groups: channels,
+            ..ConvSpec::new(channels, channels, kernel, stride)
+        }
     }
     pub fn act(self, activation: Activation) -> Self {
         ConvSpec { activation, ..self }
@@ -145,8 +148,7 @@ impl ConvNormAct {
         norm_kind: &NormKind,
         bn: BatchNormConfig,
     ) -> Result<Self> {
-        if spec.in_channels <= 0 || spec.out_channels <= 0 || spec.in_channels % spec.groups != 0
-        {
+        if spec.in_channels <= 0 || spec.out_channels <= 0 || spec.in_channels % spec.groups != 0 {
             return Err(Error::config(
                 format!("convolution {}", dotted(&conv)),
                 format!(
@@ -155,11 +157,22 @@ impl ConvNormAct {
                 ),
             ));
         }
-        let dims = [spec.out_channels, spec.in_channels / spec.groups, spec.kernel, spec.kernel];
+        let dims = [
+            spec.out_channels,
+            spec.in_channels / spec.groups,
+            spec.kernel,
+            spec.kernel,
+        ];
         let weight = conv.f_var("weight", &dims, nn::init::DEFAULT_KAIMING_UNIFORM)?;
         let name = dotted(&conv);
         let norm = norm_kind.build(&norm, spec.out_channels, bn)?;
-        Ok(ConvNormAct { spec, weight, norm, folded: None, name })
+        Ok(ConvNormAct {
+            spec,
+            weight,
+            norm,
+            folded: None,
+            name,
+        })
     }
 
     /// Runs conv → norm → activation. `train` selects batch statistics in the norm; the folded
@@ -197,7 +210,9 @@ impl ConvNormAct {
     /// Folds an eval-mode BatchNorm into the convolution (no-op for other norms, or a BatchNorm
     /// without running statistics). Returns whether it folded.
     pub fn fold_batch_norm(&mut self) -> Result<bool> {
-        let Some(bn) = self.norm.as_batch_norm() else { return Ok(false) };
+        let Some(bn) = self.norm.as_batch_norm() else {
+            return Ok(false);
+        };
         let (Some(mean), Some(var)) = (&bn.running_mean, &bn.running_var) else {
             return Ok(false);
         };
@@ -242,7 +257,11 @@ impl ConvNormAct {
     pub fn set_channels_last(&mut self, channels_last: bool) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let convert = |t: &Tensor| -> Result<Tensor> {
-            Ok(if channels_last { to_channels_last(t)? } else { t.f_contiguous()? })
+            Ok(if channels_last {
+                to_channels_last(t)?
+            } else {
+                t.f_contiguous()?
+            })
         };
         if let Some((w, b)) = &self.folded {
             self.folded = Some((convert(w)?, b.shallow_clone()));
@@ -255,7 +274,9 @@ impl ConvNormAct {
 
 /// An NCHW tensor with NHWC strides (tch 0.24 has no memory-format API).
 pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
-    Ok(t.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+    Ok(t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])?)
 }
 
 /// The var-store path as a dotted key, e.g. `features.1.conv.0.0`.

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU benchmark: our `mobilenet bench` against PyTorch eager (contiguous and
+channels-last), TorchScript freeze + optimize_for_inference, and ONNX Runtime, on the same
+weights, threads and batch sizes, in one sequence on one machine.
+
+  .venv/bin/python3 scripts/bench_compare.py [--arch mobilenet_v2] [--batch-sizes 1,16]
+      [--threads 2] [--iters 30] [--warmup 5] [--out bench-results/compare-ARCH.json]
+
+Installs onnxruntime and onnx into the venv when missing (only this script needs them).
+Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "weights"))
+
+ORT_PINS = ["onnxruntime==1.32.0", "onnx==1.23.2"]
+
+
+def ensure_ort():
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        return
+    print("bench_compare: installing " + " ".join(ORT_PINS), file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *ORT_PINS], check=True)
+
+
+def timeit(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return {
+        "p50_ms": times[len(times) // 2],
+        "p90_ms": times[min(len(times) - 1, round((len(times) - 1) * 0.9))],
+    }
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="mobilenet_v2")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target/release/mobilenet"))
+    p.add_argument("--out")
+    p.add_argument("--skip-ort", action="store_true")
+    args = p.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if not args.skip_ort:
+        ensure_ort()
+
+    import torch
+    from export import save_weights, seeded
+
+    torch.set_num_threads(args.threads)
+    model = seeded(args.arch, args.width_mult, "batch", 1000, 0)
+    tmp = tempfile.mkdtemp(prefix="bench-compare-")
+    weights = os.path.join(tmp, "weights.safetensors")
+    save_weights(model, weights)
+
+    results = {}  # impl -> batch -> timing
+
+    # Ours, in its own process (its own libtorch thread pool).
+    cmd = [args.binary, "bench", "--arch", args.arch, "--width-mult", str(args.width_mult),
+           "--weights", weights, "--device", "cpu", "--threads", str(args.threads),
+           "--batch-sizes", args.batch_sizes, "--iters", str(args.iters),
+           "--warmup", str(args.warmup), "--json"]
+    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    results["mobilenet (ours)"] = {r["batch_size"]: r for r in ours["results"]}
+
+    with torch.no_grad():
+        cl = torch.channels_last
+        scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model.eval())))
+        model_cl = seeded(args.arch, args.width_mult, "batch", 1000, 0).to(memory_format=cl)
+        impls = {
+            "pytorch eager": lambda x: model(x),
+            "pytorch eager channels-last": lambda x: model_cl(x.contiguous(memory_format=cl)),
+            "torchscript optimize_for_inference": lambda x: scripted(x),
+        }
+        for name, fn in impls.items():
+            results[name] = {}
+            for bs in batch_sizes:
+                x = torch.randn(bs, 3, 224, 224)
+                results[name][bs] = timeit(lambda: fn(x), args.warmup, args.iters)
+
+    if not args.skip_ort:
+        import onnxruntime as ort
+
+        onnx_path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(model, torch.randn(1, 3, 224, 224), onnx_path, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        results[f"onnxruntime {ort.__version__}"] = {}
+        for bs in batch_sizes:
+            x = torch.randn(bs, 3, 224, 224).numpy()
+            results[f"onnxruntime {ort.__version__}"][bs] = timeit(
+                lambda: sess.run(None, {"x": x}), args.warmup, args.iters)
+
+    mine = results["mobilenet (ours)"]
+    print(f"{args.arch} width {args.width_mult}, fp32 CPU, {args.threads} threads, "
+          f"{args.iters} iterations, on {cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
+    print(f"{'implementation':<38} {'batch':>5} {'p50 ms':>9} {'ours/theirs':>12}")
+    table = []
+    for name, rows in results.items():
+        for bs in batch_sizes:
+            r = rows[bs]
+            ratio = mine[bs]["p50_ms"] / r["p50_ms"]
+            table.append({"implementation": name, "batch_size": bs, "p50_ms": r["p50_ms"],
+                          "p90_ms": r["p90_ms"], "ours_over_theirs": ratio})
+            print(f"{name:<38} {bs:>5} {r['p50_ms']:>9.2f} {ratio:>11.2f}x")
+    out = args.out or os.path.join(ROOT, "bench-results", f"compare-{args.arch}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"arch": args.arch, "width_mult": args.width_mult, "threads": args.threads,
+                   "iters": args.iters, "cpu": cpu_name(), "cores": os.cpu_count(),
+                   "torch": torch.__version__, "ours": ours, "table": table}, f, indent=1)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

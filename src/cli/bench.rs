@@ -1,0 +1,151 @@
+//! `mobilenet bench`: forward-pass latency (p50, p90) and images per second per batch size,
+//! with the settings used.
+
+use super::common::ModelArgs;
+use mobilenet::bench::{bench_batch, BenchRow};
+use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::models::Model;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Weights file; random (seeded) weights when absent. Speed does not depend on the values.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+    /// Comma-separated batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    batch_sizes: Vec<i64>,
+    #[arg(long, default_value_t = 224)]
+    resolution: i64,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    iters: usize,
+    /// Intra-op threads (libtorch's default: one per core).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Keep BatchNorm separate instead of folding it into the convolutions.
+    #[arg(long)]
+    no_fold: bool,
+    /// Activation and weight layout: auto (channels-last), nchw (contiguous), nhwc.
+    #[arg(long, value_enum, default_value = "auto")]
+    layout: Layout,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Auto,
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Serialize)]
+struct Report {
+    arch: String,
+    width_mult: f64,
+    device: String,
+    precision: Precision,
+    layout: &'static str,
+    bn_folded: bool,
+    threads: i32,
+    resolution: i64,
+    warmup: usize,
+    libtorch_version: &'static str,
+    results: Vec<BenchRow>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n >= 1, "--threads {n} must be >= 1");
+        tch::set_num_threads(n);
+    }
+    anyhow::ensure!(
+        args.batch_sizes.iter().all(|&b| b >= 1) && !args.batch_sizes.is_empty(),
+        "--batch-sizes must be positive integers"
+    );
+    anyhow::ensure!(args.iters >= 1, "--iters must be >= 1");
+    anyhow::ensure!(args.resolution >= 32, "--resolution must be >= 32");
+    let device = args.device.resolve()?;
+    args.precision.check(device)?;
+    let cfg = args.model.config();
+    let mut model = match &args.weights {
+        Some(path) => Model::from_file(cfg, path, device, args.precision)?,
+        None => {
+            tch::manual_seed(0);
+            let mut m = Model::new(cfg, tch::Device::Cpu)?;
+            m.to(device, args.precision)?;
+            m
+        }
+    };
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    if !args.no_fold {
+        model.fold_batch_norm()?;
+    }
+    let channels_last = args.layout != Layout::Nchw;
+    model.set_channels_last(channels_last)?;
+    let mut results = Vec::new();
+    for &bs in &args.batch_sizes {
+        let row = bench_batch(&model, bs, args.resolution, args.warmup, args.iters)?;
+        if !args.json {
+            eprintln!(
+                "batch {:>4}: p50 {:>9.3} ms  p90 {:>9.3} ms  {:>9.1} images/s",
+                row.batch_size, row.p50_ms, row.p90_ms, row.images_per_s
+            );
+        }
+        results.push(row);
+    }
+    let report = Report {
+        arch: model.config.arch.to_string(),
+        width_mult: model.config.width_mult,
+        device: format!("{device:?}"),
+        precision: args.precision,
+        layout: if channels_last { "nhwc" } else { "nchw" },
+        bn_folded: model.folded,
+        threads: tch::get_num_threads(),
+        resolution: args.resolution,
+        warmup: args.warmup,
+        libtorch_version: env!("MOBILENET_LIBTORCH_VERSION"),
+        results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} width {} on {} {} layout {} bn folded {} threads {} libtorch {}",
+            report.arch,
+            report.width_mult,
+            report.device,
+            report.precision,
+            report.layout,
+            report.bn_folded,
+            report.threads,
+            report.libtorch_version
+        );
+        println!(
+            "{:>6} {:>10} {:>10} {:>12}",
+            "batch", "p50 ms", "p90 ms", "images/s"
+        );
+        for r in &report.results {
+            println!(
+                "{:>6} {:>10.3} {:>10.3} {:>12.1}",
+                r.batch_size, r.p50_ms, r.p90_ms, r.images_per_s
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
