@@ -16,9 +16,7 @@ fn main() {
     let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(lib) => PathBuf::from(lib),
         Err(_) => {
-            println!(
-                "cargo:warning=torch-sys did not report its libtorch folder; no rpath is set"
-            );
+            println!("cargo:warning=torch-sys did not report its libtorch folder; no rpath is set");
             return;
         }
     };
@@ -49,7 +47,10 @@ fn main() {
 fn torch_version(lib: &Path) -> Option<String> {
     let root = lib.parent()?;
     if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
-        println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("version.py").display()
+        );
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("__version__") {
                 let v = rest.trim_start_matches([' ', '=', ':']).trim();

@@ -51,7 +51,11 @@ impl DeviceChoice {
             DeviceChoice::Auto => Ok(Device::cuda_if_available()),
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda(n) => {
-                let count = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+                let count = if tch::Cuda::is_available() {
+                    tch::Cuda::device_count()
+                } else {
+                    0
+                };
                 if (n as i64) < count {
                     Ok(Device::Cuda(n))
                 } else {

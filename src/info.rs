@@ -32,7 +32,11 @@ impl Info {
     /// Collects the report. Never fails: what cannot be read is left empty.
     pub fn collect() -> Info {
         let cuda_available = tch::Cuda::is_available();
-        let cuda_device_count = if cuda_available { tch::Cuda::device_count() } else { 0 };
+        let cuda_device_count = if cuda_available {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
         let cudnn_available = cuda_available && tch::Cuda::cudnn_is_available();
         Info {
             mobilenet_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -87,7 +91,9 @@ fn cuda_device_names(count: i64) -> Vec<String> {
             let mut dev = 0i32;
             let mut buf = [0 as libc::c_char; 256];
             if get(&mut dev, ordinal) == 0 && get_name(buf.as_mut_ptr(), 255, dev) == 0 {
-                let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+                let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
                 names.push(name);
             }
         }

@@ -29,9 +29,21 @@ impl Tolerance {
     /// largest logit magnitude, identical top-1. bf16 (8 mantissa bits): 5%, identical top-1.
     pub fn for_precision(p: Precision) -> Tolerance {
         match p {
-            Precision::Fp32 => Tolerance { logits: 1e-4, relative: false, top_k: 5 },
-            Precision::Fp16 => Tolerance { logits: 1e-2, relative: true, top_k: 1 },
-            Precision::Bf16 => Tolerance { logits: 5e-2, relative: true, top_k: 1 },
+            Precision::Fp32 => Tolerance {
+                logits: 1e-4,
+                relative: false,
+                top_k: 5,
+            },
+            Precision::Fp16 => Tolerance {
+                logits: 1e-2,
+                relative: true,
+                top_k: 1,
+            },
+            Precision::Bf16 => Tolerance {
+                logits: 5e-2,
+                relative: true,
+                top_k: 1,
+            },
         }
     }
 }
@@ -54,11 +66,21 @@ pub fn diff(name: &str, ours: &Tensor, reference: &Tensor) -> Result<Diff> {
     if ours.size() != reference.size() {
         return Err(Error::bad_input(
             name,
-            format!("shape {:?} differs from the reference's {:?}", ours.size(), reference.size()),
+            format!(
+                "shape {:?} differs from the reference's {:?}",
+                ours.size(),
+                reference.size()
+            ),
         ));
     }
-    let a = ours.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
-    let b = reference.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
+    let a = ours
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_flatten(0, -1)?;
+    let b = reference
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_flatten(0, -1)?;
     if a.numel() == 0 {
         return Ok(Diff {
             name: name.into(),
@@ -76,7 +98,11 @@ pub fn diff(name: &str, ours: &Tensor, reference: &Tensor) -> Result<Diff> {
     Ok(Diff {
         name: name.into(),
         max_abs,
-        max_rel: if scale > 0.0 { max_abs / scale } else { max_abs },
+        max_rel: if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        },
         worst_index: worst,
         ours: a.f_double_value(&[worst])?,
         reference: b.f_double_value(&[worst])?,
@@ -120,18 +146,28 @@ pub fn read_reference(path: &Path) -> Result<HashMap<String, Tensor>> {
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     for key in ["input", "logits"] {
         if !map.contains_key(key) {
-            return Err(Error::file(path, format!("reference has no `{key}` tensor")));
+            return Err(Error::file(
+                path,
+                format!("reference has no `{key}` tensor"),
+            ));
         }
     }
     let input = &map["input"];
     let logits = &map["logits"];
     if input.dim() != 4 || input.size()[1] != 3 {
-        return Err(Error::file(path, format!("`input` is {:?}, not [N, 3, H, W]", input.size())));
+        return Err(Error::file(
+            path,
+            format!("`input` is {:?}, not [N, 3, H, W]", input.size()),
+        ));
     }
     if logits.dim() != 2 || logits.size()[0] != input.size()[0] {
         return Err(Error::file(
             path,
-            format!("`logits` is {:?}, not [N, K] for N = {}", logits.size(), input.size()[0]),
+            format!(
+                "`logits` is {:?}, not [N, K] for N = {}",
+                logits.size(),
+                input.size()[0]
+            ),
         ));
     }
     Ok(map)
@@ -154,12 +190,16 @@ pub fn check(
             format!("`logits` has {} classes, the model {k}", want.size()[1]),
         ));
     }
-    let input = reference["input"].f_to_device(device)?.f_to_kind(precision.kind())?;
+    let input = reference["input"]
+        .f_to_device(device)?
+        .f_to_kind(precision.kind())?;
     let (logits, stages) = {
         let _guard = tch::no_grad_guard();
         model.forward_with_stages(&input, train, false)?
     };
-    let logits = logits.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+    let logits = logits
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?;
     let logit_diff = diff("logits", &logits, want)?;
 
     let top = k.min(5);
@@ -184,7 +224,9 @@ pub fn check(
     let mut worst_buffer: Option<Diff> = None;
     if train {
         let vars = model.vs.variables();
-        for (key, want) in reference.iter().filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))
+        for (key, want) in reference
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))
         {
             let ours = vars.get(key).ok_or_else(|| {
                 Error::bad_input("reference", format!("buffer `{key}` is not in the model"))
@@ -197,8 +239,16 @@ pub fn check(
     }
 
     let tolerance = Tolerance::for_precision(precision);
-    let err = if tolerance.relative { logit_diff.max_rel } else { logit_diff.max_abs };
-    let top_ok = if tolerance.top_k >= 5 { top5 == samples } else { top1 == samples };
+    let err = if tolerance.relative {
+        logit_diff.max_rel
+    } else {
+        logit_diff.max_abs
+    };
+    let top_ok = if tolerance.top_k >= 5 {
+        top5 == samples
+    } else {
+        top1 == samples
+    };
     let buffers_ok = worst_buffer.as_ref().is_none_or(|d| {
         if precision == Precision::Fp32 {
             d.max_abs <= tolerance.logits

@@ -45,7 +45,12 @@ fn variable_names_and_shapes_equal_the_reference_state_dict() {
             .unwrap()
             .iter()
             .map(|k| {
-                let shape = k[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+                let shape = k[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_i64().unwrap())
+                    .collect();
                 (k[0].as_str().unwrap().to_string(), shape)
             })
             .collect();
@@ -80,8 +85,14 @@ fn parity_with_pytorch_every_configuration() {
             let train = r["mode"] == "train";
             let report = parity::check(&model, &reference, train, Precision::Fp32).unwrap();
             let what = format!("{} {} {}", entry["name"], r["mode"], r["resolution"]);
-            println!("{what}: {}; top-5 {}/{}", report.logits, report.top5_agree, report.samples);
-            assert!(!report.stages.is_empty(), "{what}: no stage feature maps compared");
+            println!(
+                "{what}: {}; top-5 {}/{}",
+                report.logits, report.top5_agree, report.samples
+            );
+            assert!(
+                !report.stages.is_empty(),
+                "{what}: no stage feature maps compared"
+            );
             for stage in &report.stages {
                 assert!(stage.max_abs <= 1e-4, "{what}: stage {stage}");
             }
@@ -121,35 +132,64 @@ fn pth_and_safetensors_load_to_the_same_model() {
         .unwrap();
         let (va, vb) = (a.vs.variables(), b.vs.variables());
         for (k, t) in &va {
-            assert!(t.equal(&vb[k]), "{}: {k} differs between .pth and .safetensors", entry["name"]);
+            assert!(
+                t.equal(&vb[k]),
+                "{}: {k} differs between .pth and .safetensors",
+                entry["name"]
+            );
         }
     }
 }
 
 #[test]
 fn summary_totals_match_pytorch_and_the_papers() {
-    let v2 = Model::new(ModelConfig::new(Arch::MobilenetV2), Device::Cpu).unwrap().summary(224);
+    let v2 = Model::new(ModelConfig::new(Arch::MobilenetV2), Device::Cpu)
+        .unwrap()
+        .summary(224);
     assert_eq!(v2.total_parameters, 3_504_872);
     // The MobileNetV2 paper: 300M multiply-adds at 224.
-    assert!((v2.total_mult_adds as f64 / 300e6 - 1.0).abs() < 0.01, "{}", v2.total_mult_adds);
-    let v1 = Model::new(ModelConfig::new(Arch::MobilenetV1), Device::Cpu).unwrap().summary(224);
+    assert!(
+        (v2.total_mult_adds as f64 / 300e6 - 1.0).abs() < 0.01,
+        "{}",
+        v2.total_mult_adds
+    );
+    let v1 = Model::new(ModelConfig::new(Arch::MobilenetV1), Device::Cpu)
+        .unwrap()
+        .summary(224);
     assert_eq!(v1.total_parameters, 4_231_976);
     // The MobileNet paper, Table 4: 569M mult-adds.
-    assert!((v1.total_mult_adds as f64 / 569e6 - 1.0).abs() < 0.01, "{}", v1.total_mult_adds);
+    assert!(
+        (v1.total_mult_adds as f64 / 569e6 - 1.0).abs() < 0.01,
+        "{}",
+        v1.total_mult_adds
+    );
     // Every depthwise + pointwise pair reports the standard conv it replaces.
     // torchvision's V3 parameter counts; the V3 paper's 219M (Large) and 56M (Small).
     for (arch, params, madds) in [
         (Arch::MobilenetV3Large, 5_483_032, 219e6),
         (Arch::MobilenetV3Small, 2_542_856, 56e6),
     ] {
-        let s = Model::new(ModelConfig::new(arch), Device::Cpu).unwrap().summary(224);
+        let s = Model::new(ModelConfig::new(arch), Device::Cpu)
+            .unwrap()
+            .summary(224);
         assert_eq!(s.total_parameters, params, "{arch}");
-        assert!((s.total_mult_adds as f64 / madds - 1.0).abs() < 0.02, "{arch}: {}", s.total_mult_adds);
+        assert!(
+            (s.total_mult_adds as f64 / madds - 1.0).abs() < 0.02,
+            "{arch}: {}",
+            s.total_mult_adds
+        );
     }
-    let pairs: Vec<_> = v1.layers.iter().filter_map(|r| r.separable.as_ref()).collect();
+    let pairs: Vec<_> = v1
+        .layers
+        .iter()
+        .filter_map(|r| r.separable.as_ref())
+        .collect();
     assert_eq!(pairs.len(), 13);
     let first = pairs[0];
-    assert_eq!((first.depthwise_weights, first.pointwise_weights), (3 * 3 * 32, 32 * 64));
+    assert_eq!(
+        (first.depthwise_weights, first.pointwise_weights),
+        (3 * 3 * 32, 32 * 64)
+    );
     assert_eq!(first.standard_weights, 3 * 3 * 32 * 64);
 }
 
@@ -157,7 +197,10 @@ fn summary_totals_match_pytorch_and_the_papers() {
 fn separable_counts_match_the_design_notes_example() {
     // A 3x3 conv from 3 to 4 channels: 108 weights; depthwise 27 + pointwise 12 = 39.
     let s = mobilenet::models::summary::Separable::new(3, 3, 4);
-    assert_eq!((s.standard_weights, s.depthwise_weights, s.pointwise_weights), (108, 27, 12));
+    assert_eq!(
+        (s.standard_weights, s.depthwise_weights, s.pointwise_weights),
+        (108, 27, 12)
+    );
     assert!((s.ratio - 39.0 / 108.0).abs() < 1e-12);
 }
 
@@ -169,8 +212,20 @@ fn bad_inputs_are_errors() {
         let err = model.f_forward_t(&x, false).unwrap_err().to_string();
         assert!(err.contains("mobilenet_v2"), "{shape:?}: {err}");
     }
-    let bad = ModelConfig { width_mult: 0.0, ..ModelConfig::new(Arch::MobilenetV2) };
-    assert!(Model::new(bad, Device::Cpu).unwrap_err().to_string().contains("width_mult"));
-    let bad = ModelConfig { num_classes: 0, ..ModelConfig::new(Arch::MobilenetV1) };
-    assert!(Model::new(bad, Device::Cpu).unwrap_err().to_string().contains("num_classes"));
+    let bad = ModelConfig {
+        width_mult: 0.0,
+        ..ModelConfig::new(Arch::MobilenetV2)
+    };
+    assert!(Model::new(bad, Device::Cpu)
+        .unwrap_err()
+        .to_string()
+        .contains("width_mult"));
+    let bad = ModelConfig {
+        num_classes: 0,
+        ..ModelConfig::new(Arch::MobilenetV1)
+    };
+    assert!(Model::new(bad, Device::Cpu)
+        .unwrap_err()
+        .to_string()
+        .contains("num_classes"));
 }

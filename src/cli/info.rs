@@ -18,7 +18,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("mobilenet        {}", info.mobilenet_version);
     println!("tch              {}", info.tch_version);
-    println!("libtorch         {} ({})", info.libtorch_version, info.libtorch_lib);
+    println!(
+        "libtorch         {} ({})",
+        info.libtorch_version, info.libtorch_lib
+    );
     println!("cuda available   {}", info.cuda_available);
     println!("cuda devices     {}", info.cuda_device_count);
     for (i, name) in info.cuda_devices.iter().enumerate() {

@@ -19,7 +19,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.resolution < 32 {
-        anyhow::bail!("--resolution {} is below the minimum of 32", args.resolution);
+        anyhow::bail!(
+            "--resolution {} is below the minimum of 32",
+            args.resolution
+        );
     }
     let model = Model::new(args.model.config(), tch::Device::Cpu)?;
     let summary = model.summary(args.resolution);
