@@ -23,14 +23,28 @@ release: check-torch
 ## Reference tensors and weight files from the venv's torch, torchvision and timm (seeded).
 fixtures: check-torch
 	@$(PY) weights/export.py fixtures --out fixtures
+	@$(PY) tests/gen_norm.py --out fixtures/norm
+	@$(PY) tests/gen_weights.py --out fixtures/weights
+	@$(PY) tests/gen_classify.py --out fixtures/classify
 
 test: check-torch fixtures
 	$(CARGO) fmt --check
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads 2
 
-demo: release
-	$(BIN) info
+## The main job end to end: set-up, build, weights (pretrained when downloadable, else seeded
+## with a loud notice), classify the sample photos.
+demo: check-torch
+	@bash scripts/demo.sh
+
+## Published weights into weights/ (needs internet): torchvision V2/V3 .pth, timm V1 safetensors.
+weights: check-torch
+	$(PY) weights/export.py pretrained --out weights
+
+## Side-by-side CPU benchmark against PyTorch eager, TorchScript and ONNX Runtime.
+bench: release
+	$(PY) scripts/bench_compare.py --arch mobilenet_v2
+	$(PY) scripts/bench_compare.py --arch mobilenet_v1
 
 lint:
 	$(CARGO) fmt --check

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Prepares .gpu/ (git-ignored) for scripts/gpu-check.sh on a GPU machine that has torch but no
+# Rust: the release binary, seeded weights and parity references. Run here, then carry .gpu/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make release >/dev/null
+rm -rf .gpu && mkdir -p .gpu
+cp target/release/mobilenet .gpu/
+cp scripts/gpu-check.sh .gpu/
+PY=.venv/bin/python3
+for arch in mobilenet_v2 mobilenet_v3_large; do
+  $PY weights/export.py model --arch "$arch" --seed 0 --out ".gpu/$arch.safetensors"
+  $PY weights/export.py reference --arch "$arch" --weights ".gpu/$arch.safetensors" \
+    --resolution 224 --batch 8 --out ".gpu/$arch-ref.safetensors"
+done
+echo "gpu-prepare: .gpu/ ready ($(du -sh .gpu | cut -f1))"

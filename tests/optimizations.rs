@@ -1,0 +1,137 @@
+//! The inference fast paths change no result: BatchNorm folded into the convolutions and
+//! channels-last layout each equal the plain model within 1e-5, for every architecture; a
+//! one-iteration smoke of `mobilenet bench`. (No timing is asserted anywhere.)
+
+use mobilenet::device::Precision;
+use mobilenet::models::{Arch, Model, ModelConfig};
+use mobilenet::parity::diff;
+use std::path::Path;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models").join(name);
+    assert!(p.exists(), "{} is missing: run `make fixtures`", p.display());
+    p
+}
+
+fn logits(model: &Model, x: &Tensor) -> Tensor {
+    tch::no_grad(|| model.f_forward_t(x, false).unwrap())
+}
+
+#[test]
+fn folding_and_channels_last_are_exact() {
+    for (arch, file) in [
+        (Arch::MobilenetV1, "v1_100.safetensors"),
+        (Arch::MobilenetV2, "v2_100.safetensors"),
+        (Arch::MobilenetV3Large, "v3l_100.safetensors"),
+        (Arch::MobilenetV3Small, "v3s_100.safetensors"),
+    ] {
+        let cfg = ModelConfig::new(arch);
+        let mut model =
+            Model::from_file(cfg, &fixture(file), Device::Cpu, Precision::Fp32).unwrap();
+        tch::manual_seed(7);
+        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let plain = logits(&model, &x);
+
+        let folded = model.fold_batch_norm().unwrap();
+        assert!(folded > 10, "{arch}: only {folded} BatchNorms folded");
+        let d = diff("folded", &logits(&model, &x), &plain).unwrap();
+        println!("{arch}: {d}");
+        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+
+        model.set_channels_last(true).unwrap();
+        let d = diff("folded + channels-last", &logits(&model, &x), &plain).unwrap();
+        println!("{arch}: {d}");
+        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+
+        model.unfold_batch_norm();
+        let d = diff("channels-last", &logits(&model, &x), &plain).unwrap();
+        println!("{arch}: {d}");
+        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+
+        // Train mode never uses the folded weights.
+        model.fold_batch_norm().unwrap();
+        model.set_channels_last(false).unwrap();
+        let train = tch::no_grad(|| model.f_forward_t(&x, true).unwrap());
+        assert!(train.size() == plain.size());
+    }
+}
+
+#[test]
+fn non_batch_norms_are_left_unfolded() {
+    let cfg = ModelConfig {
+        norm: "group:8".parse().unwrap(),
+        ..ModelConfig::new(Arch::MobilenetV2)
+    };
+    let mut model = Model::new(cfg, Device::Cpu).unwrap();
+    assert_eq!(model.fold_batch_norm().unwrap(), 0);
+    assert!(!model.folded);
+}
+
+#[test]
+fn bench_smoke_one_iteration() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--arch",
+            "mobilenet_v2",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1,2",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    assert_eq!(v["bn_folded"], true);
+    assert_eq!(v["layout"], "nhwc");
+    assert!(v["libtorch_version"].as_str().unwrap().starts_with("2.11.0"));
+    assert!(v["results"][0]["p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_rejects_bad_flags() {
+    for args in [
+        vec!["bench", "--batch-sizes", "0"],
+        vec!["bench", "--iters", "0"],
+        vec!["bench", "--device", "tpu"],
+        vec!["bench", "--threads", "0"],
+        vec!["bench", "--device", "cpu", "--precision", "fp16"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// fp16 on CUDA within the documented tolerance, when this machine has a GPU.
+#[test]
+fn cuda_fp16_within_tolerance_when_present() {
+    if !tch::Cuda::is_available() {
+        println!("no CUDA device: fp16 check skipped");
+        return;
+    }
+    let cfg = ModelConfig::new(Arch::MobilenetV2);
+    let file = fixture("v2_100.safetensors");
+    let cpu = Model::from_file(cfg.clone(), &file, Device::Cpu, Precision::Fp32).unwrap();
+    let mut gpu = Model::from_file(cfg, &file, Device::Cuda(0), Precision::Fp16).unwrap();
+    gpu.fold_batch_norm().unwrap();
+    gpu.set_channels_last(true).unwrap();
+    let x = Tensor::randn([4, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let want = logits(&cpu, &x);
+    let got = logits(&gpu, &x.to_device(Device::Cuda(0)).to_kind(Kind::Half));
+    let d = diff("fp16 cuda", &got, &want).unwrap();
+    println!("{d}");
+    assert!(d.max_rel <= 1e-2, "{d}");
+}
