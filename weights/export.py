@@ -270,7 +270,11 @@ def cmd_pretrained(args):
                     name = where.rsplit("/", 1)[1]
                     dest = os.path.join(args.out, name)
                     if not os.path.exists(dest):
-                        torch.hub.download_url_to_file(where, dest, progress=False)
+                        # torchvision's file names carry the first 8 hex digits of the file's
+                        # SHA-256; the download is checked against them.
+                        prefix = name.rsplit("-", 1)[1].split(".")[0]
+                        torch.hub.download_url_to_file(where, dest, hash_prefix=prefix,
+                                                       progress=False)
                 else:
                     from huggingface_hub import hf_hub_download
 
