@@ -32,15 +32,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn bad_input(layer: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::BadInput { layer: layer.into(), msg: msg.into() }
+        Error::BadInput {
+            layer: layer.into(),
+            msg: msg.into(),
+        }
     }
     pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config { what: what.into(), msg: msg.into() }
+        Error::Config {
+            what: what.into(),
+            msg: msg.into(),
+        }
     }
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::File { path: path.into(), msg: msg.into() }
+        Error::File {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

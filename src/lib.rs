@@ -4,7 +4,17 @@
 //! Data flow, one module each: a weight file ([`weights`]) → a model ([`models`], built from the
 //! layers in [`nn`]) → logits → ImageNet labels.
 
+pub mod bench;
+pub mod device;
 pub mod error;
+pub mod imagenet;
+pub mod images;
 pub mod info;
+pub mod models;
+pub mod nn;
+pub mod parity;
+pub mod pipeline;
+pub mod preprocess;
+pub mod weights;
 
 pub use error::{Error, Result};

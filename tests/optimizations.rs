@@ -12,8 +12,14 @@ use tch::{Device, Kind, Tensor};
 const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models").join(name);
-    assert!(p.exists(), "{} is missing: run `make fixtures`", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/models")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make fixtures`",
+        p.display()
+    );
     p
 }
 
@@ -90,12 +96,19 @@ fn bench_smoke_one_iteration() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["bn_folded"], true);
     assert_eq!(v["layout"], "nhwc");
-    assert!(v["libtorch_version"].as_str().unwrap().starts_with("2.11.0"));
+    assert!(v["libtorch_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.11.0"));
     assert!(v["results"][0]["p50_ms"].as_f64().unwrap() > 0.0);
 }
 

@@ -31,7 +31,7 @@ impl ModelArgs {
         ModelConfig {
             width_mult: self.width_mult,
             num_classes: self.num_classes,
-            norm: self.norm.clone(),
+            norm: self.norm,
             reduced_tail: self.reduced_tail,
             dilated: self.dilated,
             ..ModelConfig::new(self.arch)

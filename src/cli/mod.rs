@@ -44,6 +44,12 @@ enum Command {
 /// Parses the arguments and runs the subcommand. Exit codes: 0 success, 1 the command's own
 /// failure (e.g. parity out of tolerance, some inputs failed), 2 bad usage or bad input.
 pub fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`mobilenet inspect FILE | head`) like other Unix tools,
+    // instead of panicking in println!.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(args),

@@ -1,0 +1,487 @@
+//! `mobilenet classify`: the ImageNet top-k classes of image files and folders.
+//!
+//! Streamed: worker threads decode (and, on the CPU, preprocess) the images while the model runs
+//! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
+//! files there are; results are printed in input order as each batch finishes.
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::images::{self, Input};
+use mobilenet::models::{Arch, Model, ModelConfig};
+use mobilenet::pipeline::ordered_map;
+use mobilenet::preprocess::{self, Transform};
+use mobilenet::{imagenet, weights};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Device, Kind, Tensor};
+
+const AFTER_HELP: &str = "\
+Inputs: image files (JPEG, PNG, WebP, BMP, TIFF; the format is read from the content) and
+folders, searched recursively for .jpg .jpeg .png .webp .bmp .tif .tiff files, each folder in
+sorted order. Pixels are taken as PIL's Image.open(path).convert(\"RGB\") gives them: alpha is
+dropped (not composited), grayscale and palettes become RGB, EXIF orientation is ignored (as in
+torchvision's reference pipeline).
+
+Preprocessing is the weights' own evaluation transform: torchvision's ImageClassification
+(shorter side resized to 232 or 256 with antialiased bilinear, center crop 224, ImageNet
+mean/std) or timm's (bicubic, crop_pct, mean = std = 0.5), picked from the weight file's name
+when it is a published one, else from the architecture's default weights. --resize/--crop
+override the sizes.
+
+Output: per image a table (rank, class index, probability, label) on stdout, or with --json one
+JSON object per input line: {\"path\": ..., \"top\": [{\"index\", \"label\", \"probability\"}, ...]}
+or {\"path\": ..., \"error\": ...}. Results come in input order.
+
+Exit status: 0 every input was classified; 1 some inputs could not be read or decoded (each is
+reported, with --json as an error line, else on stderr, and every other input is still
+classified); 2 bad usage, no inputs, or weights that cannot be loaded.";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Image files and folders.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Architecture [default: the one the weight file holds; mobilenet_v2 without --weights].
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+    /// Weight file (torch .pth zip or legacy, .safetensors, .ot) [default: the published
+    /// weights of --arch under weights/, e.g. weights/mobilenet_v2-7ebf99e0.pth].
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Precision of the model (fp16 is CUDA only).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+    /// How many classes to report per image.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=1000000))]
+    top_k: i64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch_size: u32,
+    /// Resize the shorter side to N before cropping [default: the weights' own].
+    #[arg(long, value_name = "N")]
+    resize: Option<i64>,
+    /// Center crop N x N [default: the weights' own, 224].
+    #[arg(long, value_name = "N")]
+    crop: Option<i64>,
+    /// Decoding threads [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    workers: Option<u32>,
+    /// One JSON object per input per line instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Print the process's peak resident memory (VmHWM) to stderr at the end (for tests).
+    #[arg(long, hide = true)]
+    report_peak_rss: bool,
+}
+
+/// One JSON Lines record.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Record<'a> {
+    Top { path: String, top: &'a [Class] },
+    Error { path: String, error: &'a str },
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct Class {
+    index: i64,
+    label: Option<&'static str>,
+    probability: f32,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let device = args.device.resolve()?;
+    args.precision.check(device)?;
+
+    let weights_path = match &args.weights {
+        Some(path) => path.clone(),
+        None => default_weights_path(args.arch.unwrap_or(Arch::MobilenetV2))?,
+    };
+    let state_dict = weights::read(&weights_path)?;
+    let config = model_config(args.arch, &state_dict, &weights_path)?;
+    let (mut transform, transform_source) =
+        preprocess::transform_for(config.arch, config.width_mult, Some(&weights_path));
+    transform.resize = args.resize.unwrap_or(transform.resize);
+    transform.crop = args.crop.unwrap_or(transform.crop);
+    transform.validate()?;
+
+    let inputs = images::find_images(&args.paths);
+    if inputs.is_empty() {
+        bail!(
+            "no image files found in {} (folders are searched for {})",
+            args.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            images::EXTENSIONS.map(|e| format!(".{e}")).join(" ")
+        );
+    }
+
+    // Built and loaded on the CPU, then moved, as `Model::from_file` does (the file read once).
+    let mut model = Model::new(config.clone(), Device::Cpu)?;
+    weights::load_into(&model.vs, &state_dict, &weights::LoadOptions::default()).with_context(
+        || {
+            format!(
+                "{} does not fit {} width {} with {} classes",
+                weights_path.display(),
+                config.arch,
+                config.width_mult,
+                config.num_classes
+            )
+        },
+    )?;
+    drop(state_dict);
+    model.to(device, args.precision)?;
+    model.fold_batch_norm()?;
+    if device == Device::Cpu {
+        model.set_channels_last(true)?;
+    }
+    let _no_grad = tch::no_grad_guard();
+
+    let batch_size = args.batch_size as usize;
+    let workers = args.workers.map_or_else(default_workers, |n| n as usize);
+    let interactive = std::io::stderr().is_terminal();
+    if interactive {
+        eprintln!(
+            "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source})",
+            inputs.len(),
+            config.arch,
+            config.width_mult,
+            weights_path.display(),
+            args.precision,
+        );
+    }
+    let bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
+
+    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path().to_path_buf()).collect();
+    // On the CPU the workers preprocess too; elsewhere they decode and the model's device
+    // preprocesses.
+    let worker_transform = (device == Device::Cpu).then_some(transform);
+    let window = batch_size.max(4 * workers);
+    let stream = ordered_map(inputs, workers, window, move |input| {
+        load(input, worker_transform)
+    });
+
+    let labels = config.num_classes == imagenet::NUM_CLASSES as i64;
+    let mut report = Report {
+        json: args.json,
+        out: std::io::stdout().lock(),
+        bar,
+        labels,
+        failed: 0,
+        total: 0,
+    };
+    let classifier = BatchClassifier {
+        model: &model,
+        device,
+        kind: args.precision.kind(),
+        k: args.top_k.min(config.num_classes),
+    };
+    let mut pending: Vec<(PathBuf, Result<Tensor, String>)> = Vec::new();
+    let mut ready = 0;
+    for (path, loaded) in paths.into_iter().zip(stream) {
+        let entry = match loaded {
+            Some(Ok(image)) if worker_transform.is_some() => Ok(image),
+            Some(Ok(image)) => on_device(&image, device, &transform),
+            Some(Err(reason)) => Err(reason),
+            None => Err("internal error: the decoding thread crashed on this input".into()),
+        };
+        ready += entry.is_ok() as usize;
+        pending.push((path, entry));
+        // Errors alone are printed at once; otherwise wait for a full batch.
+        if ready == batch_size || ready == 0 {
+            if !report.flush(&classifier, &mut pending)? {
+                return Ok(report.exit_code());
+            }
+            ready = 0;
+        }
+    }
+    if !report.flush(&classifier, &mut pending)? {
+        return Ok(report.exit_code());
+    }
+    if let Some(bar) = &report.bar {
+        bar.finish_and_clear();
+    }
+    if report.failed > 0 {
+        eprintln!(
+            "classify: {} of {} input(s) failed",
+            report.failed, report.total
+        );
+    }
+    if args.report_peak_rss {
+        match peak_rss_kib() {
+            Some(kib) => eprintln!("peak_rss_kib={kib}"),
+            None => eprintln!("peak_rss_kib=unknown"),
+        }
+    }
+    Ok(report.exit_code())
+}
+
+/// The model configuration for `path`: `--arch` if given (and the file does not hold another
+/// architecture), else the architecture the file holds; width and classes from the file.
+fn model_config(
+    arch: Option<Arch>,
+    sd: &weights::StateDict,
+    path: &Path,
+) -> anyhow::Result<ModelConfig> {
+    let guess = weights::detect_architecture(sd);
+    let found = guess.as_ref().and_then(|g| arch_of(&g.arch));
+    let arch = match (arch, found) {
+        (Some(asked), Some(held)) if asked != held => bail!(
+            "{}: holds {held} weights, not {asked}; pass --arch {held} (or leave --arch out)",
+            path.display()
+        ),
+        (Some(asked), _) => asked,
+        (None, Some(held)) => held,
+        // Unrecognized: the loader will say which keys do not match.
+        (None, None) => Arch::MobilenetV2,
+    };
+    let mut config = ModelConfig::new(arch);
+    if let Some(g) = guess.filter(|_| found == Some(arch)) {
+        config.width_mult = g.width_mult;
+        config.num_classes = g.num_classes;
+    }
+    Ok(config)
+}
+
+/// Our architecture for a detected one (`mobilenet_v2`, timm's `mobilenetv1_100`, ...).
+fn arch_of(name: &str) -> Option<Arch> {
+    Arch::from_name(name).or_else(|| name.starts_with("mobilenetv1").then_some(Arch::MobilenetV1))
+}
+
+/// The published weights of `arch` under `weights/` (the current folder's, then this source
+/// tree's), or an error saying how to get them.
+fn default_weights_path(arch: Arch) -> anyhow::Result<PathBuf> {
+    let Some(known) = preprocess::default_weights(arch, 1.0) else {
+        bail!("there are no published weights for {arch}; pass --weights FILE");
+    };
+    let candidates = [
+        Path::new("weights").join(known.file),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("weights")
+            .join(known.file),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "the default weights for {arch}, {} ({}), are missing (looked for {} and {}). \
+         Download them with `make weights` on a machine with internet access (it runs \
+         `.venv/bin/python3 weights/export.py pretrained`) and copy them into weights/, or pass \
+         --weights FILE",
+        known.file,
+        known.name,
+        candidates[0].display(),
+        candidates[1].display(),
+    )
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
+fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
+    let path = match input {
+        Input::Image(path) => path,
+        Input::Unreadable { reason, .. } => return Err(reason),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+    let image = images::decode(&bytes)?;
+    drop(bytes);
+    let tensor = image.to_tensor().map_err(|e| e.to_string())?;
+    match transform {
+        Some(t) => t
+            .apply(&tensor)
+            .map_err(|e| format!("cannot preprocess: {e}")),
+        None => Ok(tensor),
+    }
+}
+
+/// Moves a decoded `uint8 [3, H, W]` image to `device` and preprocesses it there.
+fn on_device(image: &Tensor, device: Device, transform: &Transform) -> Result<Tensor, String> {
+    let image = image
+        .f_to_device(device)
+        .map_err(|e| format!("cannot copy to {device:?}: {e}"))?;
+    transform
+        .apply(&image)
+        .map_err(|e| format!("cannot preprocess: {e}"))
+}
+
+struct BatchClassifier<'a> {
+    model: &'a Model,
+    device: Device,
+    kind: Kind,
+    k: i64,
+}
+
+impl BatchClassifier<'_> {
+    /// Top-k `(index, probability)` for each preprocessed image `[3, S, S]`.
+    fn top_k(&self, images: &[&Tensor]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
+        let xs = Tensor::f_stack(images, 0)?.f_to_device_(self.device, self.kind, false, false)?;
+        let logits = self.model.f_forward_t(&xs, false)?;
+        let probs = logits.f_softmax(-1, Kind::Float)?;
+        let (values, indices) = probs.f_topk(self.k, -1, true, true)?;
+        let values: Vec<f32> = values
+            .f_to_device(Device::Cpu)?
+            .f_flatten(0, -1)?
+            .try_into()?;
+        let indices: Vec<i64> = indices
+            .f_to_device(Device::Cpu)?
+            .f_flatten(0, -1)?
+            .try_into()?;
+        let k = self.k as usize;
+        Ok(indices
+            .chunks(k)
+            .zip(values.chunks(k))
+            .map(|(i, v)| i.iter().copied().zip(v.iter().copied()).collect())
+            .collect())
+    }
+}
+
+struct Report<W: Write> {
+    json: bool,
+    out: W,
+    bar: Option<ProgressBar>,
+    labels: bool,
+    failed: usize,
+    total: usize,
+}
+
+impl<W: Write> Report<W> {
+    /// Classifies the images among `pending` and prints every entry in order. Returns false when
+    /// stdout is closed (e.g. piped into `head`), to stop quietly.
+    fn flush(
+        &mut self,
+        classifier: &BatchClassifier,
+        pending: &mut Vec<(PathBuf, Result<Tensor, String>)>,
+    ) -> anyhow::Result<bool> {
+        let images: Vec<&Tensor> = pending
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .collect();
+        let mut tops = match images.is_empty() {
+            true => Ok(Vec::new()),
+            false => classifier
+                .top_k(&images)
+                .map_err(|e| format!("inference failed: {e:#}")),
+        }
+        .map(Vec::into_iter);
+        for (path, entry) in pending.drain(..) {
+            let result = match (entry, &mut tops) {
+                (Err(reason), _) => Err(reason),
+                (Ok(_), Ok(tops)) => Ok(tops.next().context("one result per image")?),
+                (Ok(_), Err(reason)) => Err(reason.clone()),
+            };
+            match self.print(&path, result) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+                other => other.with_context(|| "cannot write the results to stdout")?,
+            }
+        }
+        Ok(true)
+    }
+
+    fn print(
+        &mut self,
+        path: &Path,
+        result: Result<Vec<(i64, f32)>, String>,
+    ) -> std::io::Result<()> {
+        self.total += 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        let shown = path.display().to_string();
+        let top: Vec<Class> = match &result {
+            Ok(top) => top
+                .iter()
+                .map(|&(index, probability)| Class {
+                    index,
+                    label: if self.labels {
+                        imagenet::label(index)
+                    } else {
+                        None
+                    },
+                    probability,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Err(reason) = &result {
+            self.failed += 1;
+            if !self.json {
+                let message = format!("error: {shown}: {reason}");
+                match &self.bar {
+                    Some(bar) => bar.suspend(|| eprintln!("{message}")),
+                    None => eprintln!("{message}"),
+                }
+                return Ok(());
+            }
+        }
+        let text = if self.json {
+            let record = match &result {
+                Ok(_) => Record::Top {
+                    path: shown,
+                    top: &top,
+                },
+                Err(reason) => Record::Error {
+                    path: shown,
+                    error: reason,
+                },
+            };
+            serde_json::to_string(&record).map_err(std::io::Error::other)? + "\n"
+        } else {
+            let mut text = format!("{shown}\n  rank  class     prob  label\n");
+            for (rank, c) in top.iter().enumerate() {
+                let label = c
+                    .label
+                    .map_or_else(|| format!("class {}", c.index), str::to_string);
+                text += &format!(
+                    "  {:>4}  {:>5}  {:>6.2}%  {label}\n",
+                    rank + 1,
+                    c.index,
+                    c.probability * 100.0
+                );
+            }
+            text + "\n"
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.out.write_all(text.as_bytes())),
+            None => self.out.write_all(text.as_bytes()),
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.failed > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn progress_bar(len: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed} ({eta} left)")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The process's peak resident set size in KiB (`VmHWM` in /proc/self/status), on Linux.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

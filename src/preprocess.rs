@@ -1,0 +1,411 @@
+//! The evaluation transforms that published MobileNet weights were trained for, done with libtorch
+//! ops on the model's device.
+//!
+//! [`Transform::apply`] replicates torchvision's tensor path of `ImageClassification`
+//! (`torchvision/transforms/_presets.py`, `_functional_tensor.py`) step by step: the `uint8` image
+//! is cast to `float32`, resized (shorter side to `resize`, antialiased bilinear or bicubic,
+//! `align_corners=False`), clamped (bicubic), rounded and cast back to `uint8`; center-cropped to
+//! `crop` (zero-padded when smaller, crop offsets rounded half to even as Python's `round`);
+//! scaled to `[0, 1]` and normalized with the weights' mean and std. timm's evaluation transform
+//! (`timm/data/transforms_factory.py`, `transforms_imagenet_eval`) is the same sequence with its
+//! own interpolation, `resize = floor(crop / crop_pct)` and mean/std, so one [`Transform`] covers
+//! both.
+
+use crate::models::Arch;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// ImageNet mean and std (torchvision's defaults).
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+/// timm's `IMAGENET_INCEPTION_MEAN` / `_STD`, used by its MobileNet V1 weights.
+pub const INCEPTION_MEAN: [f64; 3] = [0.5, 0.5, 0.5];
+pub const INCEPTION_STD: [f64; 3] = [0.5, 0.5, 0.5];
+
+/// A resized image larger than this many pixels (e.g. from an extreme aspect ratio: 1x10000
+/// resized to a 232 shorter side) is refused rather than allocated.
+pub const MAX_RESIZED_PIXELS: i64 = 1 << 24;
+
+/// The resampling filter of the resize step (always antialiased, as torchvision's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
+}
+
+impl std::fmt::Display for Interpolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interpolation::Bilinear => "bilinear",
+            Interpolation::Bicubic => "bicubic",
+        })
+    }
+}
+
+/// Resize the shorter side to `resize`, center-crop `crop` x `crop`, scale to `[0, 1]`,
+/// normalize per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Transform {
+    pub resize: i64,
+    pub crop: i64,
+    pub interpolation: Interpolation,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl Transform {
+    /// torchvision's `ImageClassification(crop_size=224, resize_size=resize)`.
+    pub const fn torchvision(resize: i64) -> Transform {
+        Transform {
+            resize,
+            crop: 224,
+            interpolation: Interpolation::Bilinear,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// timm's eval transform for its MobileNet V1 weights: bicubic, mean = std = 0.5;
+    /// `resize` is `floor(224 / crop_pct)`.
+    pub const fn timm_inception(resize: i64) -> Transform {
+        Transform {
+            resize,
+            crop: 224,
+            interpolation: Interpolation::Bicubic,
+            mean: INCEPTION_MEAN,
+            std: INCEPTION_STD,
+        }
+    }
+
+    /// Errors on sizes the model or the resize cannot take.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=8192).contains(&self.resize) {
+            return Err(Error::config(
+                "resize",
+                format!("{} is not in 1..=8192", self.resize),
+            ));
+        }
+        if !(32..=8192).contains(&self.crop) {
+            return Err(Error::config(
+                "crop",
+                format!(
+                    "{} is not in 32..=8192 (the models need at least 32x32)",
+                    self.crop
+                ),
+            ));
+        }
+        for (name, values) in [("mean", self.mean), ("std", self.std)] {
+            if values.iter().any(|v| !v.is_finite()) || (name == "std" && values.contains(&0.0)) {
+                return Err(Error::config(name, format!("{values:?} is not usable")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The size `(height, width)` an `h` x `w` image is resized to: the shorter side becomes
+    /// `resize`, the longer `int(resize * long / short)` (torchvision's
+    /// `_compute_resized_output_size`).
+    pub fn resized_size(&self, h: i64, w: i64) -> (i64, i64) {
+        let (short, long) = if w <= h { (w, h) } else { (h, w) };
+        let new_long = ((self.resize * long) as f64 / short as f64) as i64;
+        if w <= h {
+            (new_long, self.resize)
+        } else {
+            (self.resize, new_long)
+        }
+    }
+
+    /// Preprocesses one image: `uint8 [3, H, W]` (any strides, any device) to
+    /// `float32 [3, crop, crop]` on the same device.
+    pub fn apply(&self, image: &Tensor) -> Result<Tensor> {
+        let size = image.size();
+        if size.len() != 3 || size[0] != 3 || image.kind() != Kind::Uint8 {
+            return Err(Error::bad_input(
+                "preprocess",
+                format!(
+                    "expected a uint8 image [3, H, W], got {:?} {size:?}",
+                    image.kind()
+                ),
+            ));
+        }
+        let (h, w) = (size[1], size[2]);
+        if h < 1 || w < 1 {
+            return Err(Error::bad_input(
+                "preprocess",
+                format!("the image is {w}x{h}"),
+            ));
+        }
+        let resized = self.resize_uint8(image, h, w)?;
+        let cropped = center_crop(&resized, self.crop)?;
+        // convert_image_dtype: uint8 -> float / 255; then normalize (sub_ mean, div_ std).
+        let x = cropped
+            .f_to_dtype(Kind::Float, false, false)?
+            .f_div_scalar(255.0)?;
+        let mean = channel_tensor(self.mean, &x)?;
+        let std = channel_tensor(self.std, &x)?;
+        Ok(x.f_sub(&mean)?.f_div(&std)?)
+    }
+
+    /// torchvision's `resize` on a `uint8` tensor: float32, antialiased interpolation, (bicubic:
+    /// clamp to [0, 255]), round, back to `uint8`. Skipped when the size does not change.
+    fn resize_uint8(&self, image: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+        let (nh, nw) = self.resized_size(h, w);
+        if (nh, nw) == (h, w) {
+            return Ok(image.shallow_clone());
+        }
+        if nh < 1 || nw < 1 || nh.saturating_mul(nw) > MAX_RESIZED_PIXELS {
+            return Err(Error::bad_input(
+                "preprocess",
+                format!(
+                    "a {w}x{h} image resized to a shorter side of {} would be {nw}x{nh}, more than \
+                     {MAX_RESIZED_PIXELS} pixels (extreme aspect ratio)",
+                    self.resize
+                ),
+            ));
+        }
+        let x = image
+            .f_unsqueeze(0)?
+            .f_to_dtype(Kind::Float, false, false)?;
+        let y = match self.interpolation {
+            Interpolation::Bilinear => {
+                x.f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?
+            }
+            Interpolation::Bicubic => x
+                .f_internal_upsample_bicubic2d_aa([nh, nw], false, None, None)?
+                .f_clamp(0.0, 255.0)?,
+        };
+        Ok(y.f_squeeze_dim(0)?
+            .f_round()?
+            .f_to_dtype(Kind::Uint8, false, false)?)
+    }
+}
+
+impl std::fmt::Display for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resize {} {}, crop {}, mean {:?}, std {:?}",
+            self.resize, self.interpolation, self.crop, self.mean, self.std
+        )
+    }
+}
+
+/// torchvision's `center_crop` on `[C, H, W]`: zero-pads a side smaller than `crop` (left/top
+/// get the smaller half), then takes the window at `round((H - crop) / 2)`,
+/// `round((W - crop) / 2)`, rounding half to even.
+pub fn center_crop(image: &Tensor, crop: i64) -> Result<Tensor> {
+    let size = image.size();
+    let (mut h, mut w) = (size[size.len() - 2], size[size.len() - 1]);
+    let mut image = image.shallow_clone();
+    if crop > w || crop > h {
+        let pad_w = (crop - w).max(0);
+        let pad_h = (crop - h).max(0);
+        // [left, right, top, bottom]
+        image =
+            image.f_constant_pad_nd([pad_w / 2, (pad_w + 1) / 2, pad_h / 2, (pad_h + 1) / 2])?;
+        h = h.max(crop);
+        w = w.max(crop);
+        if h == crop && w == crop {
+            return Ok(image);
+        }
+    }
+    let top = ((h - crop) as f64 / 2.0).round_ties_even() as i64;
+    let left = ((w - crop) as f64 / 2.0).round_ties_even() as i64;
+    let nd = size.len() as i64;
+    Ok(image
+        .f_narrow(nd - 2, top, crop)?
+        .f_narrow(nd - 1, left, crop)?)
+}
+
+/// `values` as a float32 `[3, 1, 1]` tensor on `like`'s device.
+fn channel_tensor(values: [f64; 3], like: &Tensor) -> Result<Tensor> {
+    let v: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Ok(Tensor::f_from_slice(&v)?
+        .f_view([3, 1, 1])?
+        .f_to_device(like.device())?)
+}
+
+/// Published weights whose evaluation transform is known, recognized by a part of the file
+/// name they are published under.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KnownWeights {
+    /// The file name `weights/export.py pretrained` saves them as.
+    pub file: &'static str,
+    /// The part of the name that identifies them (torchvision's SHA-256 prefix, timm's model).
+    pub fragment: &'static str,
+    /// The architecture name ([`Arch::name`]).
+    pub arch: &'static str,
+    pub width_mult: f64,
+    /// The weights' name upstream.
+    pub name: &'static str,
+    /// The default weights of their architecture and width.
+    pub default: bool,
+    pub transform: Transform,
+}
+
+const fn known(
+    file: &'static str,
+    fragment: &'static str,
+    arch: &'static str,
+    width_mult: f64,
+    name: &'static str,
+    default: bool,
+    transform: Transform,
+) -> KnownWeights {
+    KnownWeights {
+        file,
+        fragment,
+        arch,
+        width_mult,
+        name,
+        default,
+        transform,
+    }
+}
+
+/// torchvision's `MobileNet_V*_Weights` (`weights.transforms()`) and timm's `pretrained_cfg`
+/// (`crop_pct` 0.875 → 256, 0.9 → 248).
+pub const KNOWN_WEIGHTS: [KnownWeights; 7] = [
+    known(
+        "mobilenet_v2-7ebf99e0.pth",
+        "7ebf99e0",
+        "mobilenet_v2",
+        1.0,
+        "torchvision MobileNet_V2_Weights.IMAGENET1K_V2",
+        true,
+        Transform::torchvision(232),
+    ),
+    known(
+        "mobilenet_v2-b0353104.pth",
+        "b0353104",
+        "mobilenet_v2",
+        1.0,
+        "torchvision MobileNet_V2_Weights.IMAGENET1K_V1",
+        false,
+        Transform::torchvision(256),
+    ),
+    known(
+        "mobilenet_v3_large-5c1a4163.pth",
+        "5c1a4163",
+        "mobilenet_v3_large",
+        1.0,
+        "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+        true,
+        Transform::torchvision(232),
+    ),
+    known(
+        "mobilenet_v3_large-8738ca79.pth",
+        "8738ca79",
+        "mobilenet_v3_large",
+        1.0,
+        "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+        false,
+        Transform::torchvision(256),
+    ),
+    known(
+        "mobilenet_v3_small-047dcff4.pth",
+        "047dcff4",
+        "mobilenet_v3_small",
+        1.0,
+        "torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+        true,
+        Transform::torchvision(256),
+    ),
+    known(
+        "mobilenetv1_100.ra4_e3600_r224_in1k.safetensors",
+        "mobilenetv1_100",
+        "mobilenet_v1",
+        1.0,
+        "timm mobilenetv1_100.ra4_e3600_r224_in1k",
+        true,
+        Transform::timm_inception(256),
+    ),
+    known(
+        "mobilenetv1_125.ra4_e3600_r224_in1k.safetensors",
+        "mobilenetv1_125",
+        "mobilenet_v1",
+        1.25,
+        "timm mobilenetv1_125.ra4_e3600_r224_in1k",
+        true,
+        Transform::timm_inception(248),
+    ),
+];
+
+/// The weights a file name identifies, if any.
+pub fn known_weights_for_file(path: &Path) -> Option<&'static KnownWeights> {
+    let name = path.file_name()?.to_string_lossy();
+    KNOWN_WEIGHTS.iter().find(|k| name.contains(k.fragment))
+}
+
+/// The default published weights of an architecture at a width.
+pub fn default_weights(arch: Arch, width_mult: f64) -> Option<&'static KnownWeights> {
+    KNOWN_WEIGHTS
+        .iter()
+        .find(|k| k.default && k.arch == arch.name() && (k.width_mult - width_mult).abs() < 1e-9)
+}
+
+/// The transform to use and where it comes from: the file's own when its name is known, else
+/// the default weights' of `arch` at `width_mult`, else the architecture's reference default.
+pub fn transform_for(arch: Arch, width_mult: f64, weights: Option<&Path>) -> (Transform, String) {
+    if let Some(k) = weights.and_then(known_weights_for_file) {
+        return (k.transform, k.name.to_string());
+    }
+    if let Some(k) = default_weights(arch, width_mult) {
+        return (k.transform, format!("{arch} default, as {}", k.name));
+    }
+    // No published weights at this width: the architecture's family default.
+    let transform = match arch {
+        Arch::MobilenetV1 => Transform::timm_inception(256),
+        Arch::MobilenetV2 | Arch::MobilenetV3Large => Transform::torchvision(232),
+        Arch::MobilenetV3Small => Transform::torchvision(256),
+    };
+    (transform, format!("{arch} default"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resized_size_follows_torchvision() {
+        let t = Transform::torchvision(232);
+        assert_eq!(t.resized_size(300, 451), (232, 348)); // int(232 * 451 / 300) = 348
+        assert_eq!(t.resized_size(451, 300), (348, 232));
+        assert_eq!(t.resized_size(1, 1), (232, 232));
+        assert_eq!(t.resized_size(7, 300), (232, 9942));
+    }
+
+    #[test]
+    fn crop_offsets_round_half_to_even() {
+        let x = Tensor::arange(9 * 9, (Kind::Int64, tch::Device::Cpu)).view([1, 9, 9]);
+        // (9 - 4) / 2 = 2.5 rounds to 2; (9 - 6) / 2 = 1.5 rounds to 2.
+        let c = center_crop(&x, 4).unwrap();
+        assert_eq!(c.int64_value(&[0, 0, 0]), 2 * 9 + 2);
+        let c = center_crop(&x, 6).unwrap();
+        assert_eq!(c.int64_value(&[0, 0, 0]), 2 * 9 + 2);
+        // Padding: 9 -> 12 puts 1 column/row before, 2 after.
+        let c = center_crop(&x, 12).unwrap();
+        assert_eq!(c.size(), [1, 12, 12]);
+        assert_eq!(c.int64_value(&[0, 1, 1]), 0);
+        assert_eq!(c.int64_value(&[0, 0, 0]), 0);
+    }
+
+    #[test]
+    fn presets_by_file_name_then_arch() {
+        let (t, _) = transform_for(
+            Arch::MobilenetV2,
+            1.0,
+            Some(Path::new("x/mobilenet_v2-b0353104.pth")),
+        );
+        assert_eq!(t.resize, 256);
+        let (t, _) = transform_for(Arch::MobilenetV2, 1.0, Some(Path::new("mine.pth")));
+        assert_eq!(t.resize, 232);
+        let (t, _) = transform_for(Arch::MobilenetV1, 1.25, None);
+        assert_eq!((t.resize, t.interpolation), (248, Interpolation::Bicubic));
+        let (t, _) = transform_for(Arch::MobilenetV1, 0.5, None);
+        assert_eq!(t.resize, 256);
+    }
+}

@@ -1,0 +1,1044 @@
+//! A restricted unpickler: the subset of Python's pickle machine that a `torch.save`d state dict
+//! needs, and nothing that can run code.
+//!
+//! It is a data-only interpreter: `GLOBAL`/`STACK_GLOBAL` resolve against a fixed allow-list
+//! ([`resolve_global`]) into inert markers, and `REDUCE`/`NEWOBJ`/`BUILD` only "call" those markers
+//! by building plain values (a dict, a storage reference, a tensor description). Every other global
+//! (`os.system`, `builtins.eval`, a model class from `torch.save(model)`, ...) is refused with an
+//! error naming it, before anything else happens. This is the promise of
+//! `torch.load(weights_only=True)`, kept here without Python.
+//!
+//! Values live in an arena ([`Pickle::nodes`]) and refer to each other by index, so memo sharing
+//! (`BINPUT`/`BINGET`) behaves like Python's object references, cycles cannot leak or recurse, and
+//! dropping is flat. Each opcode adds at most one node, so memory is bounded by the input size.
+
+use std::collections::HashMap;
+
+/// Index of a node in [`Pickle::nodes`].
+pub type Id = usize;
+
+/// Element types of tensors we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    pub fn kind(self) -> tch::Kind {
+        use tch::Kind;
+        match self {
+            DType::F32 => Kind::Float,
+            DType::F16 => Kind::Half,
+            DType::BF16 => Kind::BFloat16,
+            DType::F64 => Kind::Double,
+            DType::I64 => Kind::Int64,
+            DType::I32 => Kind::Int,
+            DType::I16 => Kind::Int16,
+            DType::I8 => Kind::Int8,
+            DType::U8 => Kind::Uint8,
+            DType::Bool => Kind::Bool,
+        }
+    }
+
+    pub fn from_kind(kind: tch::Kind) -> Option<DType> {
+        use tch::Kind;
+        Some(match kind {
+            Kind::Float => DType::F32,
+            Kind::Half => DType::F16,
+            Kind::BFloat16 => DType::BF16,
+            Kind::Double => DType::F64,
+            Kind::Int64 => DType::I64,
+            Kind::Int => DType::I32,
+            Kind::Int16 => DType::I16,
+            Kind::Int8 => DType::I8,
+            Kind::Uint8 => DType::U8,
+            Kind::Bool => DType::Bool,
+            _ => return None,
+        })
+    }
+
+    /// torch's name: `float32`, `bfloat16`, `bool`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::F64 => "float64",
+            DType::I64 => "int64",
+            DType::I32 => "int32",
+            DType::I16 => "int16",
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// safetensors' name: `F32`, `BF16`, `BOOL`, ...
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F64 => "F64",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+            DType::I16 => "I16",
+            DType::I8 => "I8",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        }
+    }
+
+    pub fn from_safetensors_name(name: &str) -> Option<DType> {
+        [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::F64,
+            DType::I64,
+            DType::I32,
+            DType::I16,
+            DType::I8,
+            DType::U8,
+            DType::Bool,
+        ]
+        .into_iter()
+        .find(|d| d.safetensors_name() == name)
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+    }
+}
+
+/// The allow-listed globals, as inert markers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Global {
+    OrderedDict,
+    RebuildTensor,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    RebuildParameterWithState,
+    RebuildFromTypeV2,
+    /// `torch.Tensor` or `torch.nn.parameter.Parameter` (as the type argument of
+    /// `_rebuild_from_type_v2`, or `Parameter` under `NEWOBJ`).
+    TensorClass,
+    /// `torch.FloatStorage` etc.; `torch.UntypedStorage` holds bytes.
+    StorageType(DType),
+    /// `torch.float32` etc.
+    Dtype(DType),
+    CodecsEncode,
+    TorchSize,
+    TorchDevice,
+    /// A TorchScript class (`__torch__.*`), only inside TorchScript archives (tch's `.ot`):
+    /// `NEWOBJ` makes an empty [`Node::Object`] of it and `BUILD` gives it its attributes.
+    ScriptClass(String),
+}
+
+/// A storage reference from a `BINPERSID` (`('storage', torch.FloatStorage, key, location, numel)`,
+/// plus `view_metadata` in the legacy format).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageRef {
+    pub key: String,
+    pub dtype: DType,
+    /// Elements of `dtype`.
+    pub numel: u64,
+    /// Legacy storage views: (offset, size) in elements of the root storage `key`.
+    pub view: Option<(u64, u64)>,
+}
+
+/// What `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` would build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRef {
+    pub storage: StorageRef,
+    pub dtype: DType,
+    pub offset: i64,
+    pub shape: Vec<i64>,
+    pub stride: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer that does not fit in i64 (little-endian two's complement bytes).
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Id>),
+    List(Vec<Id>),
+    /// `dict` and `collections.OrderedDict`, in insertion order (a repeated key appears twice;
+    /// readers keep the last value at the first position, as Python does).
+    Dict(Vec<(Id, Id)>),
+    Global(Global),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+    /// A TorchScript object (see [`Global::ScriptClass`]).
+    Object {
+        class: String,
+        state: Option<Id>,
+    },
+    /// An allowed value we do not need (`torch.device(...)`).
+    Opaque(&'static str),
+}
+
+impl Node {
+    /// A short type name for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Node::None => "None",
+            Node::Bool(_) => "bool",
+            Node::Int(_) | Node::BigInt(_) => "int",
+            Node::Float(_) => "float",
+            Node::Str(_) => "str",
+            Node::Bytes(_) => "bytes",
+            Node::Tuple(_) => "tuple",
+            Node::List(_) => "list",
+            Node::Dict(_) => "dict",
+            Node::Global(_) => "global",
+            Node::Storage(_) => "storage",
+            Node::Tensor(_) => "tensor",
+            Node::Object { .. } => "TorchScript object",
+            Node::Opaque(n) => n,
+        }
+    }
+}
+
+/// The result of unpickling: the arena and the root value.
+#[derive(Debug)]
+pub struct Pickle {
+    pub nodes: Vec<Node>,
+    pub root: Id,
+    /// Byte position just after the `STOP` opcode.
+    pub end: usize,
+}
+
+impl Pickle {
+    pub fn node(&self, id: Id) -> &Node {
+        &self.nodes[id]
+    }
+
+    pub fn str(&self, id: Id) -> Option<&str> {
+        match &self.nodes[id] {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Entries of a dict with later duplicates folded in (Python's semantics).
+    pub fn dict_entries(&self, id: Id) -> Option<Vec<(Id, Id)>> {
+        let Node::Dict(items) = &self.nodes[id] else {
+            return None;
+        };
+        let mut out: Vec<(Id, Id)> = Vec::with_capacity(items.len());
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for &(k, v) in items {
+            if let Some(s) = self.str(k) {
+                if let Some(&i) = index.get(s) {
+                    out[i].1 = v;
+                    continue;
+                }
+                index.insert(s.to_string(), out.len());
+            }
+            out.push((k, v));
+        }
+        Some(out)
+    }
+
+    /// The value under string key `key` of dict `id`.
+    pub fn dict_get(&self, id: Id, key: &str) -> Option<Id> {
+        let Node::Dict(items) = &self.nodes[id] else {
+            return None;
+        };
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| self.str(*k) == Some(key))
+            .map(|&(_, v)| v)
+    }
+}
+
+/// Options of [`unpickle`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Allow `__torch__.*` classes (TorchScript archives: tch's `.ot`).
+    pub torchscript: bool,
+}
+
+/// Resolves `module.name` against the allow-list; `Err` holds the refused dotted name.
+pub fn resolve_global(module: &str, name: &str, opts: Options) -> Result<Global, String> {
+    let g = match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
+        ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
+        ("torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::TensorClass,
+        ("_codecs", "encode") => Global::CodecsEncode,
+        ("torch", "Size") => Global::TorchSize,
+        ("torch", "device") => Global::TorchDevice,
+        ("torch", "UntypedStorage") | ("torch.storage", "UntypedStorage") => {
+            Global::StorageType(DType::U8)
+        }
+        ("torch", storage) if storage.ends_with("Storage") => {
+            let dtype = match storage {
+                "FloatStorage" => DType::F32,
+                "HalfStorage" => DType::F16,
+                "BFloat16Storage" => DType::BF16,
+                "DoubleStorage" => DType::F64,
+                "LongStorage" => DType::I64,
+                "IntStorage" => DType::I32,
+                "ShortStorage" => DType::I16,
+                "CharStorage" => DType::I8,
+                "ByteStorage" => DType::U8,
+                "BoolStorage" => DType::Bool,
+                _ => return Err(format!("{module}.{name}")),
+            };
+            Global::StorageType(dtype)
+        }
+        ("torch", dtype) => Global::Dtype(match dtype {
+            "float32" | "float" => DType::F32,
+            "float16" | "half" => DType::F16,
+            "bfloat16" => DType::BF16,
+            "float64" | "double" => DType::F64,
+            "int64" | "long" => DType::I64,
+            "int32" | "int" => DType::I32,
+            "int16" | "short" => DType::I16,
+            "int8" => DType::I8,
+            "uint8" => DType::U8,
+            "bool" => DType::Bool,
+            _ => return Err(format!("{module}.{name}")),
+        }),
+        (m, n) if opts.torchscript && (m == "__torch__" || m.starts_with("__torch__.")) => {
+            Global::ScriptClass(format!("{m}.{n}"))
+        }
+        _ => return Err(format!("{module}.{name}")),
+    };
+    Ok(g)
+}
+
+/// The most dimensions a tensor may have (torch's own limit is 64).
+pub const MAX_DIMS: usize = 64;
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    op_pos: usize,
+    nodes: Vec<Node>,
+    stack: Vec<Id>,
+    metastack: Vec<Vec<Id>>,
+    memo: HashMap<u64, Id>,
+    opts: Options,
+}
+
+/// Runs the restricted pickle machine on `data[start..]` up to its `STOP`.
+///
+/// Errors are plain messages (the caller adds the file name); they name the byte offset and,
+/// for a refused global, its dotted name.
+pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, String> {
+    let mut m = Machine {
+        data,
+        pos: start,
+        op_pos: start,
+        nodes: Vec::new(),
+        stack: Vec::new(),
+        metastack: Vec::new(),
+        memo: HashMap::new(),
+        opts,
+    };
+    let root = m.run()?;
+    Ok(Pickle {
+        nodes: m.nodes,
+        root,
+        end: m.pos,
+    })
+}
+
+impl<'a> Machine<'a> {
+    fn err<T>(&self, msg: impl std::fmt::Display) -> Result<T, String> {
+        Err(format!("pickle at byte {}: {msg}", self.op_pos))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        match self.pos.checked_add(n) {
+            Some(end) if end <= self.data.len() => {
+                let s = &self.data[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            _ => Err(format!(
+                "pickle at byte {}: truncated (needs {n} more bytes, {} left)",
+                self.op_pos,
+                self.data.len().saturating_sub(self.pos)
+            )),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn len_u64(&mut self) -> Result<usize, String> {
+        let n = self.u64()?;
+        usize::try_from(n).or_else(|_| self.err(format!("length {n} too large")))
+    }
+
+    fn line(&mut self) -> Result<&'a str, String> {
+        let rest = &self.data[self.pos.min(self.data.len())..];
+        let Some(nl) = rest.iter().take(1024).position(|&b| b == b'\n') else {
+            return self.err("GLOBAL name not terminated by a newline within 1024 bytes");
+        };
+        let s =
+            std::str::from_utf8(&rest[..nl]).or_else(|_| self.err("GLOBAL name is not UTF-8"))?;
+        self.pos += nl + 1;
+        Ok(s)
+    }
+
+    fn push(&mut self, node: Node) {
+        self.nodes.push(node);
+        self.stack.push(self.nodes.len() - 1);
+    }
+
+    fn pop(&mut self) -> Result<Id, String> {
+        match self.stack.pop() {
+            Some(id) => Ok(id),
+            None => self.err("stack underflow"),
+        }
+    }
+
+    fn top(&self) -> Result<Id, String> {
+        match self.stack.last() {
+            Some(&id) => Ok(id),
+            None => self.err("stack underflow"),
+        }
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Id>, String> {
+        match self.metastack.pop() {
+            Some(prev) => Ok(std::mem::replace(&mut self.stack, prev)),
+            None => self.err("no MARK on the stack"),
+        }
+    }
+
+    fn string(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s = std::str::from_utf8(bytes).or_else(|_| self.err("string is not valid UTF-8"))?;
+        self.push(Node::Str(s.to_string()));
+        Ok(())
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<(), String> {
+        // Protocol-2 pickles name Python 3's `builtins` by its Python 2 name.
+        let module = if module == "__builtin__" {
+            "builtins"
+        } else {
+            module
+        };
+        match resolve_global(module, name, self.opts) {
+            Ok(g) => {
+                self.push(Node::Global(g));
+                Ok(())
+            }
+            Err(dotted) => self.err(format!(
+                "refused global `{dotted}`: only the globals of a plain tensor checkpoint are \
+                 allowed (the promise of torch.load(weights_only=True)); nothing was executed. \
+                 A file from torch.save(model) must be re-saved as torch.save(model.state_dict())"
+            )),
+        }
+    }
+
+    fn run(&mut self) -> Result<Id, String> {
+        loop {
+            self.op_pos = self.pos;
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    // PROTO
+                    let p = self.u8()?;
+                    if p > 5 {
+                        return self.err(format!("unsupported pickle protocol {p}"));
+                    }
+                }
+                0x95 => {
+                    // FRAME: a length hint only.
+                    self.u64()?;
+                }
+                b'.' => {
+                    // STOP
+                    let root = self.pop()?;
+                    return Ok(root);
+                }
+                b'}' => self.push(Node::Dict(Vec::new())),
+                b']' => self.push(Node::List(Vec::new())),
+                b')' => self.push(Node::Tuple(Vec::new())),
+                b'(' => {
+                    // MARK
+                    let stack = std::mem::take(&mut self.stack);
+                    self.metastack.push(stack);
+                }
+                b'0' => {
+                    // POP
+                    self.pop()?;
+                }
+                b'1' => {
+                    // POP_MARK
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    // DUP
+                    let top = self.top()?;
+                    self.stack.push(top);
+                }
+                b'N' => self.push(Node::None),
+                0x88 => self.push(Node::Bool(true)),
+                0x89 => self.push(Node::Bool(false)),
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push(Node::Int(v as i64));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Node::Int(v as i64));
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.push(Node::Int(v as i64));
+                }
+                0x8a | 0x8b => {
+                    // LONG1 / LONG4
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
+                    if n > 4096 {
+                        return self.err(format!("integer of {n} bytes"));
+                    }
+                    let bytes = self.take(n)?;
+                    if n <= 8 {
+                        let mut v: i64 = 0;
+                        for (i, &b) in bytes.iter().enumerate() {
+                            v |= (b as i64) << (8 * i);
+                        }
+                        if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                            v |= -1i64 << (8 * n);
+                        }
+                        self.push(Node::Int(v));
+                    } else {
+                        self.push(Node::BigInt(bytes.to_vec()));
+                    }
+                }
+                b'G' => {
+                    let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
+                    self.push(Node::Float(v));
+                }
+                b'X' => {
+                    let n = self.u32()? as usize;
+                    let b = self.take(n)?;
+                    self.string(b)?;
+                }
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    let b = self.take(n)?;
+                    self.string(b)?;
+                }
+                0x8d => {
+                    let n = self.len_u64()?;
+                    let b = self.take(n)?;
+                    self.string(b)?;
+                }
+                b'U' | b'T' => {
+                    // SHORT_BINSTRING / BINSTRING (Python 2 str): latin-1 text.
+                    let n = if op == b'U' {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
+                    let b = self.take(n)?;
+                    self.push(Node::Str(b.iter().map(|&c| c as char).collect()));
+                }
+                b'C' | b'B' | 0x8e => {
+                    // SHORT_BINBYTES / BINBYTES / BINBYTES8
+                    let n = match op {
+                        b'C' => self.u8()? as usize,
+                        b'B' => self.u32()? as usize,
+                        _ => self.len_u64()?,
+                    };
+                    let b = self.take(n)?;
+                    self.push(Node::Bytes(b.to_vec()));
+                }
+                b'q' | b'r' | 0x94 => {
+                    // BINPUT / LONG_BINPUT / MEMOIZE
+                    let idx = match op {
+                        b'q' => self.u8()? as u64,
+                        b'r' => self.u32()? as u64,
+                        _ => self.memo.len() as u64,
+                    };
+                    let top = self.top()?;
+                    self.memo.insert(idx, top);
+                }
+                b'h' | b'j' => {
+                    let idx = if op == b'h' {
+                        self.u8()? as u64
+                    } else {
+                        self.u32()? as u64
+                    };
+                    match self.memo.get(&idx) {
+                        Some(&id) => self.stack.push(id),
+                        None => return self.err(format!("memo index {idx} was never stored")),
+                    }
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(module, name)?;
+                }
+                0x93 => {
+                    // STACK_GLOBAL
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Node::Str(module), Node::Str(name)) =
+                        (&self.nodes[module], &self.nodes[name])
+                    else {
+                        return self.err("STACK_GLOBAL needs two strings");
+                    };
+                    let (module, name) = (module.clone(), name.clone());
+                    self.global(&module, &name)?;
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Tuple(items));
+                }
+                0x85 => {
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a]));
+                }
+                0x86 => {
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a, b]));
+                }
+                0x87 => {
+                    let c = self.pop()?;
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    self.push(Node::Tuple(vec![a, b, c]));
+                }
+                b'a' => {
+                    let item = self.pop()?;
+                    let list = self.top()?;
+                    match &mut self.nodes[list] {
+                        Node::List(items) => items.push(item),
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("APPEND to a {t}"));
+                        }
+                    }
+                }
+                b'e' => {
+                    let new = self.pop_mark()?;
+                    let list = self.top()?;
+                    match &mut self.nodes[list] {
+                        Node::List(items) => items.extend(new),
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("APPENDS to a {t}"));
+                        }
+                    }
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let dict = self.top()?;
+                    match &mut self.nodes[dict] {
+                        Node::Dict(items) => items.push((k, v)),
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("SETITEM on a {t}"));
+                        }
+                    }
+                }
+                b'u' => {
+                    let new = self.pop_mark()?;
+                    if new.len() % 2 != 0 {
+                        return self.err("SETITEMS with an odd number of items");
+                    }
+                    let dict = self.top()?;
+                    match &mut self.nodes[dict] {
+                        Node::Dict(items) => items.extend(new.chunks(2).map(|kv| (kv[0], kv[1]))),
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("SETITEMS on a {t}"));
+                        }
+                    }
+                }
+                b'Q' => {
+                    // BINPERSID
+                    let pid = self.pop()?;
+                    let storage = self.persistent_load(pid)?;
+                    self.push(Node::Storage(storage));
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    let node = self.reduce(func, args, 0)?;
+                    self.push(node);
+                }
+                0x81 => {
+                    // NEWOBJ
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let node = match &self.nodes[cls] {
+                        Node::Global(Global::ScriptClass(name)) => Node::Object {
+                            class: name.clone(),
+                            state: None,
+                        },
+                        Node::Global(Global::TensorClass) => {
+                            // Parameter(data, requires_grad): the tensor itself.
+                            let first = self.tuple(args, "Parameter")?.first().copied();
+                            match first.map(|id| &self.nodes[id]) {
+                                Some(Node::Tensor(t)) => Node::Tensor(t.clone()),
+                                _ => return self.err("Parameter() without a tensor"),
+                            }
+                        }
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("NEWOBJ of a {t} is not allowed"));
+                        }
+                    };
+                    self.push(node);
+                }
+                b'b' => {
+                    // BUILD
+                    let state = self.pop()?;
+                    let inst = self.top()?;
+                    match &mut self.nodes[inst] {
+                        // OrderedDict.__dict__ (the state dict's `_metadata`): not needed.
+                        Node::Dict(_) => {}
+                        Node::Object { state: s, .. } => *s = Some(state),
+                        other => {
+                            let t = other.type_name();
+                            return self.err(format!("BUILD of a {t} is not allowed"));
+                        }
+                    }
+                }
+                _ => {
+                    return self.err(format!(
+                        "unsupported pickle opcode 0x{op:02x} (only the opcodes of a plain \
+                         state dict are read)"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn tuple(&self, id: Id, what: &str) -> Result<Vec<Id>, String> {
+        match &self.nodes[id] {
+            Node::Tuple(items) | Node::List(items) => Ok(items.clone()),
+            other => self.err(format!(
+                "{what}: expected a tuple, got a {}",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn int(&self, id: Id, what: &str) -> Result<i64, String> {
+        match &self.nodes[id] {
+            Node::Int(v) => Ok(*v),
+            Node::Bool(b) => Ok(*b as i64),
+            other => self.err(format!(
+                "{what}: expected an int, got a {}",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn ints(&self, id: Id, what: &str) -> Result<Vec<i64>, String> {
+        let items = self.tuple(id, what)?;
+        if items.len() > MAX_DIMS {
+            return self.err(format!(
+                "{what}: {} dimensions (at most {MAX_DIMS})",
+                items.len()
+            ));
+        }
+        items.iter().map(|&i| self.int(i, what)).collect()
+    }
+
+    fn persistent_load(&self, pid: Id) -> Result<StorageRef, String> {
+        let items = self.tuple(pid, "persistent id")?;
+        let is_storage = matches!(items.first().map(|&i| &self.nodes[i]),
+            Some(Node::Str(s)) if s == "storage");
+        if !is_storage || !(5..=6).contains(&items.len()) {
+            return self
+                .err("persistent id is not a ('storage', type, key, location, numel) tuple");
+        }
+        let dtype = match &self.nodes[items[1]] {
+            Node::Global(Global::StorageType(d)) => *d,
+            other => {
+                return self.err(format!(
+                    "persistent id: expected a storage type, got a {}",
+                    other.type_name()
+                ))
+            }
+        };
+        let key = match &self.nodes[items[2]] {
+            Node::Str(s) => s.clone(),
+            Node::Int(i) => i.to_string(),
+            other => {
+                return self.err(format!(
+                    "persistent id: storage key is a {}",
+                    other.type_name()
+                ))
+            }
+        };
+        let numel = self.int(items[4], "storage size")?;
+        let numel =
+            u64::try_from(numel).or_else(|_| self.err(format!("storage size {numel} < 0")))?;
+        let mut view = None;
+        if items.len() == 6 {
+            match &self.nodes[items[5]] {
+                Node::None => {}
+                Node::Tuple(v) if v.len() == 3 => {
+                    let off = self.int(v[1], "storage view offset")?;
+                    let size = self.int(v[2], "storage view size")?;
+                    if off < 0 || size < 0 {
+                        return self.err("negative storage view offset or size");
+                    }
+                    view = Some((off as u64, size as u64));
+                }
+                _ => return self.err("persistent id: bad view metadata"),
+            }
+        }
+        Ok(StorageRef {
+            key,
+            dtype,
+            numel,
+            view,
+        })
+    }
+
+    /// `func(*args)` for the allowed callables.
+    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Node, String> {
+        let Node::Global(g) = self.nodes[func].clone() else {
+            let t = self.nodes[func].type_name();
+            return self.err(format!("REDUCE: calling a {t}"));
+        };
+        let a = self.tuple(args, "REDUCE arguments")?;
+        let node = match g {
+            Global::OrderedDict => {
+                let mut items = Vec::new();
+                if let Some(&pairs) = a.first() {
+                    for p in self.tuple(pairs, "OrderedDict items")? {
+                        let kv = self.tuple(p, "OrderedDict item")?;
+                        if kv.len() != 2 {
+                            return self.err("OrderedDict item is not a pair");
+                        }
+                        items.push((kv[0], kv[1]));
+                    }
+                }
+                Node::Dict(items)
+            }
+            Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
+                let (min, max) = match g {
+                    Global::RebuildTensor => (4, 4),
+                    Global::RebuildTensorV2 => (6, 7),
+                    _ => (7, 8),
+                };
+                if a.len() < min || a.len() > max {
+                    return self.err(format!("tensor rebuild with {} arguments", a.len()));
+                }
+                let storage = match &self.nodes[a[0]] {
+                    Node::Storage(s) => s.clone(),
+                    other => {
+                        return self.err(format!(
+                            "tensor rebuild from a {}, not a storage",
+                            other.type_name()
+                        ))
+                    }
+                };
+                let offset = self.int(a[1], "storage offset")?;
+                let shape = self.ints(a[2], "tensor shape")?;
+                let stride = self.ints(a[3], "tensor stride")?;
+                if shape.len() != stride.len() {
+                    return self.err(format!(
+                        "shape {shape:?} and stride {stride:?} differ in length"
+                    ));
+                }
+                let mut dtype = storage.dtype;
+                if g == Global::RebuildTensorV3 {
+                    dtype = match &self.nodes[a[6]] {
+                        Node::Global(Global::Dtype(d)) => *d,
+                        other => {
+                            return self.err(format!("tensor dtype is a {}", other.type_name()))
+                        }
+                    };
+                }
+                let metadata = match g {
+                    Global::RebuildTensorV2 => a.get(6),
+                    Global::RebuildTensorV3 => a.get(7),
+                    _ => None,
+                };
+                if let Some(&md) = metadata {
+                    self.check_metadata(md)?;
+                }
+                Node::Tensor(TensorRef {
+                    storage,
+                    dtype,
+                    offset,
+                    shape,
+                    stride,
+                })
+            }
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                match a.first().map(|&i| &self.nodes[i]) {
+                    Some(Node::Tensor(t)) => Node::Tensor(t.clone()),
+                    _ => return self.err("parameter rebuild without a tensor"),
+                }
+            }
+            Global::RebuildFromTypeV2 => {
+                // (func, type, args, state): a tensor of an allowed type with Python attributes.
+                if a.len() != 4 || depth > 0 {
+                    return self.err("unsupported _rebuild_from_type_v2 call");
+                }
+                if !matches!(self.nodes[a[1]], Node::Global(Global::TensorClass)) {
+                    let t = self.nodes[a[1]].type_name();
+                    return self.err(format!("_rebuild_from_type_v2 of a {t}"));
+                }
+                self.reduce(a[0], a[2], depth + 1)?
+            }
+            Global::CodecsEncode => {
+                // Protocol-2 bytes: _codecs.encode(text, 'latin1').
+                let (Some(text), enc) = (a.first().and_then(|&i| self.str_of(i)), a.get(1)) else {
+                    return self.err("_codecs.encode without text");
+                };
+                let enc = enc
+                    .and_then(|&i| self.str_of(i))
+                    .unwrap_or("utf-8")
+                    .to_ascii_lowercase();
+                let bytes = match enc.as_str() {
+                    "latin1" | "latin-1" | "iso-8859-1" => {
+                        if text.chars().any(|c| c as u32 > 255) {
+                            return self.err("_codecs.encode: text is not latin-1");
+                        }
+                        text.chars().map(|c| c as u8).collect()
+                    }
+                    "utf-8" | "utf8" | "ascii" => text.as_bytes().to_vec(),
+                    _ => return self.err(format!("_codecs.encode to {enc}")),
+                };
+                Node::Bytes(bytes)
+            }
+            Global::TorchSize => match a.first() {
+                Some(&t) => Node::Tuple(self.tuple(t, "torch.Size")?),
+                None => Node::Tuple(Vec::new()),
+            },
+            Global::TorchDevice => Node::Opaque("torch.device"),
+            other => return self.err(format!("calling {other:?} is not allowed")),
+        };
+        Ok(node)
+    }
+
+    fn str_of(&self, id: Id) -> Option<&str> {
+        match &self.nodes[id] {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Tensor metadata (`{'conj': True}`, `{'neg': True}`): only an empty or all-false dict.
+    fn check_metadata(&self, md: Id) -> Result<(), String> {
+        match &self.nodes[md] {
+            Node::None => Ok(()),
+            Node::Dict(items) => {
+                for &(k, v) in items {
+                    if !matches!(self.nodes[v], Node::Bool(false)) {
+                        let k = self.str_of(k).unwrap_or("?");
+                        return self.err(format!("unsupported tensor metadata `{k}`"));
+                    }
+                }
+                Ok(())
+            }
+            other => self.err(format!("tensor metadata is a {}", other.type_name())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_os_system() {
+        let p = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+        let e = unpickle(p, 0, Options::default()).unwrap_err();
+        assert!(e.contains("`os.system`"), "{e}");
+    }
+
+    #[test]
+    fn ints_and_memo() {
+        // [1, -2, 300, 2**40] memoized and fetched twice
+        let p = b"\x80\x02]q\x00(K\x01J\xfe\xff\xff\xffM,\x01\x8a\x06\x00\x00\x00\x00\x00\x01eh\x00\x86.";
+        let pk = unpickle(p, 0, Options::default()).unwrap();
+        let Node::Tuple(t) = pk.node(pk.root) else {
+            panic!()
+        };
+        assert_eq!(t[0], t[1]);
+        let Node::List(l) = pk.node(t[0]) else {
+            panic!()
+        };
+        let v: Vec<_> = l.iter().map(|&i| pk.node(i).clone()).collect();
+        assert_eq!(
+            v,
+            vec![
+                Node::Int(1),
+                Node::Int(-2),
+                Node::Int(300),
+                Node::Int(1 << 40)
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_and_unknown() {
+        assert!(unpickle(b"\x80\x02]", 0, Options::default())
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(unpickle(b"\x80\x02\xff", 0, Options::default())
+            .unwrap_err()
+            .contains("0xff"));
+        assert!(unpickle(b"", 0, Options::default()).is_err());
+        assert!(unpickle(b"e.", 0, Options::default())
+            .unwrap_err()
+            .contains("MARK"));
+    }
+}

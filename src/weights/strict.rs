@@ -1,0 +1,123 @@
+//! Strict loading of a state dict into a `VarStore`: everything is checked first and reported in
+//! one error; only then is anything copied (no silent broadcast, no partial load).
+
+use super::pickle::DType;
+use super::StateDict;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+/// How strict [`load_into`] is. The default is fully strict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Variables of the model missing from the state dict are left as they are.
+    pub allow_missing: bool,
+    /// State dict entries the model has no variable for are ignored.
+    pub allow_unexpected: bool,
+    /// Variables take the checkpoint's dtype (e.g. stay float16) instead of converting each
+    /// tensor to the variable's dtype.
+    pub keep_dtype: bool,
+}
+
+/// `num_batches_tracked` (BatchNorm's counter) may be missing or extra: torchvision checkpoints
+/// from before it existed lack it, and models that do not track it ignore it.
+fn tolerated(key: &str) -> bool {
+    key == "num_batches_tracked" || key.ends_with(".num_batches_tracked")
+}
+
+fn dtype_name(t: &Tensor) -> String {
+    DType::from_kind(t.kind())
+        .map(|d| d.name().to_string())
+        .unwrap_or_else(|| format!("{:?}", t.kind()))
+}
+
+/// Loads `sd` into `vs` strictly: every variable must be in the state dict with the same
+/// shape, and every entry must be a variable (see [`LoadOptions`]). One error lists every
+/// missing key, unexpected key, shape mismatch and unsupported dtype; on error nothing has been
+/// copied. float16/bfloat16 checkpoints load into a float32 model (converted) unless
+/// `keep_dtype`.
+pub fn load_into(vs: &VarStore, sd: &StateDict, opts: &LoadOptions) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let entries: HashMap<&str, &Tensor> = sd.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut missing = Vec::new();
+    let mut shapes = Vec::new();
+    let mut dtypes = Vec::new();
+    let mut plan = Vec::new();
+    for (name, var) in vars {
+        let Some(&src) = entries.get(name.as_str()) else {
+            if !tolerated(&name) && !opts.allow_missing {
+                missing.push(name);
+            }
+            continue;
+        };
+        let (want, got) = (var.size(), src.size());
+        if want != got {
+            shapes.push(format!("{name}: expected {want:?}, got {got:?}"));
+            continue;
+        }
+        let (vk, sk) = (DType::from_kind(var.kind()), DType::from_kind(src.kind()));
+        let int = |d: DType| !d.is_float() && d != DType::Bool;
+        let ok = match (vk, sk) {
+            (Some(v), Some(s)) => v == s || (v.is_float() && s.is_float()) || (int(v) && int(s)),
+            _ => false,
+        };
+        if !ok {
+            dtypes.push(format!(
+                "{name}: a {} tensor cannot load into a {} variable",
+                dtype_name(src),
+                dtype_name(&var)
+            ));
+            continue;
+        }
+        plan.push((var, src));
+    }
+    let mut unexpected = Vec::new();
+    if !opts.allow_unexpected {
+        let names: std::collections::HashSet<String> = vs.variables().into_keys().collect();
+        for (k, _) in &sd.tensors {
+            if !names.contains(k) && !tolerated(k) {
+                unexpected.push(k.clone());
+            }
+        }
+    }
+    let count = missing.len() + unexpected.len() + shapes.len() + dtypes.len();
+    if count > 0 {
+        let mut msg = format!(
+            "{} ({}) does not match the model: {count} problem{}",
+            sd.format,
+            plural(sd.tensors.len(), "tensor"),
+            if count == 1 { "" } else { "s" }
+        );
+        let mut section = |title: &str, items: &[String]| {
+            if !items.is_empty() {
+                msg.push_str(&format!(
+                    "\n  {title} ({}): {}",
+                    items.len(),
+                    items.join(", ")
+                ));
+            }
+        };
+        section("missing keys", &missing);
+        section("unexpected keys", &unexpected);
+        section("shape mismatches", &shapes);
+        section("unsupported dtypes", &dtypes);
+        return Err(Error::config("state dict", msg));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (mut var, src) in plan {
+            if opts.keep_dtype && var.kind() != src.kind() {
+                let data = src.f_to_device(var.device())?.f_contiguous()?.copy();
+                var.f_set_data(&data)?;
+            } else {
+                var.f_copy_(src)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
