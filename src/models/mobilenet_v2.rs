@@ -110,7 +110,15 @@ impl InvertedResidual {
             None => self.conv_dw.f_forward_t(xs, train)?,
         };
         let ys = self.conv_pwl.f_forward_t(&ys, train)?;
-        Ok(if self.has_skip { ys + xs } else { ys })
+        Ok(match self.has_skip {
+            // The block's output is fresh: add the shortcut in place unless autograd records.
+            true if !ys.requires_grad() && !xs.requires_grad() => {
+                let mut ys = ys;
+                ys.f_add_(xs)?
+            }
+            true => ys + xs,
+            false => ys,
+        })
     }
 
     pub fn units(&self) -> Vec<&ConvNormAct> {

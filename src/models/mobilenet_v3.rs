@@ -222,7 +222,15 @@ impl InvertedResidual {
             y = se.f_forward(&y)?;
         }
         let y = self.conv_pwl.f_forward_t(&y, train)?;
-        Ok(if self.has_skip { y + xs } else { y })
+        Ok(match self.has_skip {
+            // The block's output is fresh: add the shortcut in place unless autograd records.
+            true if !y.requires_grad() && !xs.requires_grad() => {
+                let mut y = y;
+                y.f_add_(xs)?
+            }
+            true => y + xs,
+            false => y,
+        })
     }
 }
 
