@@ -7,7 +7,7 @@
 //! blocks in 5 stages (`blocks.{i}.{j}`: `conv_dw` + `bn1` + ReLU6, `conv_pw` + `bn2` + ReLU6),
 //! global average pooling and a linear `classifier`. No residual connections.
 
-use super::{make_divisible, Classifier, LayerRow, ModelConfig, Stage};
+use super::{dropout, global_pool, make_divisible, Classifier, LayerRow, ModelConfig, Stage};
 use crate::nn::conv::{check_channels, dotted, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
 use crate::Result;
@@ -154,13 +154,8 @@ impl Classifier for MobileNetV1 {
         Ok(stages)
     }
 
-    fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
-        let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let x = if dropout && self.dropout > 0.0 {
-            x.f_dropout(self.dropout, true)?
-        } else {
-            x
-        };
+    fn forward_head(&self, features: &Tensor, train_dropout: bool) -> Result<Tensor> {
+        let x = dropout(global_pool(features)?, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
     }
 

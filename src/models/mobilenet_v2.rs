@@ -5,7 +5,10 @@
 //! `features.1.conv.0.0.weight`, ..., `features.18.1.running_var`, `classifier.1.weight`), so a
 //! torchvision state_dict loads with no renaming.
 
-use super::{make_divisible, Classifier, LayerRow, ModelConfig, Stage};
+use super::{
+    add_shortcut, dropout, forward_features, global_pool, make_divisible, Block, Classifier,
+    Feature, LayerRow, ModelConfig, Stage,
+};
 use crate::nn::conv::{check_channels, dotted, Activation, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
 use crate::{Error, Result};
@@ -101,8 +104,10 @@ impl InvertedResidual {
             name,
         })
     }
+}
 
-    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Block for InvertedResidual {
+    fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = match &self.conv_pw {
             Some(pw) => self
                 .conv_dw
@@ -110,39 +115,26 @@ impl InvertedResidual {
             None => self.conv_dw.f_forward_t(xs, train)?,
         };
         let ys = self.conv_pwl.f_forward_t(&ys, train)?;
-        Ok(match self.has_skip {
-            // The block's output is fresh: add the shortcut in place unless autograd records.
-            true if !ys.requires_grad() && !xs.requires_grad() => {
-                let mut ys = ys;
-                ys.f_add_(xs)?
-            }
-            true => ys + xs,
-            false => ys,
-        })
+        if self.has_skip {
+            add_shortcut(ys, xs)
+        } else {
+            Ok(ys)
+        }
     }
 
-    pub fn units(&self) -> Vec<&ConvNormAct> {
+    fn units(&self) -> Vec<&ConvNormAct> {
         self.conv_pw
             .iter()
             .chain([&self.conv_dw, &self.conv_pwl])
             .collect()
     }
 
-    pub fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
+    fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
         self.conv_pw
             .iter_mut()
             .chain([&mut self.conv_dw, &mut self.conv_pwl])
             .collect()
     }
-}
-
-/// One element of `features`: the stem, an inverted residual, or the last 1x1 conv.
-// Built once per model: the variants' sizes don't matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Feature {
-    Conv(ConvNormAct),
-    Block(InvertedResidual),
 }
 
 /// torchvision's `MobileNetV2`: `features` (stem, 17 inverted residuals, last conv), global
@@ -151,7 +143,7 @@ pub enum Feature {
 /// Input `[N, 3, H, W]` (H, W >= 32), output logits `[N, num_classes]`.
 #[derive(Debug)]
 pub struct MobileNetV2 {
-    pub features: Vec<Feature>,
+    pub features: Vec<Feature<InvertedResidual>>,
     /// `classifier.1`: `[num_classes, last_channel]`.
     pub fc_weight: Tensor,
     pub fc_bias: Tensor,
@@ -220,50 +212,22 @@ impl MobileNetV2 {
 impl Classifier for MobileNetV2 {
     fn forward_stages(&self, xs: &Tensor, train: bool, keep: bool) -> Result<Vec<Stage>> {
         check_channels("MobileNetV2 input", xs, 3)?;
-        let mut stages = Vec::new();
-        let mut x = xs.shallow_clone();
-        for (i, f) in self.features.iter().enumerate() {
-            x = match f {
-                Feature::Conv(c) => c.f_forward_t(&x, train)?,
-                Feature::Block(b) => b.f_forward_t(&x, train)?,
-            };
-            if keep || i + 1 == self.features.len() {
-                stages.push(Stage {
-                    name: format!("features.{i}"),
-                    tensor: x.shallow_clone(),
-                });
-            }
-        }
-        Ok(stages)
+        forward_features(&self.features, xs, train, keep)
     }
 
-    fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
-        let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        let x = if dropout && self.dropout > 0.0 {
-            x.f_dropout(self.dropout, true)?
-        } else {
-            x
-        };
+    fn forward_head(&self, features: &Tensor, train_dropout: bool) -> Result<Tensor> {
+        let x = dropout(global_pool(features)?, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
     }
 
     fn units(&self) -> Vec<&ConvNormAct> {
-        self.features
-            .iter()
-            .flat_map(|f| match f {
-                Feature::Conv(c) => vec![c],
-                Feature::Block(b) => b.units(),
-            })
-            .collect()
+        self.features.iter().flat_map(Feature::units).collect()
     }
 
     fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
         self.features
             .iter_mut()
-            .flat_map(|f| match f {
-                Feature::Conv(c) => vec![c],
-                Feature::Block(b) => b.units_mut(),
-            })
+            .flat_map(Feature::units_mut)
             .collect()
     }
 

@@ -8,7 +8,10 @@
 //! (`features.{i}.block.{j}.0.weight`, `features.{i}.block.{j}.fc1.bias`, `classifier.3.weight`).
 
 use super::summary::SummaryUnit;
-use super::{make_divisible, Classifier, LayerRow, ModelConfig, Stage};
+use super::{
+    add_shortcut, dropout, forward_features, global_pool, make_divisible, Block, Classifier,
+    Feature, LayerRow, ModelConfig, Stage,
+};
 use crate::nn::conv::{check_channels, dotted, Activation, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
 use crate::{Error, Result};
@@ -211,8 +214,10 @@ impl InvertedResidual {
             name: dotted(&p),
         })
     }
+}
 
-    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Block for InvertedResidual {
+    fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = match &self.conv_pw {
             Some(pw) => pw.f_forward_t(xs, train)?,
             None => xs.shallow_clone(),
@@ -222,15 +227,25 @@ impl InvertedResidual {
             y = se.f_forward(&y)?;
         }
         let y = self.conv_pwl.f_forward_t(&y, train)?;
-        Ok(match self.has_skip {
-            // The block's output is fresh: add the shortcut in place unless autograd records.
-            true if !y.requires_grad() && !xs.requires_grad() => {
-                let mut y = y;
-                y.f_add_(xs)?
-            }
-            true => y + xs,
-            false => y,
-        })
+        if self.has_skip {
+            add_shortcut(y, xs)
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn units(&self) -> Vec<&ConvNormAct> {
+        self.conv_pw
+            .iter()
+            .chain([&self.conv_dw, &self.conv_pwl])
+            .collect()
+    }
+
+    fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
+        self.conv_pw
+            .iter_mut()
+            .chain([&mut self.conv_dw, &mut self.conv_pwl])
+            .collect()
     }
 }
 
@@ -243,21 +258,12 @@ fn v3_batch_norm() -> BatchNormConfig {
     }
 }
 
-/// One element of `features`.
-// Built once per model: the variants' sizes don't matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Feature {
-    Conv(ConvNormAct),
-    Block(InvertedResidual),
-}
-
 /// torchvision's `MobileNetV3` (`mobilenet_v3_large` / `mobilenet_v3_small`).
 ///
 /// Input `[N, 3, H, W]`, logits `[N, num_classes]`.
 #[derive(Debug)]
 pub struct MobileNetV3 {
-    pub features: Vec<Feature>,
+    pub features: Vec<Feature<InvertedResidual>>,
     /// `classifier.0`: `[last_channel, lastconv_channels]`.
     pub fc1_weight: Tensor,
     pub fc1_bias: Tensor,
@@ -355,33 +361,16 @@ impl MobileNetV3 {
 impl Classifier for MobileNetV3 {
     fn forward_stages(&self, xs: &Tensor, train: bool, keep: bool) -> Result<Vec<Stage>> {
         check_channels("MobileNetV3 input", xs, 3)?;
-        let mut stages = Vec::new();
-        let mut x = xs.shallow_clone();
-        for (i, f) in self.features.iter().enumerate() {
-            x = match f {
-                Feature::Conv(c) => c.f_forward_t(&x, train)?,
-                Feature::Block(b) => b.f_forward_t(&x, train)?,
-            };
-            if keep || i + 1 == self.features.len() {
-                stages.push(Stage {
-                    name: format!("features.{i}"),
-                    tensor: x.shallow_clone(),
-                });
-            }
-        }
-        Ok(stages)
+        forward_features(&self.features, xs, train, keep)
     }
 
-    fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor> {
-        let x = features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
+    fn forward_head(&self, features: &Tensor, train_dropout: bool) -> Result<Tensor> {
+        // classifier: Linear → Hardswish → Dropout → Linear.
+        let x = global_pool(features)?;
         let x = x
             .f_linear(&self.fc1_weight, Some(&self.fc1_bias))?
             .f_hardswish()?;
-        let x = if dropout && self.dropout > 0.0 {
-            x.f_dropout(self.dropout, true)?
-        } else {
-            x
-        };
+        let x = dropout(x, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc2_weight, Some(&self.fc2_bias))?)
     }
 
@@ -398,14 +387,7 @@ impl Classifier for MobileNetV3 {
     fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
         self.features
             .iter_mut()
-            .flat_map(|f| match f {
-                Feature::Conv(c) => vec![c],
-                Feature::Block(b) => b
-                    .conv_pw
-                    .iter_mut()
-                    .chain([&mut b.conv_dw, &mut b.conv_pwl])
-                    .collect(),
-            })
+            .flat_map(Feature::units_mut)
             .collect()
     }
 

@@ -157,6 +157,91 @@ pub fn make_divisible(v: f64, divisor: i64) -> i64 {
     new_v
 }
 
+/// A block of a `features` sequence (V2's and V3's inverted residuals).
+pub trait Block: std::fmt::Debug {
+    fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor>;
+    /// Its conv-norm-activation units, in order.
+    fn units(&self) -> Vec<&ConvNormAct>;
+    fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
+}
+
+/// One element of torchvision's `features`: a conv-norm-activation (stem, last conv) or a block.
+// Built once per model: the variants' sizes don't matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Feature<B> {
+    Conv(ConvNormAct),
+    Block(B),
+}
+
+impl<B: Block> Feature<B> {
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Feature::Conv(c) => c.f_forward_t(xs, train),
+            Feature::Block(b) => b.f_forward_t(xs, train),
+        }
+    }
+    pub fn units(&self) -> Vec<&ConvNormAct> {
+        match self {
+            Feature::Conv(c) => vec![c],
+            Feature::Block(b) => b.units(),
+        }
+    }
+    pub fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
+        match self {
+            Feature::Conv(c) => vec![c],
+            Feature::Block(b) => b.units_mut(),
+        }
+    }
+}
+
+/// Runs `features` in order; stage `i` is named `features.{i}`. The last stage is always
+/// returned, every stage with `keep`.
+pub fn forward_features<B: Block>(
+    features: &[Feature<B>],
+    xs: &Tensor,
+    train: bool,
+    keep: bool,
+) -> Result<Vec<Stage>> {
+    let mut stages = Vec::new();
+    let mut x = xs.shallow_clone();
+    for (i, f) in features.iter().enumerate() {
+        x = f.f_forward_t(&x, train)?;
+        if keep || i + 1 == features.len() {
+            stages.push(Stage {
+                name: format!("features.{i}"),
+                tensor: x.shallow_clone(),
+            });
+        }
+    }
+    Ok(stages)
+}
+
+/// `ys + xs` for a residual shortcut; in place on the block's fresh output unless autograd
+/// records the graph.
+pub fn add_shortcut(ys: Tensor, xs: &Tensor) -> Result<Tensor> {
+    if ys.requires_grad() || xs.requires_grad() {
+        Ok(ys.f_add(xs)?)
+    } else {
+        let mut ys = ys;
+        Ok(ys.f_add_(xs)?)
+    }
+}
+
+/// Global average pooling of `[N, C, H, W]` to `[N, C]`.
+pub fn global_pool(features: &Tensor) -> Result<Tensor> {
+    Ok(features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
+}
+
+/// Dropout with probability `p` when `on` (training), else `x` unchanged.
+pub fn dropout(x: Tensor, p: f64, on: bool) -> Result<Tensor> {
+    Ok(if on && p > 0.0 {
+        x.f_dropout(p, true)?
+    } else {
+        x
+    })
+}
+
 /// A named intermediate feature map (after a stage).
 #[derive(Debug)]
 pub struct Stage {
