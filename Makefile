@@ -46,7 +46,7 @@ bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v2
 	$(PY) scripts/bench_compare.py --arch mobilenet_v1
 
-lint:
+lint: check-torch
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
