@@ -10,10 +10,10 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "mobilenet_v2")]
     pub arch: Arch,
     /// Width multiplier: scales every layer's channels.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub width_mult: f64,
     /// Number of output classes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     pub num_classes: i64,
     /// Normalization after each convolution: batch, group:G, layer, instance.
     #[arg(long, default_value = "batch")]

@@ -3,7 +3,7 @@
 use super::{Model, ModelConfig};
 use crate::device::Precision;
 use crate::weights::{self, LoadOptions};
-use crate::Result;
+use crate::{Error, Result};
 use tch::Device;
 
 impl Model {
@@ -18,7 +18,28 @@ impl Model {
         precision.check(device)?;
         let mut model = Model::new(config, Device::Cpu)?;
         let sd = weights::read(path)?;
-        weights::load_into(&model.vs, &sd, &LoadOptions::default())?;
+        weights::load_into(&model.vs, &sd, &LoadOptions::default()).map_err(|e| {
+            // Say what the file does hold when it is another known architecture.
+            match weights::detect_architecture(&sd) {
+                Some(g) => Error::file(
+                    path,
+                    format!(
+                        "holds {} (width {}, {} classes), not the requested {} (width {}, {} \
+                         classes): pass --arch {} --width-mult {} --num-classes {}\n{e}",
+                        g.arch,
+                        g.width_mult,
+                        g.num_classes,
+                        model.config.arch,
+                        model.config.width_mult,
+                        model.config.num_classes,
+                        g.arch,
+                        g.width_mult,
+                        g.num_classes
+                    ),
+                ),
+                None => e,
+            }
+        })?;
         model.to(device, precision)?;
         Ok(model)
     }
