@@ -12,6 +12,15 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 $BIN info --json | tee "$OUT/info.json"
 status=0
+# Like-for-like references: PyTorch's own fp16/bf16 logits on this GPU (needs torchvision).
+if python3 -c "import torchvision" 2>/dev/null; then
+  for arch in mobilenet_v2 mobilenet_v3_large; do
+    python3 $G/export.py reference --arch $arch --weights $G/$arch.safetensors --batch 8 \
+      --precisions fp16,bf16 --device cuda --out $G/$arch-ref.safetensors
+  done
+else
+  echo "gpu-check: no torchvision here: fp16/bf16 are compared with the fp32 reference" >&2
+fi
 for arch in mobilenet_v2 mobilenet_v3_large; do
   for p in fp32 fp16 bf16; do
     echo "== parity $arch cuda $p"
@@ -25,6 +34,7 @@ for arch in mobilenet_v2 mobilenet_v3_large; do
       --iters 100 --json | tee "$OUT/bench-ours-$arch-$p.json"
   done
 done
+python3 -c "import torchvision" 2>/dev/null || { echo "gpu-check: no torchvision, no PyTorch bench" >&2; exit $status; }
 python3 - "$OUT" <<'PY'
 import json, sys, time, torch, torchvision
 out = sys.argv[1]

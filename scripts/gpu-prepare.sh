@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 make release >/dev/null
 rm -rf .gpu && mkdir -p .gpu
 cp target/release/mobilenet .gpu/
-cp scripts/gpu-check.sh .gpu/
+cp scripts/gpu-check.sh weights/export.py .gpu/
 PY=.venv/bin/python3
 for arch in mobilenet_v2 mobilenet_v3_large; do
   $PY weights/export.py model --arch "$arch" --seed 0 --out ".gpu/$arch.safetensors"

@@ -112,6 +112,31 @@ fn parity_with_pytorch_every_configuration() {
     assert!(checked >= 30, "only {checked} references checked");
 }
 
+/// bf16 on the CPU against PyTorch's own bf16 logits (`logits.bf16`): like for like, within
+/// the documented tolerance (in practice bit for bit: the same libtorch kernels).
+#[test]
+fn bf16_parity_like_for_like_on_cpu() {
+    let mut checked = 0;
+    for entry in manifest() {
+        let weights = fixtures().join(entry["weights"].as_str().unwrap());
+        for r in entry["references"].as_array().unwrap() {
+            let path = fixtures().join(r["path"].as_str().unwrap());
+            let reference = parity::read_reference(&path).unwrap();
+            if !reference.contains_key("logits.bf16") {
+                continue;
+            }
+            let model =
+                Model::from_file(config(&entry), &weights, Device::Cpu, Precision::Bf16).unwrap();
+            let report = parity::check(&model, &reference, false, Precision::Bf16).unwrap();
+            println!("{} bf16: {}", entry["name"], report.logits);
+            assert_eq!(report.compared_with, "logits.bf16");
+            assert!(report.pass, "{}: {report:?}", entry["name"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} bf16 references");
+}
+
 #[test]
 fn pth_and_safetensors_load_to_the_same_model() {
     for entry in manifest().iter().filter(|e| e.get("pth").is_some()) {

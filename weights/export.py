@@ -21,6 +21,7 @@ Seeded models are made meaningful for parity tests: every norm's affine paramete
 statistics are randomized (PyTorch initializes them to ones/zeros, which would hide errors).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -115,6 +116,20 @@ def stage_modules(arch, model):
     if arch == "mobilenet_v1":
         return [("bn1", model.bn1)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
     return [(f"features.{i}", f) for i, f in enumerate(model.features)]
+
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def reduced_precision_logits(model, x, precisions, device):
+    """PyTorch's own logits in each reduced precision on `device` (as float32 on the CPU), saved
+    as `logits.<precision>`: the like-for-like target for a reduced-precision parity run."""
+    out = {}
+    for p in precisions:
+        m = copy.deepcopy(model).eval().to(device=device, dtype=DTYPES[p])
+        with torch.no_grad():
+            out[f"logits.{p}"] = m(x.to(device=device, dtype=DTYPES[p])).float().cpu()
+    return out
 
 
 def reference(arch, model, resolution, batch, mode, seed):
@@ -221,6 +236,9 @@ def cmd_fixtures(args):
             # Each reference starts from the saved weights: train mode changes the buffers.
             model = seeded(arch, width, norm, 1000, 1000 + seed, **v3)
             ref = reference(arch, model, res, 2, mode, seed)
+            if mode == "eval" and res == refs[0][0]:
+                # PyTorch's own bf16 logits on the CPU, for the like-for-like bf16 parity test.
+                ref.update(reduced_precision_logits(model, ref["input"], ["bf16"], "cpu"))
             path = os.path.join(out, f"{name}_{mode}_{res}.safetensors")
             save_reference(ref, path, {"arch": arch, "mode": mode, "resolution": res})
             entry["references"].append(
@@ -254,6 +272,9 @@ def cmd_reference(args):
     model = build(args.arch, args.width_mult, args.norm, args.num_classes)
     model.load_state_dict(load_any(args.weights))
     ref = reference(args.arch, model, args.resolution, args.batch, args.mode, args.seed)
+    if args.precisions and args.mode == "eval":
+        ref.update(reduced_precision_logits(model, ref["input"], args.precisions.split(","),
+                                            args.device))
     save_reference(ref, args.out, {"arch": args.arch, "mode": args.mode,
                                    "resolution": args.resolution})
     print(f"wrote {args.out}", file=sys.stderr)
@@ -321,6 +342,9 @@ def main():
     r.add_argument("--resolution", type=int, default=224)
     r.add_argument("--batch", type=int, default=2)
     r.add_argument("--mode", choices=("eval", "train"), default="eval")
+    r.add_argument("--precisions", default="",
+                   help="also PyTorch's logits in these precisions (fp16,bf16), eval mode only")
+    r.add_argument("--device", default="cpu", help="device for --precisions (cpu, cuda)")
     r.add_argument("--out", required=True)
     r.set_defaults(run=cmd_reference)
 

@@ -55,6 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("  stage {s}");
         }
         println!("  {}", report.logits);
+        if let Some(d) = &report.vs_fp32 {
+            println!("  (against PyTorch's fp32) {d}");
+        }
         println!(
             "  top-1 agree {}/{}, top-5 identical {}/{}",
             report.top1_agree, report.samples, report.top5_agree, report.samples
