@@ -146,5 +146,5 @@ fn cuda_fp16_within_tolerance_when_present() {
     let got = logits(&gpu, &x.to_device(Device::Cuda(0)).to_kind(Kind::Half));
     let d = diff("fp16 cuda", &got, &want).unwrap();
     println!("{d}");
-    assert!(d.max_rel <= 1e-2, "{d}");
+    assert!(d.max_rel <= 2.5e-2, "{d}");
 }
