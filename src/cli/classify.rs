@@ -308,11 +308,21 @@ fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     }
 }
 
-/// Moves a decoded `uint8 [3, H, W]` image to `device` and preprocesses it there.
+/// Moves a decoded `uint8 [3, H, W]` image to `device` and preprocesses it there. On CUDA the
+/// host copy goes through pinned (page-locked) memory with a non-blocking transfer, so the copy
+/// overlaps with the GPU work already queued; pinned blocks come from libtorch's caching host
+/// allocator, which keeps them alive until the transfer is done.
 fn on_device(image: &Tensor, device: Device, transform: &Transform) -> Result<Tensor, String> {
-    let image = image
-        .f_to_device(device)
-        .map_err(|e| format!("cannot copy to {device:?}: {e}"))?;
+    let copy = || -> Result<Tensor, tch::TchError> {
+        if device.is_cuda() {
+            // Pinning can fail (e.g. page-locked memory exhausted): fall back to a plain copy.
+            if let Ok(pinned) = image.f_pin_memory(device) {
+                return pinned.f_to_device_(device, image.kind(), true, false);
+            }
+        }
+        image.f_to_device(device)
+    };
+    let image = copy().map_err(|e| format!("cannot copy to {device:?}: {e}"))?;
     transform
         .apply(&image)
         .map_err(|e| format!("cannot preprocess: {e}"))
