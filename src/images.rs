@@ -148,10 +148,19 @@ pub fn find_images(paths: &[PathBuf]) -> Vec<Input> {
                 found.sort_by(|a, b| a.path().cmp(b.path()));
                 inputs.extend(found);
             }
-            Ok(_) => inputs.push(Input::Image(path.clone())),
+            Ok(m) if m.is_file() => inputs.push(Input::Image(path.clone())),
+            Ok(_) => inputs.push(not_regular(path)),
         }
     }
     inputs
+}
+
+/// A FIFO, socket or device: reading it could block forever or never end.
+fn not_regular(path: &Path) -> Input {
+    Input::Unreadable {
+        path: path.to_path_buf(),
+        reason: "not a regular file".into(),
+    }
 }
 
 fn walk(dir: &Path, found: &mut Vec<Input>) {
@@ -182,7 +191,15 @@ fn walk(dir: &Path, found: &mut Vec<Input>) {
         match entry.file_type() {
             Ok(t) if t.is_dir() => walk(&path, found),
             // Files, and links to files (links to folders are skipped: no cycles).
-            Ok(_) if has_image_extension(&path) && !path.is_dir() => found.push(Input::Image(path)),
+            Ok(_) if has_image_extension(&path) => match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => found.push(Input::Image(path)),
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => found.push(not_regular(&path)),
+                Err(e) => found.push(Input::Unreadable {
+                    path,
+                    reason: e.to_string(),
+                }),
+            },
             Ok(_) => {}
             Err(e) => found.push(Input::Unreadable {
                 path,

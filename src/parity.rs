@@ -171,15 +171,22 @@ pub fn read_reference(path: &Path) -> Result<HashMap<String, Tensor>> {
             format!("`input` is {:?}, not [N, 3, H, W]", input.size()),
         ));
     }
-    if logits.dim() != 2 || logits.size()[0] != input.size()[0] {
-        return Err(Error::file(
-            path,
-            format!(
-                "`logits` is {:?}, not [N, K] for N = {}",
-                logits.size(),
-                input.size()[0]
-            ),
-        ));
+    if input.size()[0] == 0 {
+        return Err(Error::file(path, "reference has no samples (`input` has N = 0)"));
+    }
+    for key in ["logits", "logits.fp16", "logits.bf16"] {
+        let Some(l) = map.get(key) else { continue };
+        if l.dim() != 2 || l.size()[0] != input.size()[0] || l.size()[1] != logits.size()[1] {
+            return Err(Error::file(
+                path,
+                format!(
+                    "`{key}` is {:?}, not [N, K] for N = {} and K = {} (from `logits`)",
+                    l.size(),
+                    input.size()[0],
+                    logits.size().get(1).copied().unwrap_or(0)
+                ),
+            ));
+        }
     }
     Ok(map)
 }
@@ -253,7 +260,11 @@ pub fn check(
                 Error::bad_input("reference", format!("buffer `{key}` is not in the model"))
             })?;
             let d = diff(key, ours, want)?;
-            if worst_buffer.as_ref().is_none_or(|w| d.max_abs > w.max_abs) {
+            // NaN counts as the worst (every comparison with NaN is false).
+            if worst_buffer
+                .as_ref()
+                .is_none_or(|w| d.max_abs.is_nan() || d.max_abs > w.max_abs)
+            {
                 worst_buffer = Some(d);
             }
         }

@@ -1,6 +1,9 @@
-//! The inference fast paths change no result: BatchNorm folded into the convolutions and
-//! channels-last layout each equal the plain model within 1e-5, for every architecture; a
-//! one-iteration smoke of `mobilenet bench`. (No timing is asserted anywhere.)
+//! The inference fast paths change no result beyond float32 rounding: BatchNorm folded into the
+//! convolutions and channels-last layout each equal the plain model within 1e-5 of the largest
+//! logit (relative; PyTorch's own `fuse_conv_bn_eval` differs by the same amount on these
+//! models: 6.3e-6 for V1, 6.4e-6 for V2, 3.8e-6 for V3 Large) and every stage's feature map
+//! within 1e-4 relative, for every architecture; a one-iteration smoke of `mobilenet bench`.
+//! (No timing is asserted anywhere.)
 
 use mobilenet::device::Precision;
 use mobilenet::models::{Arch, Model, ModelConfig};
@@ -27,6 +30,20 @@ fn logits(model: &Model, x: &Tensor) -> Tensor {
     tch::no_grad(|| model.f_forward_t(x, false).unwrap())
 }
 
+/// Every stage's feature map and the logits of `model` against `plain`'s: the worst relative
+/// difference (to each tensor's largest magnitude), so that an error early in the network
+/// cannot hide behind a classifier that damps it.
+fn worst_stage(model: &Model, plain: &Model, x: &Tensor) -> f64 {
+    let (la, sa) = tch::no_grad(|| model.forward_with_stages(x, false, false).unwrap());
+    let (lb, sb) = tch::no_grad(|| plain.forward_with_stages(x, false, false).unwrap());
+    assert_eq!(sa.len(), sb.len());
+    let mut worst = diff("logits", &la, &lb).unwrap().max_rel;
+    for (a, b) in sa.iter().zip(&sb) {
+        worst = worst.max(diff(&a.name, &a.tensor, &b.tensor).unwrap().max_rel);
+    }
+    worst
+}
+
 #[test]
 fn folding_and_channels_last_are_exact() {
     for (arch, file) in [
@@ -36,6 +53,8 @@ fn folding_and_channels_last_are_exact() {
         (Arch::MobilenetV3Small, "v3s_100.safetensors"),
     ] {
         let cfg = ModelConfig::new(arch);
+        let reference =
+            Model::from_file(cfg.clone(), &fixture(file), Device::Cpu, Precision::Fp32).unwrap();
         let mut model =
             Model::from_file(cfg, &fixture(file), Device::Cpu, Precision::Fp32).unwrap();
         tch::manual_seed(7);
@@ -45,24 +64,30 @@ fn folding_and_channels_last_are_exact() {
         let folded = model.fold_batch_norm().unwrap();
         assert!(folded > 10, "{arch}: only {folded} BatchNorms folded");
         let d = diff("folded", &logits(&model, &x), &plain).unwrap();
-        println!("{arch}: {d}");
-        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+        let stages = worst_stage(&model, &reference, &x);
+        println!("{arch}: {d}; worst stage rel {stages:.2e}");
+        assert!(d.max_rel <= 1e-5, "{arch}: {d}");
+        assert!(stages <= 1e-4, "{arch}: folded stage maps differ by {stages:e} (relative)");
 
         model.set_channels_last(true).unwrap();
         let d = diff("folded + channels-last", &logits(&model, &x), &plain).unwrap();
-        println!("{arch}: {d}");
-        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+        let stages = worst_stage(&model, &reference, &x);
+        println!("{arch}: {d}; worst stage rel {stages:.2e}");
+        assert!(d.max_rel <= 1e-5, "{arch}: {d}");
+        assert!(stages <= 1e-4, "{arch}: folded + NHWC stage maps differ by {stages:e}");
 
         model.unfold_batch_norm();
         let d = diff("channels-last", &logits(&model, &x), &plain).unwrap();
-        println!("{arch}: {d}");
-        assert!(d.max_abs <= 1e-5, "{arch}: {d}");
+        let stages = worst_stage(&model, &reference, &x);
+        println!("{arch}: {d}; worst stage rel {stages:.2e}");
+        assert!(d.max_rel <= 1e-5, "{arch}: {d}");
+        assert!(stages <= 1e-4, "{arch}: NHWC stage maps differ by {stages:e}");
 
-        // Train mode never uses the folded weights.
+        // A folded model refuses a train-mode forward (its folds would go stale).
         model.fold_batch_norm().unwrap();
         model.set_channels_last(false).unwrap();
-        let train = tch::no_grad(|| model.f_forward_t(&x, true).unwrap());
-        assert!(train.size() == plain.size());
+        let err = tch::no_grad(|| model.f_forward_t(&x, true)).unwrap_err();
+        assert!(err.to_string().contains("unfold_batch_norm"), "{err}");
     }
 }
 
@@ -138,8 +163,9 @@ fn cuda_fp16_within_tolerance_when_present() {
     let cfg = ModelConfig::new(Arch::MobilenetV2);
     let file = fixture("v2_100.safetensors");
     let cpu = Model::from_file(cfg.clone(), &file, Device::Cpu, Precision::Fp32).unwrap();
-    let mut gpu = Model::from_file(cfg, &file, Device::Cuda(0), Precision::Fp16).unwrap();
+    let mut gpu = Model::load(cfg, &file).unwrap();
     gpu.fold_batch_norm().unwrap();
+    gpu.to(Device::Cuda(0), Precision::Fp16).unwrap();
     gpu.set_channels_last(true).unwrap();
     let x = Tensor::randn([4, 3, 224, 224], (Kind::Float, Device::Cpu));
     let want = logits(&cpu, &x);

@@ -90,17 +90,33 @@ def build(arch, width_mult=1.0, norm="batch", num_classes=1000, **v3):
 
 
 def randomize_norms(model, gen):
-    """Non-trivial affine parameters and running statistics in every norm layer."""
+    """Non-trivial affine parameters in every norm layer, and BatchNorm running statistics
+    measured on random images (then perturbed), so that activations stay in range through the
+    whole network: different inputs give clearly different logits, and eval (running stats)
+    differs from train (batch stats)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
                 if getattr(m, "weight", None) is not None:
                     m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-                if getattr(m, "running_mean", None) is not None:
-                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
-                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
-                    m.num_batches_tracked.fill_(3)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 96, 96, generator=gen))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            std = m.running_var.sqrt()
+            m.running_mean.add_(torch.randn(m.running_mean.shape, generator=gen) * 0.1 * std)
+            m.running_var.mul_(torch.rand(m.running_var.shape, generator=gen) * 0.6 + 0.7)
+    model.eval()
 
 
 def seeded(arch, width_mult, norm, num_classes, seed, **v3):

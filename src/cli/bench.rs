@@ -81,20 +81,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve()?;
     args.precision.check(device)?;
     let cfg = args.model.config();
+    // Loaded and folded in fp32 on the CPU, then cast and moved (folding from rounded
+    // parameters would not match PyTorch's reduced-precision numbers).
     let mut model = match &args.weights {
-        Some(path) => Model::from_file(cfg, path, device, args.precision)?,
+        Some(path) => Model::load(cfg, path)?,
         None => {
             tch::manual_seed(0);
-            let mut m = Model::new(cfg, tch::Device::Cpu)?;
-            m.to(device, args.precision)?;
-            m
+            Model::new(cfg, tch::Device::Cpu)?
         }
     };
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
     if !args.no_fold {
         model.fold_batch_norm()?;
+    }
+    model.to(device, args.precision)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
     }
     let channels_last = args.layout != Layout::Nchw;
     model.set_channels_last(channels_last)?;

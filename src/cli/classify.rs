@@ -139,10 +139,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     )?;
     drop(state_dict);
-    model.to(device, args.precision)?;
+    // Fold in fp32, then cast: folding from rounded parameters would not match PyTorch's
+    // reduced-precision numbers. Channels-last is the faster layout on the CPU (measured, see
+    // the README) and for cuDNN; cuDNN picks its fastest algorithms per shape.
     model.fold_batch_norm()?;
-    if device == Device::Cpu {
-        model.set_channels_last(true)?;
+    model.to(device, args.precision)?;
+    model.set_channels_last(true)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
     }
     let _no_grad = tch::no_grad_guard();
 
@@ -291,12 +295,41 @@ fn default_workers() -> usize {
 }
 
 /// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
+/// Image files larger than this are refused (a photo is a few MB; this bounds the memory a
+/// single input can take before decoding).
+const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// Reads a regular file of at most [`MAX_IMAGE_BYTES`].
+fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "file is {} bytes, more than the {} MiB limit for an image",
+            meta.len(),
+            MAX_IMAGE_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(format!("file grew past the {} MiB limit while being read", MAX_IMAGE_BYTES >> 20));
+    }
+    Ok(bytes)
+}
+
 fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     let path = match input {
         Input::Image(path) => path,
         Input::Unreadable { reason, .. } => return Err(reason),
     };
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_limited(&path)?;
     let image = images::decode(&bytes)?;
     drop(bytes);
     let tensor = image.to_tensor().map_err(|e| e.to_string())?;

@@ -16,7 +16,15 @@ impl Model {
         precision: Precision,
     ) -> Result<Model> {
         precision.check(device)?;
-        let mut model = Model::new(config, Device::Cpu)?;
+        let mut model = Model::load(config, path)?;
+        model.to(device, precision)?;
+        Ok(model)
+    }
+
+    /// Builds the model on the CPU in fp32 and loads a weight file strictly. Fold here, before
+    /// [`Model::to`] casts to a reduced precision.
+    pub fn load(config: ModelConfig, path: &std::path::Path) -> Result<Model> {
+        let model = Model::new(config, Device::Cpu)?;
         let sd = weights::read(path)?;
         weights::load_into(&model.vs, &sd, &LoadOptions::default()).map_err(|e| {
             // Say what the file does hold when it is another known architecture.
@@ -40,7 +48,6 @@ impl Model {
                 None => e,
             }
         })?;
-        model.to(device, precision)?;
         Ok(model)
     }
 }

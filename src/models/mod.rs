@@ -315,9 +315,11 @@ impl Model {
             crate::device::Precision::Fp16 => self.vs.half(),
             crate::device::Precision::Bf16 => self.vs.bfloat16(),
         }
-        // Folded weights are derived: recompute them in the new precision and place.
-        if self.folded {
-            self.fold_batch_norm()?;
+        // Folded weights were computed from the full-precision parameters: cast them, never
+        // refold from rounded ones (that would differ from PyTorch's reduced-precision result).
+        let kind = precision.kind();
+        for unit in self.net.units_mut() {
+            unit.cast_folded(device, kind)?;
         }
         Ok(())
     }
@@ -325,6 +327,7 @@ impl Model {
     /// Logits `[N, num_classes]` for images `[N, 3, H, W]`; `train` uses batch statistics and
     /// dropout.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_mode(train)?;
         let x = self.prepare_input(xs)?;
         let stages = self.net.forward_stages(&x, train, false)?;
         self.net.forward_head(&last(&stages)?.tensor, train)
@@ -339,10 +342,24 @@ impl Model {
         train: bool,
         dropout: bool,
     ) -> Result<(Tensor, Vec<Stage>)> {
+        self.check_mode(train)?;
         let x = self.prepare_input(xs)?;
         let stages = self.net.forward_stages(&x, train, true)?;
         let logits = self.net.forward_head(&last(&stages)?.tensor, dropout)?;
         Ok((logits, stages))
+    }
+
+    /// A folded model is for inference: a train-mode forward would update running statistics
+    /// that the folded weights no longer follow.
+    fn check_mode(&self, train: bool) -> Result<()> {
+        if train && self.folded {
+            return Err(Error::bad_input(
+                self.config.arch.name(),
+                "the BatchNorms are folded (inference only): call unfold_batch_norm() before a \
+                 train-mode forward",
+            ));
+        }
+        Ok(())
     }
 
     fn prepare_input(&self, xs: &Tensor) -> Result<Tensor> {
@@ -387,6 +404,10 @@ impl Model {
     }
 
     /// Folds every BatchNorm into its convolution (used in eval mode only). Returns how many.
+    ///
+    /// Fold before casting to fp16/bf16 with [`Model::to`] (it casts the folded weights): folding
+    /// from already-rounded parameters gives other numbers than PyTorch's reduced-precision
+    /// conv + BatchNorm. The folds are a snapshot: fold again after loading new weights.
     pub fn fold_batch_norm(&mut self) -> Result<usize> {
         let mut n = 0;
         for unit in self.net.units_mut() {

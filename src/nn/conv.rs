@@ -236,6 +236,17 @@ impl ConvNormAct {
         Ok(true)
     }
 
+    /// Moves and casts the folded weights (when present) to `device` and `kind`.
+    pub fn cast_folded(&mut self, device: tch::Device, kind: tch::Kind) -> Result<()> {
+        if let Some((w, b)) = &self.folded {
+            self.folded = Some((
+                w.f_to_device(device)?.f_to_kind(kind)?,
+                b.f_to_device(device)?.f_to_kind(kind)?,
+            ));
+        }
+        Ok(())
+    }
+
     /// Drops the folded weights (back to conv → norm).
     pub fn unfold(&mut self) {
         self.folded = None;
