@@ -172,7 +172,10 @@ pub fn read_reference(path: &Path) -> Result<HashMap<String, Tensor>> {
         ));
     }
     if input.size()[0] == 0 {
-        return Err(Error::file(path, "reference has no samples (`input` has N = 0)"));
+        return Err(Error::file(
+            path,
+            "reference has no samples (`input` has N = 0)",
+        ));
     }
     for key in ["logits", "logits.fp16", "logits.bf16"] {
         let Some(l) = map.get(key) else { continue };

@@ -67,21 +67,30 @@ fn folding_and_channels_last_are_exact() {
         let stages = worst_stage(&model, &reference, &x);
         println!("{arch}: {d}; worst stage rel {stages:.2e}");
         assert!(d.max_rel <= 1e-5, "{arch}: {d}");
-        assert!(stages <= 1e-4, "{arch}: folded stage maps differ by {stages:e} (relative)");
+        assert!(
+            stages <= 1e-4,
+            "{arch}: folded stage maps differ by {stages:e} (relative)"
+        );
 
         model.set_channels_last(true).unwrap();
         let d = diff("folded + channels-last", &logits(&model, &x), &plain).unwrap();
         let stages = worst_stage(&model, &reference, &x);
         println!("{arch}: {d}; worst stage rel {stages:.2e}");
         assert!(d.max_rel <= 1e-5, "{arch}: {d}");
-        assert!(stages <= 1e-4, "{arch}: folded + NHWC stage maps differ by {stages:e}");
+        assert!(
+            stages <= 1e-4,
+            "{arch}: folded + NHWC stage maps differ by {stages:e}"
+        );
 
         model.unfold_batch_norm();
         let d = diff("channels-last", &logits(&model, &x), &plain).unwrap();
         let stages = worst_stage(&model, &reference, &x);
         println!("{arch}: {d}; worst stage rel {stages:.2e}");
         assert!(d.max_rel <= 1e-5, "{arch}: {d}");
-        assert!(stages <= 1e-4, "{arch}: NHWC stage maps differ by {stages:e}");
+        assert!(
+            stages <= 1e-4,
+            "{arch}: NHWC stage maps differ by {stages:e}"
+        );
 
         // A folded model refuses a train-mode forward (its folds would go stale).
         model.fold_batch_norm().unwrap();

@@ -319,7 +319,10 @@ fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_IMAGE_BYTES {
-        return Err(format!("file grew past the {} MiB limit while being read", MAX_IMAGE_BYTES >> 20));
+        return Err(format!(
+            "file grew past the {} MiB limit while being read",
+            MAX_IMAGE_BYTES >> 20
+        ));
     }
     Ok(bytes)
 }

@@ -29,7 +29,142 @@ pub fn detect(bytes: &[u8]) -> Option<Format> {
 /// The largest safetensors header we accept (the format's own reader allows 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
 
+/// One tensor of a safetensors header: data range, name, dtype, shape.
+type StEntry = (u64, u64, String, DType, Vec<i64>);
+
+/// A JSON list of at most [`MAX_DIMS`](super::pickle::MAX_DIMS) + 1 integers (a shape or the
+/// data offsets), `None` if any is not a non-negative integer: a longer list is refused while it
+/// is parsed, so a header cannot make us hold more than a few integers per tensor.
+struct Ints(Option<Vec<u64>>);
+
+impl<'de> serde::Deserialize<'de> for Ints {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ints;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of integers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Ints, A::Error> {
+                let mut out = Some(Vec::new());
+                let mut n = 0usize;
+                while let Some(v) = seq.next_element::<serde_json::Number>()? {
+                    n += 1;
+                    if n > super::pickle::MAX_DIMS + 1 {
+                        return Err(serde::de::Error::custom(format!(
+                            "a list of more than {} integers",
+                            super::pickle::MAX_DIMS
+                        )));
+                    }
+                    match (&mut out, v.as_u64()) {
+                        (Some(o), Some(v)) => o.push(v),
+                        _ => out = None,
+                    }
+                }
+                Ok(Ints(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A tensor's header entry as written (other fields are skipped without being stored).
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: Option<String>,
+    shape: Option<Ints>,
+    data_offsets: Option<Ints>,
+}
+
+/// Checks one header entry; `data_len` is the length of the data after the header.
+fn st_entry(name: String, v: RawEntry, data_len: u64) -> Result<StEntry, String> {
+    let bad = |what: &str| format!("safetensors entry {name:?}: {what}");
+    let dtype_name = v.dtype.as_deref().ok_or_else(|| bad("no dtype"))?;
+    let dtype = DType::from_safetensors_name(dtype_name)
+        .ok_or_else(|| bad(&format!("unsupported dtype {dtype_name}")))?;
+    let shape: Vec<i64> = v
+        .shape
+        .ok_or_else(|| bad("no shape"))?
+        .0
+        .filter(|s| s.iter().all(|&d| d <= i64::MAX as u64))
+        .ok_or_else(|| bad("shape is not a list of non-negative integers"))?
+        .into_iter()
+        .map(|d| d as i64)
+        .collect();
+    if shape.len() > super::pickle::MAX_DIMS {
+        return Err(bad("too many dimensions"));
+    }
+    let (begin, end) = match v.data_offsets.and_then(|o| o.0).as_deref() {
+        Some(&[b, e]) => (b, e),
+        _ => return Err(bad("data_offsets is not [begin, end]")),
+    };
+    if begin > end || end > data_len {
+        return Err(bad(&format!(
+            "data_offsets [{begin}, {end}] outside the {data_len} bytes of data (truncated?)"
+        )));
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let nbytes = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
+    if nbytes != Some(end - begin) {
+        return Err(bad(&format!(
+            "shape {shape:?} of {} does not match its {} bytes",
+            dtype.name(),
+            end - begin
+        )));
+    }
+    Ok((begin, end, name, dtype, shape))
+}
+
+/// Parses a safetensors header into checked entries, each as it is read: `__metadata__` and
+/// unknown fields are skipped without being stored, so memory stays proportional to the tensors
+/// (not to whatever JSON the header holds).
+fn parse_header(header: &str, data_len: u64) -> Result<Vec<StEntry>, String> {
+    struct V(u64);
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Result<Vec<StEntry>, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            let mut names = std::collections::HashSet::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if name == "__metadata__" {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+                let raw: RawEntry = map
+                    .next_value()
+                    .map_err(|e| serde::de::Error::custom(format!("entry {name:?}: {e}")))?;
+                if !names.insert(name.clone()) {
+                    return Ok(Err(format!("safetensors entry {name:?} appears twice")));
+                }
+                match st_entry(name, raw, self.0) {
+                    Ok(e) => entries.push(e),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            Ok(Ok(entries))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(header);
+    let entries = serde::Deserializer::deserialize_map(&mut de, V(data_len))
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| format!("safetensors header: {e}"))?;
+    entries
+}
+
 /// Reads a safetensors file held in memory; tensors in the order of their data.
+///
+/// As the reference reader requires, the tensors' data must tile the data section exactly:
+/// sorted by offset, each begins where the previous one ends, from 0 to the end of the file.
+/// (Overlapping entries would each be copied: 3,000 entries on one 1 MiB range would turn a
+/// 1.3 MB file into 3 GB.)
 pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     let n = u64::from_le_bytes(
         bytes
@@ -46,63 +181,31 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     }
     let header = std::str::from_utf8(&bytes[8..8 + n as usize])
         .map_err(|_| "safetensors header is not UTF-8".to_string())?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(header.trim_end()).map_err(|e| format!("safetensors header: {e}"))?;
     let data = &bytes[8 + n as usize..];
-    let mut entries = Vec::with_capacity(header.len());
-    for (name, v) in &header {
-        if name == "__metadata__" {
-            continue;
+    let mut entries = parse_header(header.trim_end(), data.len() as u64)?;
+    entries.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    let mut at = 0u64;
+    for (begin, end, name, _, _) in &entries {
+        if *begin != at {
+            return Err(format!(
+                "safetensors entry {name:?}: data_offsets [{begin}, {end}] {} (the data of \
+                 the tensors must follow one another without gaps or overlaps)",
+                if *begin < at {
+                    format!("overlap the previous tensor's data, which ends at {at}")
+                } else {
+                    format!("leave a gap after the previous tensor's data, which ends at {at}")
+                }
+            ));
         }
-        let bad = |what: &str| format!("safetensors entry {name:?}: {what}");
-        let dtype_name = v
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| bad("no dtype"))?;
-        let dtype = DType::from_safetensors_name(dtype_name)
-            .ok_or_else(|| bad(&format!("unsupported dtype {dtype_name}")))?;
-        let shape: Vec<i64> = v
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad("no shape"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .filter(|&d| d <= i64::MAX as u64)
-                    .map(|d| d as i64)
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("shape is not a list of non-negative integers"))?;
-        if shape.len() > super::pickle::MAX_DIMS {
-            return Err(bad("too many dimensions"));
-        }
-        let offs = v
-            .get("data_offsets")
-            .and_then(|s| s.as_array())
-            .filter(|a| a.len() == 2)
-            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-            .ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
-        let (begin, end) = offs;
-        if begin > end || end > data.len() as u64 {
-            return Err(bad(&format!(
-                "data_offsets [{begin}, {end}] outside the {} bytes of data (truncated?)",
-                data.len()
-            )));
-        }
-        let numel = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-        let nbytes = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
-        if nbytes != Some(end - begin) {
-            return Err(bad(&format!(
-                "shape {shape:?} of {} does not match its {} bytes",
-                dtype.name(),
-                end - begin
-            )));
-        }
-        entries.push((begin, end, name.clone(), dtype, shape));
+        at = *end;
     }
-    entries.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+    if at != data.len() as u64 {
+        return Err(format!(
+            "the tensors' data ends at byte {at} of the {} bytes of data \
+             (trailing bytes: corrupt or not written by safetensors)",
+            data.len()
+        ));
+    }
     let parts: Vec<Part> = entries
         .iter()
         .map(|(begin, end, _, dtype, _)| Part {

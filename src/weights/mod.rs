@@ -34,6 +34,13 @@
 //! **Cost.** The file is read once; each storage is copied once into its tensor (zip entries are
 //! slices of the file's bytes, no decompression). `mobilenet inspect --bench FILE` prints the
 //! time of [`read`] next to reading the bytes and making one copy.
+//!
+//! **Bounded memory.** No file can make a read use more than a small multiple of its size: the
+//! unpickler charges every copy of an earlier value against a budget proportional to its input
+//! (memoized values expanded over and over are refused), zip entries may not share bytes,
+//! safetensors entries must tile the data exactly (as the reference reader requires), a storage
+//! is copied once whatever dtypes its tensors read it as, and the storages copied never add up
+//! to more than the file (`tests/weights_limits.rs`).
 
 mod arch;
 mod formats;

@@ -10,9 +10,20 @@
 //!
 //! Values live in an arena ([`Pickle::nodes`]) and refer to each other by index, so memo sharing
 //! (`BINPUT`/`BINGET`) behaves like Python's object references, cycles cannot leak or recurse, and
-//! dropping is flat. Each opcode adds at most one node, so memory is bounded by the input size.
+//! dropping is flat.
+//!
+//! **Memory is bounded by the input size.** Each opcode adds at most one node (48 bytes) and one
+//! stack or memo slot, and storage and tensor descriptions are shared (`Rc`), never copied. What
+//! an opcode *can* copy from values built earlier (the items of a memoized tuple turned into an
+//! `OrderedDict` or a `torch.Size`, a tuple's items read as call arguments, a string turned into
+//! bytes, a storage key, a class name) is charged, item by item and 8 bytes of text at a time,
+//! against a budget of [`COPY_FACTOR`] times the input length (at least [`COPY_FLOOR`]). A real
+//! state dict copies well under one item per input byte; a crafted pickle that fetches one memoized
+//! value and expands it again and again (quadratic growth: a 52 KB file could otherwise build a
+//! gigabyte of dicts) is refused with an error once it runs out, in time linear in its length.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Index of a node in [`Pickle::nodes`].
 pub type Id = usize;
@@ -170,7 +181,7 @@ pub struct StorageRef {
 /// What `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` would build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorRef {
-    pub storage: StorageRef,
+    pub storage: Rc<StorageRef>,
     pub dtype: DType,
     pub offset: i64,
     pub shape: Vec<i64>,
@@ -193,8 +204,8 @@ pub enum Node {
     /// readers keep the last value at the first position, as Python does).
     Dict(Vec<(Id, Id)>),
     Global(Global),
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
     /// A TorchScript object (see [`Global::ScriptClass`]).
     Object {
         class: String,
@@ -344,6 +355,18 @@ pub fn resolve_global(module: &str, name: &str, opts: Options) -> Result<Global,
 /// The most dimensions a tensor may have (torch's own limit is 64).
 pub const MAX_DIMS: usize = 64;
 
+/// The longest storage key accepted (torch writes `0`, `1`, ... or, in the legacy format, a
+/// decimal address): keys are hashed and copied once per tensor.
+pub const MAX_STORAGE_KEY: usize = 1024;
+
+/// Copy budget: items (and 8-byte words of text) an unpickling may copy from values built
+/// earlier, per byte of input. Real state dicts (torchvision, timm, training checkpoints, legacy
+/// files, TorchScript archives) use under 0.5.
+pub const COPY_FACTOR: usize = 4;
+
+/// The copy budget of a small input.
+pub const COPY_FLOOR: usize = 1 << 16;
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
@@ -353,6 +376,11 @@ struct Machine<'a> {
     metastack: Vec<Vec<Id>>,
     memo: HashMap<u64, Id>,
     opts: Options,
+    /// Items copied so far (see [`COPY_FACTOR`]).
+    copied: std::cell::Cell<usize>,
+    copy_limit: usize,
+    /// Bytes from the start of this pickle to the end of the input.
+    input_len: usize,
 }
 
 /// Runs the restricted pickle machine on `data[start..]` up to its `STOP`.
@@ -360,6 +388,7 @@ struct Machine<'a> {
 /// Errors are plain messages (the caller adds the file name); they name the byte offset and,
 /// for a refused global, its dotted name.
 pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, String> {
+    let input_len = data.len().saturating_sub(start);
     let mut m = Machine {
         data,
         pos: start,
@@ -369,6 +398,9 @@ pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, Stri
         metastack: Vec::new(),
         memo: HashMap::new(),
         opts,
+        copied: std::cell::Cell::new(0),
+        copy_limit: input_len.saturating_mul(COPY_FACTOR).max(COPY_FLOOR),
+        input_len,
     };
     let root = m.run()?;
     Ok(Pickle {
@@ -381,6 +413,25 @@ pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, Stri
 impl<'a> Machine<'a> {
     fn err<T>(&self, msg: impl std::fmt::Display) -> Result<T, String> {
         Err(format!("pickle at byte {}: {msg}", self.op_pos))
+    }
+
+    /// Charges `items` copied items against the copy budget (see [`COPY_FACTOR`]).
+    fn charge(&self, items: usize) -> Result<(), String> {
+        let total = self.copied.get().saturating_add(items);
+        self.copied.set(total);
+        if total > self.copy_limit {
+            return self.err(format!(
+                "the pickle copies more than {} items from {} bytes of input (memoized values \
+                 expanded over and over): refused, a real checkpoint copies a fraction of that",
+                self.copy_limit, self.input_len
+            ));
+        }
+        Ok(())
+    }
+
+    /// Charges a copy of `bytes` bytes of text (8 bytes an item).
+    fn charge_text(&self, bytes: usize) -> Result<(), String> {
+        self.charge(1 + bytes / 8)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -633,6 +684,7 @@ impl<'a> Machine<'a> {
                     else {
                         return self.err("STACK_GLOBAL needs two strings");
                     };
+                    self.charge_text(module.len() + name.len())?;
                     let (module, name) = (module.clone(), name.clone());
                     self.global(&module, &name)?;
                 }
@@ -707,7 +759,7 @@ impl<'a> Machine<'a> {
                     // BINPERSID
                     let pid = self.pop()?;
                     let storage = self.persistent_load(pid)?;
-                    self.push(Node::Storage(storage));
+                    self.push(Node::Storage(Rc::new(storage)));
                 }
                 b'R' => {
                     let args = self.pop()?;
@@ -720,15 +772,18 @@ impl<'a> Machine<'a> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let node = match &self.nodes[cls] {
-                        Node::Global(Global::ScriptClass(name)) => Node::Object {
-                            class: name.clone(),
-                            state: None,
-                        },
+                        Node::Global(Global::ScriptClass(name)) => {
+                            self.charge_text(name.len())?;
+                            Node::Object {
+                                class: name.clone(),
+                                state: None,
+                            }
+                        }
                         Node::Global(Global::TensorClass) => {
                             // Parameter(data, requires_grad): the tensor itself.
                             let first = self.tuple(args, "Parameter")?.first().copied();
                             match first.map(|id| &self.nodes[id]) {
-                                Some(Node::Tensor(t)) => Node::Tensor(t.clone()),
+                                Some(Node::Tensor(t)) => Node::Tensor(Rc::clone(t)),
                                 _ => return self.err("Parameter() without a tensor"),
                             }
                         }
@@ -763,9 +818,13 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The items of a tuple (or list), copied: charged against the copy budget.
     fn tuple(&self, id: Id, what: &str) -> Result<Vec<Id>, String> {
         match &self.nodes[id] {
-            Node::Tuple(items) | Node::List(items) => Ok(items.clone()),
+            Node::Tuple(items) | Node::List(items) => {
+                self.charge(items.len())?;
+                Ok(items.clone())
+            }
             other => self.err(format!(
                 "{what}: expected a tuple, got a {}",
                 other.type_name()
@@ -785,17 +844,26 @@ impl<'a> Machine<'a> {
     }
 
     fn ints(&self, id: Id, what: &str) -> Result<Vec<i64>, String> {
-        let items = self.tuple(id, what)?;
-        if items.len() > MAX_DIMS {
-            return self.err(format!(
-                "{what}: {} dimensions (at most {MAX_DIMS})",
-                items.len()
-            ));
+        if let Node::Tuple(items) | Node::List(items) = &self.nodes[id] {
+            if items.len() > MAX_DIMS {
+                return self.err(format!(
+                    "{what}: {} dimensions (at most {MAX_DIMS})",
+                    items.len()
+                ));
+            }
         }
+        let items = self.tuple(id, what)?;
+        self.charge(items.len())?;
         items.iter().map(|&i| self.int(i, what)).collect()
     }
 
     fn persistent_load(&self, pid: Id) -> Result<StorageRef, String> {
+        if let Node::Tuple(items) | Node::List(items) = &self.nodes[pid] {
+            if !(5..=6).contains(&items.len()) {
+                return self
+                    .err("persistent id is not a ('storage', type, key, location, numel) tuple");
+            }
+        }
         let items = self.tuple(pid, "persistent id")?;
         let is_storage = matches!(items.first().map(|&i| &self.nodes[i]),
             Some(Node::Str(s)) if s == "storage");
@@ -813,7 +881,16 @@ impl<'a> Machine<'a> {
             }
         };
         let key = match &self.nodes[items[2]] {
-            Node::Str(s) => s.clone(),
+            Node::Str(s) if s.len() > MAX_STORAGE_KEY => {
+                return self.err(format!(
+                    "persistent id: storage key of {} bytes (at most {MAX_STORAGE_KEY})",
+                    s.len()
+                ))
+            }
+            Node::Str(s) => {
+                self.charge_text(s.len())?;
+                s.clone()
+            }
             Node::Int(i) => i.to_string(),
             other => {
                 return self.err(format!(
@@ -850,20 +927,29 @@ impl<'a> Machine<'a> {
 
     /// `func(*args)` for the allowed callables.
     fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Node, String> {
-        let Node::Global(g) = self.nodes[func].clone() else {
-            let t = self.nodes[func].type_name();
-            return self.err(format!("REDUCE: calling a {t}"));
+        let g = match &self.nodes[func] {
+            // (A TorchScript class cannot be called; its name is not copied.)
+            Node::Global(Global::ScriptClass(name)) => {
+                return self.err(format!("calling TorchScript class {name} is not allowed"))
+            }
+            Node::Global(g) => g.clone(),
+            other => {
+                let t = other.type_name();
+                return self.err(format!("REDUCE: calling a {t}"));
+            }
         };
         let a = self.tuple(args, "REDUCE arguments")?;
         let node = match g {
             Global::OrderedDict => {
                 let mut items = Vec::new();
                 if let Some(&pairs) = a.first() {
+                    // Each pair copied is charged (twice: the pair's tuple, then the entry).
                     for p in self.tuple(pairs, "OrderedDict items")? {
                         let kv = self.tuple(p, "OrderedDict item")?;
                         if kv.len() != 2 {
                             return self.err("OrderedDict item is not a pair");
                         }
+                        self.charge(2)?;
                         items.push((kv[0], kv[1]));
                     }
                 }
@@ -879,7 +965,7 @@ impl<'a> Machine<'a> {
                     return self.err(format!("tensor rebuild with {} arguments", a.len()));
                 }
                 let storage = match &self.nodes[a[0]] {
-                    Node::Storage(s) => s.clone(),
+                    Node::Storage(s) => Rc::clone(s),
                     other => {
                         return self.err(format!(
                             "tensor rebuild from a {}, not a storage",
@@ -912,17 +998,17 @@ impl<'a> Machine<'a> {
                 if let Some(&md) = metadata {
                     self.check_metadata(md)?;
                 }
-                Node::Tensor(TensorRef {
+                Node::Tensor(Rc::new(TensorRef {
                     storage,
                     dtype,
                     offset,
                     shape,
                     stride,
-                })
+                }))
             }
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 match a.first().map(|&i| &self.nodes[i]) {
-                    Some(Node::Tensor(t)) => Node::Tensor(t.clone()),
+                    Some(Node::Tensor(t)) => Node::Tensor(Rc::clone(t)),
                     _ => return self.err("parameter rebuild without a tensor"),
                 }
             }
@@ -946,6 +1032,7 @@ impl<'a> Machine<'a> {
                     .and_then(|&i| self.str_of(i))
                     .unwrap_or("utf-8")
                     .to_ascii_lowercase();
+                self.charge_text(text.len())?;
                 let bytes = match enc.as_str() {
                     "latin1" | "latin-1" | "iso-8859-1" => {
                         if text.chars().any(|c| c as u32 > 255) {
@@ -959,7 +1046,11 @@ impl<'a> Machine<'a> {
                 Node::Bytes(bytes)
             }
             Global::TorchSize => match a.first() {
-                Some(&t) => Node::Tuple(self.tuple(t, "torch.Size")?),
+                Some(&t) => {
+                    let dims = self.tuple(t, "torch.Size")?;
+                    self.charge(dims.len())?;
+                    Node::Tuple(dims)
+                }
                 None => Node::Tuple(Vec::new()),
             },
             Global::TorchDevice => Node::Opaque("torch.device"),
@@ -980,6 +1071,7 @@ impl<'a> Machine<'a> {
         match &self.nodes[md] {
             Node::None => Ok(()),
             Node::Dict(items) => {
+                self.charge(items.len())?;
                 for &(k, v) in items {
                     if !matches!(self.nodes[v], Node::Bool(false)) {
                         let k = self.str_of(k).unwrap_or("?");
@@ -1026,6 +1118,35 @@ mod tests {
                 Node::Int(1 << 40)
             ]
         );
+    }
+
+    #[test]
+    fn nodes_are_small() {
+        // The module doc's memory bound counts on it.
+        assert!(
+            std::mem::size_of::<Node>() <= 48,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+    }
+
+    #[test]
+    fn copies_are_bounded() {
+        // OrderedDict(pairs) of one memoized tuple of 1,000 pairs, `reps` times: ~5,000 items
+        // copied each time.
+        let pickle = |reps: usize| {
+            let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x01(".to_vec();
+            p.extend(b"K\x01K\x02\x86".repeat(1_000));
+            p.extend(b"tq\x000");
+            p.extend(b"h\x01h\x00\x85R0".repeat(reps));
+            p.extend(b"}.");
+            p
+        };
+        // 12 times fit in the budget of a small input (COPY_FLOOR); 10,000 times (75 KB of
+        // input, 50 million items) do not fit in 4 items per byte.
+        unpickle(&pickle(12), 0, Options::default()).unwrap();
+        let e = unpickle(&pickle(10_000), 0, Options::default()).unwrap_err();
+        assert!(e.contains("copies more than 300"), "{e}");
     }
 
     #[test]

@@ -10,11 +10,20 @@
 //!
 //! Nothing reaches libtorch before every storage size, offset, shape and stride is checked
 //! against the bytes that back it (a libtorch abort could not be caught).
+//!
+//! Memory stays within a small multiple of the file's size: the unpickler has a copy budget
+//! (see `pickle.rs`), tensors share their descriptions, each storage is copied once whatever
+//! dtypes its tensors read it as, and the storages copied may not add up to more bytes than the
+//! file holds (zip entries may not overlap, legacy storages follow one another).
 
 use super::pickle::{self, DType, Id, Node, Pickle, TensorRef};
 use super::zip::Zip;
 use std::collections::HashMap;
+use std::rc::Rc;
 use tch::{Device, Tensor};
+
+/// A tensor description under its state-dict key.
+type Named = Vec<(String, Rc<TensorRef>)>;
 
 /// Magic number at the start of a legacy file (`torch.serialization.MAGIC_NUMBER`).
 pub const LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
@@ -37,6 +46,8 @@ struct Storages<'a> {
     big_endian: bool,
     /// Where a key's bytes come from, for messages (`archive/data/3`).
     origin: Box<dyn Fn(&str) -> String + 'a>,
+    /// The file's length: the storages copied may not add up to more.
+    file_len: usize,
 }
 
 /// Whether a zip archive is a TorchScript archive (tch's `.ot`, `torch.jit.save`).
@@ -73,7 +84,7 @@ pub fn read_zip(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, bool), String> {
     let pk = pickle::unpickle(pkl, 0, pickle::Options { torchscript })
         .map_err(|e| format!("{pkl_name}: {e}"))?;
     let named = if torchscript {
-        script_tensors(&pk)?
+        script_tensors(&pk, pkl.len())?
     } else {
         state_dict(&pk)?
     };
@@ -96,6 +107,7 @@ pub fn read_zip(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, bool), String> {
             data,
             big_endian,
             origin: Box::new(origin),
+            file_len: bytes.len(),
         },
     )?;
     Ok((tensors, torchscript))
@@ -184,6 +196,7 @@ pub fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
             data,
             big_endian: false,
             origin: Box::new(origin),
+            file_len: bytes.len(),
         },
     )
 }
@@ -212,7 +225,7 @@ fn describe(pk: &Pickle, id: Id) -> String {
 
 /// Finds the state dict in a checkpoint: the top-level dict, or one under a wrapper key
 /// ([`WRAPPER_KEYS`]).
-pub fn state_dict(pk: &Pickle) -> Result<Vec<(String, TensorRef)>, String> {
+pub fn state_dict(pk: &Pickle) -> Result<Named, String> {
     let mut id = pk.root;
     for _depth in 0..4 {
         let Some(entries) = pk.dict_entries(id) else {
@@ -243,7 +256,7 @@ pub fn state_dict(pk: &Pickle) -> Result<Vec<(String, TensorRef)>, String> {
                         }
                     };
                     match pk.node(v) {
-                        Node::Tensor(t) => out.push((key, t.clone())),
+                        Node::Tensor(t) => out.push((key, Rc::clone(t))),
                         other => {
                             return Err(format!(
                                 "state dict entry {key:?} is a {}, not a tensor",
@@ -278,7 +291,27 @@ pub fn strip_module_prefix<T>(v: Vec<(String, T)>) -> Vec<(String, T)> {
 
 /// Tensors of a TorchScript archive: the attributes of the root object, nested objects
 /// flattened with `.`; tch's `.ot` names (`features|0|weight`) get their dots back.
-fn script_tensors(pk: &Pickle) -> Result<Vec<(String, TensorRef)>, String> {
+///
+/// Objects and attribute dicts may be shared, and names grow with nesting, so the names built
+/// and entries walked are charged against a budget of `pickle::COPY_FACTOR` 8-byte words per
+/// byte of the pickle (`pkl_len`).
+fn script_tensors(pk: &Pickle, pkl_len: usize) -> Result<Named, String> {
+    let limit = pkl_len
+        .saturating_mul(pickle::COPY_FACTOR)
+        .max(pickle::COPY_FLOOR)
+        .saturating_mul(8);
+    let mut spent = 0usize;
+    let mut charge = |bytes: usize| {
+        spent = spent.saturating_add(bytes);
+        if spent > limit {
+            return Err(format!(
+                "TorchScript archive: attribute names and entries add up to more than {limit} \
+                 bytes from a pickle of {pkl_len} bytes (shared objects expanded over and over): \
+                 refused"
+            ));
+        }
+        Ok(())
+    };
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![(String::new(), pk.root, 0usize)];
@@ -293,6 +326,9 @@ fn script_tensors(pk: &Pickle) -> Result<Vec<(String, TensorRef)>, String> {
             }
             other => return Err(format!("TorchScript archive holds a {}", other.type_name())),
         };
+        if let Node::Dict(items) = pk.node(state) {
+            charge(items.len().saturating_mul(16))?;
+        }
         let Some(entries) = pk.dict_entries(state) else {
             return Err("TorchScript object state is not a dict of attributes".into());
         };
@@ -300,15 +336,18 @@ fn script_tensors(pk: &Pickle) -> Result<Vec<(String, TensorRef)>, String> {
         let mut children = Vec::new();
         for (k, v) in entries {
             let Some(name) = pk.str(k) else { continue };
+            if !matches!(pk.node(v), Node::Tensor(_) | Node::Object { .. }) {
+                continue;
+            }
+            charge(prefix.len() + name.len() + 64)?;
             let full = if prefix.is_empty() {
                 name.replace('|', ".")
             } else {
                 format!("{prefix}.{name}")
             };
             match pk.node(v) {
-                Node::Tensor(t) => out.push((full, t.clone())),
-                Node::Object { .. } => children.push((full, v, depth + 1)),
-                _ => {}
+                Node::Tensor(t) => out.push((full, Rc::clone(t))),
+                _ => children.push((full, v, depth + 1)),
             }
         }
         stack.extend(children.into_iter().rev());
@@ -367,7 +406,8 @@ pub fn check_view(offset: i64, shape: &[i64], stride: &[i64], avail: u64) -> Res
     Ok(numel)
 }
 
-/// The bytes of one storage, to be read as `dtype`.
+/// The bytes of one storage, to be checked and byte-swapped as `dtype` (its tensors may view it
+/// as other dtypes of the same element size, or of any size in a little-endian file).
 pub struct Part<'a> {
     pub bytes: &'a [u8],
     pub dtype: DType,
@@ -375,9 +415,11 @@ pub struct Part<'a> {
 
 /// Storages copied into one fresh CPU buffer: the one copy of a load, in one allocation.
 pub struct Packed {
+    buf: Tensor,
+    /// `buf` viewed as each part's dtype.
     typed: HashMap<DType, Tensor>,
-    /// Each part's start, in elements of its dtype.
-    starts: Vec<i64>,
+    /// Each part's start in bytes (a multiple of 64).
+    starts: Vec<usize>,
 }
 
 /// Copies `parts` into one buffer, each at a 64-byte aligned offset (byte-swapped to native
@@ -430,9 +472,9 @@ pub fn pack(parts: &[Part], big_endian: bool) -> Result<Packed, (usize, String)>
                 .map_err(|e| (0, e.to_string()))?;
             slot.insert(t);
         }
-        starts.push((off / p.dtype.size()) as i64);
+        starts.push(off);
     }
-    Ok(Packed { typed, starts })
+    Ok(Packed { buf, typed, starts })
 }
 
 impl Packed {
@@ -445,29 +487,34 @@ impl Packed {
         shape: &[i64],
         stride: &[i64],
     ) -> Result<Tensor, String> {
-        self.typed[&dtype]
-            .f_as_strided(shape, stride, Some(self.starts[part] + offset))
-            .map_err(|e| e.to_string())
+        // Parts start 64-byte aligned and `buf` is a multiple of 64 bytes: every dtype divides.
+        let start = (self.starts[part] / dtype.size()) as i64 + offset;
+        match self.typed.get(&dtype) {
+            Some(t) => t.f_as_strided(shape, stride, Some(start)),
+            None => self
+                .buf
+                .f_view_dtype(dtype.kind())
+                .and_then(|t| t.f_as_strided(shape, stride, Some(start))),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
 /// Builds the tensors: every storage copied once into one buffer, then strided views into it.
-fn materialize(
-    named: Vec<(String, TensorRef)>,
-    storages: Storages,
-) -> Result<Vec<(String, Tensor)>, String> {
+fn materialize(named: Named, storages: Storages) -> Result<Vec<(String, Tensor)>, String> {
     // Validate everything first.
     for (key, t) in &named {
         let s = &t.storage;
-        let origin = (storages.origin)(&s.key);
+        let origin = || (storages.origin)(&s.key);
         let bytes = storages
             .data
             .get(&s.key)
-            .ok_or_else(|| format!("storage {origin} is missing"))?;
+            .ok_or_else(|| format!("storage {} is missing", origin()))?;
         let declared = s.numel.checked_mul(s.dtype.size() as u64);
         if declared != Some(bytes.len() as u64) && s.view.is_none() {
             return Err(format!(
-                "{origin}: the pickle declares {} {} elements, the file holds {} bytes",
+                "{}: the pickle declares {} {} elements, the file holds {} bytes",
+                origin(),
                 s.numel,
                 s.dtype.name(),
                 bytes.len()
@@ -478,7 +525,7 @@ fn materialize(
             let esize = s.dtype.size() as u64;
             let end = voff.checked_add(vsize).and_then(|e| e.checked_mul(esize));
             if !matches!(end, Some(e) if e <= bytes.len() as u64) {
-                return Err(format!("{origin}: storage view out of range"));
+                return Err(format!("{}: storage view out of range", origin()));
             }
             offset = voff * esize;
             avail_bytes = vsize * esize;
@@ -492,29 +539,72 @@ fn materialize(
         let avail = avail_bytes / t.dtype.size() as u64;
         check_view(t.offset, &t.shape, &t.stride, avail).map_err(|e| format!("{key}: {e}"))?;
     }
-    // One part per (storage, dtype) used.
-    let mut index: HashMap<(&str, DType), usize> = HashMap::new();
-    let mut parts = Vec::new();
-    let mut origins = Vec::new();
+    // One part per storage, whatever dtypes its tensors read it as (in first-use order), so a
+    // storage is copied once: the copies add up to no more than the file's bytes.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut used: Vec<(&str, Vec<DType>)> = Vec::new();
     for (_, t) in &named {
-        let s = &t.storage;
-        index.entry((s.key.as_str(), t.dtype)).or_insert_with(|| {
-            let bytes = storages.data[&s.key];
-            let usable = bytes.len() - bytes.len() % t.dtype.size();
-            parts.push(Part {
-                bytes: &bytes[..usable],
-                dtype: t.dtype,
-            });
-            origins.push(s.key.as_str());
-            parts.len() - 1
+        let key = t.storage.key.as_str();
+        let i = *index.entry(key).or_insert_with(|| {
+            used.push((key, Vec::new()));
+            used.len() - 1
+        });
+        if !used[i].1.contains(&t.dtype) {
+            used[i].1.push(t.dtype);
+        }
+    }
+    let mut parts = Vec::with_capacity(used.len());
+    let mut total = 0usize;
+    for (key, dtypes) in &used {
+        let bytes = storages.data[*key];
+        let origin = || (storages.origin)(key);
+        let dtype = if let [only] = dtypes[..] {
+            only
+        } else {
+            let other_size = dtypes.iter().find(|d| d.size() != dtypes[0].size());
+            if let (true, Some(other)) = (storages.big_endian, other_size) {
+                return Err(format!(
+                    "{}: read as {} and {} in a big-endian file: a storage viewed as dtypes of \
+                     different sizes cannot be byte-swapped",
+                    origin(),
+                    dtypes[0].name(),
+                    other.name()
+                ));
+            }
+            if dtypes.contains(&DType::Bool) {
+                if let Some(b) = bytes.iter().find(|&&b| b > 1) {
+                    return Err(format!(
+                        "{}: invalid bool value {b} (must be 0 or 1)",
+                        origin()
+                    ));
+                }
+            }
+            match storages.big_endian {
+                // Swapped by element size: any of them (the sizes agree).
+                true => *dtypes.iter().find(|&&d| d != DType::Bool).unwrap(),
+                false => DType::U8,
+            }
+        };
+        let usable = bytes.len() - bytes.len() % dtype.size();
+        total = total.saturating_add(usable);
+        parts.push(Part {
+            bytes: &bytes[..usable],
+            dtype,
         });
     }
+    if total > storages.file_len {
+        return Err(format!(
+            "the storages add up to {total} bytes, more than the file's {} bytes: storages \
+             that share bytes are refused",
+            storages.file_len
+        ));
+    }
     let packed = pack(&parts, storages.big_endian)
-        .map_err(|(i, e)| format!("{}: {e}", (storages.origin)(origins[i])))?;
+        .map_err(|(i, e)| format!("{}: {e}", (storages.origin)(used[i].0)))?;
     let mut out = Vec::with_capacity(named.len());
     for (key, t) in &named {
         let s = &t.storage;
-        let part = index[&(s.key.as_str(), t.dtype)];
+        let part = index[s.key.as_str()];
         let view_off = s
             .view
             .map(|(o, _)| o * s.dtype.size() as u64 / t.dtype.size() as u64);

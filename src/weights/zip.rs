@@ -4,6 +4,12 @@
 //! entry's data is a slice of the file's bytes: no decompression, no copy. Every offset and size
 //! from the file is checked against its length before use, entry data is verified against the
 //! CRC-32 recorded in the central directory, and ZIP64 records (archives over 4 GiB) are read.
+//!
+//! Entries may not share bytes: an archive whose central directory points several entries at
+//! one local header or at overlapping data (a zip bomb's trick: a 1.5 MB file could otherwise
+//! hand out thousands of 1 MiB storages) is refused when parsed, as Python's `zipfile` does.
+
+use std::collections::HashMap;
 
 /// One entry of the central directory.
 #[derive(Debug, Clone)]
@@ -21,6 +27,8 @@ pub struct Entry {
 pub struct Zip<'a> {
     data: &'a [u8],
     pub entries: Vec<Entry>,
+    /// Entry index by name (the first entry of a name).
+    by_name: HashMap<&'a str, usize>,
 }
 
 const EOCD_SIG: u32 = 0x0605_4b50;
@@ -33,6 +41,37 @@ fn slice(data: &[u8], at: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(at).ok()?;
     let len = usize::try_from(len).ok()?;
     data.get(start..start.checked_add(len)?)
+}
+
+/// Refuses entries whose local header and data overlap another's (sorted by header offset, each
+/// must end before the next begins). Entries whose local header cannot be read are left to
+/// [`Zip::read`], which refuses them.
+fn check_overlaps(data: &[u8], entries: &[Entry]) -> Result<(), String> {
+    let mut spans: Vec<(u64, u64, usize)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let local = slice(data, e.header_offset, 30)?;
+            if u32_at(local, 0) != LOCAL_SIG {
+                return None;
+            }
+            let len = (30 + u16_at(local, 26) as u64 + u16_at(local, 28) as u64)
+                .saturating_add(e.compressed_size);
+            Some((e.header_offset, e.header_offset.saturating_add(len), i))
+        })
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        let ((a_start, a_end, a), (b_start, b_end, b)) = (w[0], w[1]);
+        if b_start < a_end {
+            return Err(format!(
+                "zip entries {:?} (bytes {a_start}..{a_end}) and {:?} (bytes {b_start}..{b_end}) \
+                 overlap: an archive whose entries share data is refused",
+                entries[a].name, entries[b].name
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn u16_at(d: &[u8], at: usize) -> u16 {
@@ -84,6 +123,7 @@ impl<'a> Zip<'a> {
             ));
         }
         let mut entries = Vec::with_capacity(count as usize);
+        let mut by_name = HashMap::with_capacity(count as usize);
         let mut at = 0usize;
         for i in 0..count {
             let hdr = cd
@@ -105,9 +145,10 @@ impl<'a> Zip<'a> {
             let var = cd
                 .get(at + 46..at + 46 + name_len + extra_len + comment_len)
                 .ok_or("zip central directory truncated")?;
-            let name = std::str::from_utf8(&var[..name_len])
-                .map_err(|_| format!("zip entry {i} has a name that is not UTF-8"))?
-                .to_string();
+            let name: &'a str = std::str::from_utf8(&var[..name_len])
+                .map_err(|_| format!("zip entry {i} has a name that is not UTF-8"))?;
+            by_name.entry(name).or_insert(entries.len());
+            let name = name.to_string();
             // ZIP64 extended information: the 0xFFFFFFFF fields, in this order.
             let mut extra = &var[name_len..name_len + extra_len];
             while extra.len() >= 4 {
@@ -134,11 +175,16 @@ impl<'a> Zip<'a> {
             });
             at += 46 + name_len + extra_len + comment_len;
         }
-        Ok(Zip { data, entries })
+        check_overlaps(data, &entries)?;
+        Ok(Zip {
+            data,
+            entries,
+            by_name,
+        })
     }
 
     pub fn find(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
     /// The bytes of a stored entry, CRC-checked; no copy.
