@@ -1,0 +1,91 @@
+//! `mobilenet convert IN OUT --arch A`: validates against the architecture before writing, and
+//! the converted file loads to the same model.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/models")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make fixtures`",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn convert_validates_against_the_architecture() {
+    let dir = std::env::temp_dir().join(format!("mobilenet-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("v2.safetensors");
+    let pth = fixture("v2_100.pth");
+
+    let ok = Command::new(BIN)
+        .args([
+            "convert",
+            pth.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--arch",
+            "mobilenet_v2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The converted file holds the same tensors: parity against the same reference passes.
+    let parity = Command::new(BIN)
+        .args([
+            "parity",
+            "--arch",
+            "mobilenet_v2",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
+        .arg(&out)
+        .arg("--reference")
+        .arg(fixture("v2_100_eval_224.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        parity.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parity.stdout)
+    );
+
+    let bad_out = dir.join("v1.safetensors");
+    let bad = Command::new(BIN)
+        .args(["convert", pth.to_str().unwrap(), bad_out.to_str().unwrap()])
+        .args(["--arch", "mobilenet_v1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("missing keys") && err.contains("conv_stem.weight"),
+        "{err}"
+    );
+    assert!(
+        !bad_out.exists(),
+        "nothing is written when validation fails"
+    );
+
+    let wrong_ext = Command::new(BIN)
+        .args([
+            "convert",
+            pth.to_str().unwrap(),
+            dir.join("x.pth").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(wrong_ext.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}
