@@ -42,9 +42,8 @@ cat >&2 <<NOTICE
 ################################################################################################
 #  NOTICE: THE PUBLISHED WEIGHTS ARE NOT HERE. THIS DEMO USES SEEDED RANDOM WEIGHTS
 #  ($SEEDED).
-#  THE LABELS AND PROBABILITIES BELOW ARE MEANINGLESS (untrained weights give nearly the same
-#  near-uniform output for every image): they only show that decoding, preprocessing, the
-#  model and the output run end to end.
+#  THE LABELS AND PROBABILITIES BELOW ARE MEANINGLESS (untrained weights, near-uniform output):
+#  they only show that decoding, preprocessing, the model and the output run end to end.
 #  For real predictions run \`make weights\` on a machine with internet access (it downloads
 #  $WEIGHTS) and copy the file here.
 ################################################################################################
