@@ -30,10 +30,11 @@
 //! ```
 
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::norm::{
     channel_view, check_count, check_eps, check_float, fmt_shape, mean_biased_var, path_name,
+    register_state,
 };
 use crate::{Error, Result};
 
@@ -103,28 +104,8 @@ impl BatchNorm {
         let name = format!("BatchNorm{spatial_dims}d({c}) at {path}");
         check_count(&name, "num_features", c)?;
         check_eps(&name, cfg.eps)?;
-        let opts = (p.kind(), p.device());
-        let (weight, bias) = if cfg.affine {
-            (
-                Some(p.f_ones("weight", &[c])?),
-                Some(p.f_zeros("bias", &[c])?),
-            )
-        } else {
-            (None, None)
-        };
-        let (running_mean, running_var, num_batches_tracked) = if cfg.track_running_stats {
-            (
-                Some(p.add("running_mean", Tensor::f_zeros([c], opts)?, false)),
-                Some(p.add("running_var", Tensor::f_ones([c], opts)?, false)),
-                Some(p.add(
-                    "num_batches_tracked",
-                    Tensor::f_zeros([0i64; 0], (Kind::Int64, p.device()))?,
-                    false,
-                )),
-            )
-        } else {
-            (None, None, None)
-        };
+        let (weight, bias, running_mean, running_var, num_batches_tracked) =
+            register_state(p, c, cfg.affine, cfg.track_running_stats)?;
         Ok(BatchNorm {
             weight,
             bias,

@@ -213,25 +213,17 @@ impl ConvNormAct {
         let Some(bn) = self.norm.as_batch_norm() else {
             return Ok(false);
         };
-        let (Some(mean), Some(var)) = (&bn.running_mean, &bn.running_var) else {
+        if bn.running_mean.is_none() {
             return Ok(false);
-        };
+        }
         let _guard = tch::no_grad_guard();
         let kind = self.weight.kind();
-        // Fold in float64 so the folded model matches the unfolded one to rounding.
-        let var = var.f_to_kind(tch::Kind::Double)?;
-        let mean = mean.f_to_kind(tch::Kind::Double)?;
-        let inv_std = (var + bn.eps).f_rsqrt()?;
-        let scale = match &bn.weight {
-            Some(g) => g.f_to_kind(tch::Kind::Double)? * &inv_std,
-            None => inv_std,
-        };
-        let shift = match &bn.bias {
-            Some(b) => b.f_to_kind(tch::Kind::Double)?,
-            None => scale.f_zeros_like()?,
-        };
-        let bias = shift - mean * &scale;
-        let w = self.weight.f_to_kind(tch::Kind::Double)? * scale.f_reshape([-1, 1, 1, 1])?;
+        // The BatchNorm's eval map y = x * scale + shift, applied to the conv's output channels.
+        let (scale, bias) = bn.eval_scale_shift()?;
+        let scale = scale
+            .f_to_kind(tch::Kind::Double)?
+            .f_reshape([-1, 1, 1, 1])?;
+        let w = self.weight.f_to_kind(tch::Kind::Double)? * scale;
         self.folded = Some((w.f_to_kind(kind)?, bias.f_to_kind(kind)?));
         Ok(true)
     }

@@ -225,6 +225,47 @@ impl ModuleT for Norm2d {
 // Helpers shared by the four layers.
 
 /// The var-store path of `p` as it appears in a state_dict key prefix (`features.0.1`).
+/// `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked` of a
+/// BatchNorm/InstanceNorm (torch's `_NormBase`).
+pub(crate) type NormState = (
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+);
+
+/// Registers torch's `_NormBase` state on `p` with PyTorch's names and initial values: `weight`
+/// ones and `bias` zeros (trainable) when `affine`; buffers `running_mean` zeros, `running_var`
+/// ones and the int64 scalar `num_batches_tracked` 0 when `track_running_stats`.
+pub(crate) fn register_state(
+    p: &nn::Path,
+    c: i64,
+    affine: bool,
+    track_running_stats: bool,
+) -> Result<NormState> {
+    let opts = (p.kind(), p.device());
+    let (weight, bias) = if affine {
+        (
+            Some(p.f_ones("weight", &[c])?),
+            Some(p.f_zeros("bias", &[c])?),
+        )
+    } else {
+        (None, None)
+    };
+    if !track_running_stats {
+        return Ok((weight, bias, None, None, None));
+    }
+    let count = Tensor::f_zeros([0i64; 0], (tch::Kind::Int64, p.device()))?;
+    Ok((
+        weight,
+        bias,
+        Some(p.add("running_mean", Tensor::f_zeros([c], opts)?, false)),
+        Some(p.add("running_var", Tensor::f_ones([c], opts)?, false)),
+        Some(p.add("num_batches_tracked", count, false)),
+    ))
+}
+
 pub(crate) fn path_name(p: &nn::Path) -> String {
     let s = p.components().collect::<Vec<_>>().join(".");
     if s.is_empty() {
