@@ -1,22 +1,10 @@
 //! `mobilenet convert IN OUT --arch A`: validates against the architecture before writing, and
 //! the converted file loads to the same model.
 
-use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/models")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make fixtures`",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{model_fixture as fixture, BIN};
 
 #[test]
 fn convert_validates_against_the_architecture() {

@@ -8,23 +8,11 @@
 use mobilenet::device::Precision;
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::parity::diff;
-use std::path::Path;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/models")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make fixtures`",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{model_fixture as fixture, BIN};
 
 fn logits(model: &Model, x: &Tensor) -> Tensor {
     tch::no_grad(|| model.f_forward_t(x, false).unwrap())

@@ -5,19 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
-
-fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/models")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make fixtures`",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{model_fixture as fixture, BIN};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mobilenet-parity-{}", std::process::id()));
