@@ -36,11 +36,33 @@ fn main() {
         version.unwrap_or_else(|| "unknown".into())
     );
     println!("cargo:rustc-env=MOBILENET_LIBTORCH_LIB={}", lib.display());
+    build_shim(&lib);
     if cfg!(target_os = "linux") || std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch");
     }
+}
+
+/// Compiles src/ffi/shim.cpp (the fused oneDNN and XNNPACK ops tch does not bind) against the
+/// headers of the same libtorch.
+fn build_shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=src/ffi/shim.cpp");
+    let root = lib.parent().unwrap_or(lib);
+    let include = root.join("include");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/ffi/shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("mobilenet_shim");
 }
 
 /// Reads `torch/version.py` (a PyPI wheel) or `build-version` (a libtorch zip) next to `lib`.

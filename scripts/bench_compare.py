@@ -4,7 +4,12 @@ channels-last), TorchScript freeze + optimize_for_inference, and ONNX Runtime, o
 weights, threads and batch sizes, in one sequence on one machine.
 
   .venv/bin/python3 scripts/bench_compare.py [--arch mobilenet_v2] [--batch-sizes 1,16]
-      [--threads 2] [--iters 30] [--warmup 5] [--out bench-results/compare-ARCH.json]
+      [--threads 2] [--iters 30] [--warmup 5] [--rounds 3] [--out bench-results/compare-ARCH.json]
+
+Every implementation runs once per round and the rounds interleave, so that a slow spell of a
+shared machine hits all of them; the table shows the median p50 over the rounds. One more row runs
+PyTorch eager channels-last in a child process with glibc malloc set as `mobilenet bench` sets it
+(GLIBC_TUNABLES), to show how much of the gap is the allocator.
 
 Installs onnxruntime and onnx into the venv when missing (only this script needs them).
 Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
@@ -59,6 +64,26 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
+MALLOC_AS_OURS = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def eager_cl_worker(args):
+    """Child process: PyTorch eager channels-last under GLIBC_TUNABLES=MALLOC_AS_OURS (the settings
+    `mobilenet::alloc::keep_freed_memory` makes), printing its timings as JSON."""
+    import torch
+    from export import seeded
+
+    torch.set_num_threads(args.threads)
+    cl = torch.channels_last
+    model = seeded(args.arch, args.width_mult, "batch", 1000, 0).to(memory_format=cl)
+    out = {}
+    with torch.no_grad():
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=cl)
+            out[bs] = timeit(lambda: model(x), args.warmup, args.iters)
+    print(json.dumps(out))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="mobilenet_v2")
@@ -67,10 +92,15 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run every implementation this many times, interleaved; report the median p50")
     p.add_argument("--binary", default=os.path.join(ROOT, "target/release/mobilenet"))
     p.add_argument("--out")
     p.add_argument("--skip-ort", action="store_true")
+    p.add_argument("--eager-cl-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.eager_cl_worker:
+        return eager_cl_worker(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if not args.skip_ort:
         ensure_ort()
@@ -84,31 +114,15 @@ def main():
     weights = os.path.join(tmp, "weights.safetensors")
     save_weights(model, weights)
 
-    results = {}  # impl -> batch -> timing
-
-    # Ours, in its own process (its own libtorch thread pool).
-    cmd = [args.binary, "bench", "--arch", args.arch, "--width-mult", str(args.width_mult),
-           "--weights", weights, "--device", "cpu", "--threads", str(args.threads),
-           "--batch-sizes", args.batch_sizes, "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--json"]
-    ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    results["mobilenet (ours)"] = {r["batch_size"]: r for r in ours["results"]}
-
-    with torch.no_grad():
-        cl = torch.channels_last
-        scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model.eval())))
-        model_cl = seeded(args.arch, args.width_mult, "batch", 1000, 0).to(memory_format=cl)
-        impls = {
-            "pytorch eager": lambda x: model(x),
-            "pytorch eager channels-last": lambda x: model_cl(x.contiguous(memory_format=cl)),
-            "torchscript optimize_for_inference": lambda x: scripted(x),
-        }
-        for name, fn in impls.items():
-            results[name] = {}
-            for bs in batch_sizes:
-                x = torch.randn(bs, 3, 224, 224)
-                results[name][bs] = timeit(lambda: fn(x), args.warmup, args.iters)
-
+    cl = torch.channels_last
+    scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model.eval())))
+    model_cl = seeded(args.arch, args.width_mult, "batch", 1000, 0).to(memory_format=cl)
+    impls = {
+        "pytorch eager": lambda x: model(x),
+        "pytorch eager channels-last": lambda x: model_cl(x.contiguous(memory_format=cl)),
+        "torchscript optimize_for_inference": lambda x: scripted(x),
+    }
+    sess = None
     if not args.skip_ort:
         import onnxruntime as ort
 
@@ -119,29 +133,67 @@ def main():
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-        results[f"onnxruntime {ort.__version__}"] = {}
-        for bs in batch_sizes:
-            x = torch.randn(bs, 3, 224, 224).numpy()
-            results[f"onnxruntime {ort.__version__}"][bs] = timeit(
-                lambda: sess.run(None, {"x": x}), args.warmup, args.iters)
+        ort_name = f"onnxruntime {ort.__version__}"
+    tuned_name = "pytorch eager channels-last, malloc as ours"
 
+    rounds = {}  # impl -> batch -> [timing per round]
+
+    def record(name, bs, timing):
+        rounds.setdefault(name, {}).setdefault(bs, []).append(timing)
+
+    ours = None
+    common = ["--arch", args.arch, "--width-mult", str(args.width_mult), "--threads", str(args.threads),
+              "--batch-sizes", args.batch_sizes, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    for r in range(args.rounds):
+        print(f"bench_compare: round {r + 1}/{args.rounds}", file=sys.stderr)
+        # Ours, in its own process (its own libtorch thread pool).
+        cmd = [args.binary, "bench", *common, "--weights", weights, "--device", "cpu", "--json"]
+        ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        for row in ours["results"]:
+            record("mobilenet (ours)", row["batch_size"], row)
+        with torch.no_grad():
+            for name, fn in impls.items():
+                for bs in batch_sizes:
+                    x = torch.randn(bs, 3, 224, 224)
+                    record(name, bs, timeit(lambda: fn(x), args.warmup, args.iters))
+        if sess is not None:
+            for bs in batch_sizes:
+                x = torch.randn(bs, 3, 224, 224).numpy()
+                record(ort_name, bs, timeit(lambda: sess.run(None, {"x": x}), args.warmup, args.iters))
+        env = {**os.environ, "GLIBC_TUNABLES": MALLOC_AS_OURS}
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--eager-cl-worker", *common],
+                               check=True, capture_output=True, text=True, env=env)
+        for bs, timing in json.loads(child.stdout.strip().splitlines()[-1]).items():
+            record(tuned_name, int(bs), timing)
+
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2]
+
+    results = {name: {bs: {"p50_ms": median([t["p50_ms"] for t in ts]),
+                           "p90_ms": median([t["p90_ms"] for t in ts]),
+                           "p50_ms_per_round": [t["p50_ms"] for t in ts]}
+                      for bs, ts in rows.items()}
+               for name, rows in rounds.items()}
     mine = results["mobilenet (ours)"]
-    print(f"{args.arch} width {args.width_mult}, fp32 CPU, {args.threads} threads, "
-          f"{args.iters} iterations, on {cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
-    print(f"{'implementation':<38} {'batch':>5} {'p50 ms':>9} {'ours/theirs':>12}")
+    print(f"{args.arch} width {args.width_mult}, fp32 CPU, {args.threads} threads, {args.iters} iterations "
+          f"x {args.rounds} interleaved rounds (median p50), on {cpu_name()} ({os.cpu_count()} cores); "
+          f"torch {torch.__version__}")
+    print(f"{'implementation':<46} {'batch':>5} {'p50 ms':>9} {'ours/theirs':>12}")
     table = []
     for name, rows in results.items():
         for bs in batch_sizes:
             r = rows[bs]
             ratio = mine[bs]["p50_ms"] / r["p50_ms"]
             table.append({"implementation": name, "batch_size": bs, "p50_ms": r["p50_ms"],
-                          "p90_ms": r["p90_ms"], "ours_over_theirs": ratio})
-            print(f"{name:<38} {bs:>5} {r['p50_ms']:>9.2f} {ratio:>11.2f}x")
+                          "p90_ms": r["p90_ms"], "p50_ms_per_round": r["p50_ms_per_round"],
+                          "ours_over_theirs": ratio})
+            print(f"{name:<46} {bs:>5} {r['p50_ms']:>9.2f} {ratio:>11.2f}x")
     out = args.out or os.path.join(ROOT, "bench-results", f"compare-{args.arch}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"arch": args.arch, "width_mult": args.width_mult, "threads": args.threads,
-                   "iters": args.iters, "cpu": cpu_name(), "cores": os.cpu_count(),
+                   "iters": args.iters, "rounds": args.rounds, "cpu": cpu_name(), "cores": os.cpu_count(),
                    "torch": torch.__version__, "ours": ours, "table": table}, f, indent=1)
     print(f"wrote {out}", file=sys.stderr)
 

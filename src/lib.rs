@@ -4,9 +4,11 @@
 //! Data flow, one module each: a weight file ([`weights`]) → a model ([`models`], built from the
 //! layers in [`nn`]) → logits → ImageNet labels.
 
+pub mod alloc;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod ffi;
 pub mod imagenet;
 pub mod images;
 pub mod info;

@@ -2,7 +2,8 @@
 //! convolutions and channels-last layout each equal the plain model within 1e-5 of the largest
 //! logit (relative; PyTorch's own `fuse_conv_bn_eval` differs by the same amount on these
 //! models: 6.3e-6 for V1, 6.4e-6 for V2, 3.8e-6 for V3 Large) and every stage's feature map
-//! within 1e-4 relative, for every architecture; a one-iteration smoke of `mobilenet bench`.
+//! within 1e-4 relative, for every architecture; so does the fused oneDNN kernel
+//! (`Model::accelerate`); a one-iteration smoke of `mobilenet bench`.
 //! (No timing is asserted anywhere.)
 
 use mobilenet::device::Precision;
@@ -13,6 +14,19 @@ use tch::{Device, Kind, Tensor};
 
 mod common;
 use common::{model_fixture as fixture, BIN};
+
+/// One seeded checkpoint per architecture.
+const EVERY_ARCH: [(Arch, &str); 4] = [
+    (Arch::MobilenetV1, "v1_100.safetensors"),
+    (Arch::MobilenetV2, "v2_100.safetensors"),
+    (Arch::MobilenetV3Large, "v3l_100.safetensors"),
+    (Arch::MobilenetV3Small, "v3s_100.safetensors"),
+];
+
+fn load(arch: Arch, file: &str) -> Model {
+    let cfg = ModelConfig::new(arch);
+    Model::from_file(cfg, &fixture(file), Device::Cpu, Precision::Fp32).unwrap()
+}
 
 fn logits(model: &Model, x: &Tensor) -> Tensor {
     tch::no_grad(|| model.f_forward_t(x, false).unwrap())
@@ -34,17 +48,9 @@ fn worst_stage(model: &Model, plain: &Model, x: &Tensor) -> f64 {
 
 #[test]
 fn folding_and_channels_last_are_exact() {
-    for (arch, file) in [
-        (Arch::MobilenetV1, "v1_100.safetensors"),
-        (Arch::MobilenetV2, "v2_100.safetensors"),
-        (Arch::MobilenetV3Large, "v3l_100.safetensors"),
-        (Arch::MobilenetV3Small, "v3s_100.safetensors"),
-    ] {
-        let cfg = ModelConfig::new(arch);
-        let reference =
-            Model::from_file(cfg.clone(), &fixture(file), Device::Cpu, Precision::Fp32).unwrap();
-        let mut model =
-            Model::from_file(cfg, &fixture(file), Device::Cpu, Precision::Fp32).unwrap();
+    for (arch, file) in EVERY_ARCH {
+        let reference = load(arch, file);
+        let mut model = load(arch, file);
         tch::manual_seed(7);
         let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
         let plain = logits(&model, &x);
@@ -88,6 +94,54 @@ fn folding_and_channels_last_are_exact() {
     }
 }
 
+/// The fused oneDNN kernel (conv + activation, conv + residual add, weights reordered per input
+/// size) against the plain model: logits within 1e-5 and stage maps within 1e-4 (relative), for
+/// every architecture, on input sizes that come and go (the per-size weight cache), in NHWC and
+/// in NCHW.
+#[test]
+fn fused_kernel_is_exact() {
+    for (arch, file) in EVERY_ARCH {
+        let reference = load(arch, file);
+        let mut model = load(arch, file);
+        assert_eq!(model.accelerate().unwrap(), 0, "{arch}: nothing folded yet");
+        model.fold_batch_norm().unwrap();
+        for channels_last in [true, false] {
+            model.set_channels_last(channels_last).unwrap();
+            let n = model.accelerate().unwrap();
+            assert!(n > 10 && model.accelerated, "{arch}: only {n} convs fused");
+            tch::manual_seed(11);
+            for (batch, size) in [(1, 224), (3, 160), (1, 224), (2, 192), (5, 128), (3, 160)] {
+                let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+                let plain = logits(&reference, &x);
+                let d = diff("fused", &logits(&model, &x), &plain).unwrap();
+                assert!(
+                    d.max_rel <= 1e-5,
+                    "{arch} NHWC {channels_last} {batch}x{size}: {d}"
+                );
+                let stages = worst_stage(&model, &reference, &x);
+                assert!(
+                    stages <= 1e-4,
+                    "{arch} NHWC {channels_last} {batch}x{size}: stage maps differ by {stages:e}"
+                );
+            }
+        }
+        // Casting (or refolding) drops the fused kernel, which holds fp32 CPU weights.
+        model.to(Device::Cpu, Precision::Bf16).unwrap();
+        assert!(!model.accelerated);
+        let x = Tensor::randn([1, 3, 160, 160], (Kind::BFloat16, Device::Cpu));
+        assert_eq!(logits(&model, &x).size(), [1, 1000]);
+        // And a train-mode forward still goes through the plain layers.
+        let mut model = load(arch, file);
+        model.fold_batch_norm().unwrap();
+        model.accelerate().unwrap();
+        model.unfold_batch_norm();
+        assert!(!model.accelerated);
+        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let d = diff("unfolded", &logits(&model, &x), &logits(&reference, &x)).unwrap();
+        assert!(d.max_abs == 0.0, "{arch}: {d}");
+    }
+}
+
 #[test]
 fn non_batch_norms_are_left_unfolded() {
     let cfg = ModelConfig {
@@ -126,6 +180,8 @@ fn bench_smoke_one_iteration() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["bn_folded"], true);
+    assert_eq!(v["fused"], true);
+    assert_eq!(v["malloc_tuned"], true);
     assert_eq!(v["layout"], "nhwc");
     assert!(v["libtorch_version"]
         .as_str()
@@ -170,4 +226,58 @@ fn cuda_fp16_within_tolerance_when_present() {
     let d = diff("fp16 cuda", &got, &want).unwrap();
     println!("{d}");
     assert!(d.max_rel <= 2.5e-2, "{d}");
+}
+
+/// A C++ exception inside the fused kernel comes back as an error naming the op, not an abort.
+#[test]
+fn fused_kernel_errors_are_errors() {
+    use mobilenet::ffi::{conv_pointwise, conv_pointwise_add, ConvGeometry, PostOp};
+    let g = ConvGeometry {
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+        groups: 1,
+    };
+    let w = Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu));
+    let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+    // 5 input channels against a weight made for 4.
+    let x = Tensor::randn([1, 5, 16, 16], (Kind::Float, Device::Cpu));
+    let err = tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, PostOp::Clamp(0.0, 6.0)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mkldnn::_convolution_pointwise"), "{err}");
+    // A residual of the wrong shape.
+    let x = Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu));
+    let other = Tensor::randn([1, 8, 15, 15], (Kind::Float, Device::Cpu));
+    let err = tch::no_grad(|| conv_pointwise_add(&x, &other, &w, Some(&b), g))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("_convolution_pointwise.binary"), "{err}");
+    // The right shapes work and match conv2d + clamp.
+    let ours =
+        tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, PostOp::Clamp(0.0, 6.0))).unwrap();
+    let plain = x
+        .conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1)
+        .clamp(0.0, 6.0);
+    let d = diff("conv_pointwise", &ours, &plain).unwrap();
+    assert!(d.max_rel <= 1e-6, "{d}");
+    // An accelerated model still names the layer for a wrong input.
+    let mut model = Model::new(ModelConfig::new(Arch::MobilenetV2), Device::Cpu).unwrap();
+    model.fold_batch_norm().unwrap();
+    model.accelerate().unwrap();
+    let x = Tensor::randn([1, 4, 64, 64], (Kind::Float, Device::Cpu));
+    let err = tch::no_grad(|| model.f_forward_t(&x, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[N, 3, H, W]"), "{err}");
+}
+
+#[test]
+fn malloc_settings_take_on_glibc() {
+    let took = mobilenet::alloc::keep_freed_memory();
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(took, "mallopt refused M_MMAP_MAX / M_TRIM_THRESHOLD");
+    } else {
+        assert!(!took);
+    }
 }

@@ -36,6 +36,14 @@ pub struct Args {
     /// Keep BatchNorm separate instead of folding it into the convolutions.
     #[arg(long)]
     no_fold: bool,
+    /// Keep libtorch's plain conv2d + activation on the CPU instead of the fused oneDNN kernel
+    /// (see `Model::accelerate`).
+    #[arg(long)]
+    no_fuse: bool,
+    /// Keep glibc's default malloc settings (large blocks mmapped and unmapped on every pass)
+    /// instead of `mobilenet::alloc::keep_freed_memory`.
+    #[arg(long)]
+    default_malloc: bool,
     /// Activation and weight layout: auto (channels-last), nchw (contiguous), nhwc.
     #[arg(long, value_enum, default_value = "auto")]
     layout: Layout,
@@ -60,6 +68,10 @@ struct Report {
     precision: Precision,
     layout: &'static str,
     bn_folded: bool,
+    /// The fused oneDNN CPU kernel in use.
+    fused: bool,
+    /// glibc malloc keeps freed memory (`mobilenet::alloc::keep_freed_memory`).
+    malloc_tuned: bool,
     threads: i32,
     resolution: i64,
     warmup: usize,
@@ -68,6 +80,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let malloc_tuned = !args.default_malloc && mobilenet::alloc::keep_freed_memory();
     if let Some(n) = args.threads {
         anyhow::ensure!(n >= 1, "--threads {n} must be >= 1");
         tch::set_num_threads(n);
@@ -99,6 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let channels_last = args.layout != Layout::Nchw;
     model.set_channels_last(channels_last)?;
+    if !args.no_fuse && model.folded {
+        model.accelerate()?;
+    }
     let mut results = Vec::new();
     for &bs in &args.batch_sizes {
         let row = bench_batch(&model, bs, args.resolution, args.warmup, args.iters)?;
@@ -117,6 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         precision: args.precision,
         layout: if channels_last { "nhwc" } else { "nchw" },
         bn_folded: model.folded,
+        fused: model.accelerated,
+        malloc_tuned,
         threads: tch::get_num_threads(),
         resolution: args.resolution,
         warmup: args.warmup,
@@ -127,13 +145,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} width {} on {} {} layout {} bn folded {} threads {} libtorch {}",
+            "{} width {} on {} {} layout {} bn folded {} fused {} malloc tuned {} threads {} libtorch {}",
             report.arch,
             report.width_mult,
             report.device,
             report.precision,
             report.layout,
             report.bn_folded,
+            report.fused,
+            report.malloc_tuned,
             report.threads,
             report.libtorch_version
         );

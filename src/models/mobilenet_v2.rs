@@ -6,8 +6,8 @@
 //! torchvision state_dict loads with no renaming.
 
 use super::{
-    add_shortcut, dropout, forward_features, global_pool, make_divisible, Block, Classifier,
-    Feature, LayerRow, ModelConfig, Stage,
+    dropout, forward_features, global_pool, make_divisible, Block, Classifier, Feature, LayerRow,
+    ModelConfig, Stage,
 };
 use crate::nn::conv::{check_channels, dotted, Activation, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
@@ -114,11 +114,10 @@ impl Block for InvertedResidual {
                 .f_forward_t(&pw.f_forward_t(xs, train)?, train)?,
             None => self.conv_dw.f_forward_t(xs, train)?,
         };
-        let ys = self.conv_pwl.f_forward_t(&ys, train)?;
         if self.has_skip {
-            add_shortcut(ys, xs)
+            self.conv_pwl.f_forward_add(&ys, xs, train)
         } else {
-            Ok(ys)
+            self.conv_pwl.f_forward_t(&ys, train)
         }
     }
 

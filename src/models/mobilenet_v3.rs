@@ -9,8 +9,8 @@
 
 use super::summary::SummaryUnit;
 use super::{
-    add_shortcut, dropout, forward_features, global_pool, make_divisible, Block, Classifier,
-    Feature, LayerRow, ModelConfig, Stage,
+    dropout, forward_features, global_pool, make_divisible, Block, Classifier, Feature, LayerRow,
+    ModelConfig, Stage,
 };
 use crate::nn::conv::{check_channels, dotted, Activation, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
@@ -226,11 +226,10 @@ impl Block for InvertedResidual {
         if let Some(se) = &self.se {
             y = se.f_forward(&y)?;
         }
-        let y = self.conv_pwl.f_forward_t(&y, train)?;
         if self.has_skip {
-            add_shortcut(y, xs)
+            self.conv_pwl.f_forward_add(&y, xs, train)
         } else {
-            Ok(y)
+            self.conv_pwl.f_forward_t(&y, train)
         }
     }
 

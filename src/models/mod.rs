@@ -283,6 +283,8 @@ pub struct Model {
     pub folded: bool,
     /// Whether weights and inputs use channels-last strides.
     pub channels_last: bool,
+    /// Whether the folded convolutions run the fused CPU kernel ([`Model::accelerate`]).
+    pub accelerated: bool,
 }
 
 impl Model {
@@ -303,6 +305,7 @@ impl Model {
             net,
             folded: false,
             channels_last: false,
+            accelerated: false,
         })
     }
 
@@ -321,6 +324,7 @@ impl Model {
         for unit in self.net.units_mut() {
             unit.cast_folded(device, kind)?;
         }
+        self.accelerated = false;
         Ok(())
     }
 
@@ -414,7 +418,31 @@ impl Model {
             n += unit.fold_batch_norm()? as usize;
         }
         self.folded = n > 0;
+        self.accelerated = false;
         Ok(n)
+    }
+
+    /// Switches the folded convolutions to the fused CPU kernel ([`crate::nn::accel`]): oneDNN
+    /// with the activation and the residual add fused into the convolution and the weights
+    /// reordered once per input size. Needs folded fp32 weights on the CPU
+    /// ([`Model::fold_batch_norm`] first; [`Model::to`] or refolding turns it off). Returns how
+    /// many convolutions it switched.
+    pub fn accelerate(&mut self) -> Result<usize> {
+        let _guard = tch::no_grad_guard();
+        let mut n = 0;
+        for unit in self.net.units_mut() {
+            n += unit.accelerate()? as usize;
+        }
+        self.accelerated = n > 0;
+        Ok(n)
+    }
+
+    /// Turns the fused CPU kernels off.
+    pub fn deaccelerate(&mut self) {
+        for unit in self.net.units_mut() {
+            unit.deaccelerate();
+        }
+        self.accelerated = false;
     }
 
     /// Removes folded weights.
@@ -423,6 +451,7 @@ impl Model {
             unit.unfold();
         }
         self.folded = false;
+        self.accelerated = false;
     }
 
     /// Switches weights (and so activations) to channels-last strides, or back.

@@ -5,6 +5,8 @@
 //! weight and bias ([`ConvNormAct::fold_batch_norm`]):
 //! `w' = w * gamma / sqrt(var + eps)`, `b' = beta + (b - mean) * gamma / sqrt(var + eps)`.
 
+use crate::ffi::ConvGeometry;
+use crate::nn::accel::Accel;
 use crate::nn::{BatchNormConfig, Norm2d, NormKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};
@@ -136,6 +138,8 @@ pub struct ConvNormAct {
     pub norm: Norm2d,
     /// Weight and bias with the BatchNorm folded in, used in eval mode when present.
     pub folded: Option<(Tensor, Tensor)>,
+    /// Fused CPU kernels for the folded weights ([`ConvNormAct::accelerate`]), used in eval mode.
+    pub accel: Option<Accel>,
     /// Dotted var-store path of the convolution, for summaries and errors.
     pub name: String,
 }
@@ -171,6 +175,7 @@ impl ConvNormAct {
             weight,
             norm,
             folded: None,
+            accel: None,
             name,
         })
     }
@@ -180,6 +185,9 @@ impl ConvNormAct {
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let s = &self.spec;
         check_channels(&self.name, xs, s.in_channels)?;
+        if let (Some(accel), false) = (&self.accel, train) {
+            return accel.forward(xs);
+        }
         let ys = match (&self.folded, train) {
             (Some((w, b)), false) => xs.f_conv2d(
                 w,
@@ -207,6 +215,42 @@ impl ConvNormAct {
         s.activation.apply(ys, inplace)
     }
 
+    /// `forward(xs) + shortcut`: a residual block's last unit (no activation). The add is fused
+    /// into the convolution on the accelerated path.
+    pub fn f_forward_add(&self, xs: &Tensor, shortcut: &Tensor, train: bool) -> Result<Tensor> {
+        if let (Some(accel), false) = (&self.accel, train) {
+            check_channels(&self.name, xs, self.spec.in_channels)?;
+            return accel.forward_add(xs, shortcut);
+        }
+        let ys = self.f_forward_t(xs, train)?;
+        crate::models::add_shortcut(ys, shortcut)
+    }
+
+    /// Switches the folded weights to the fused oneDNN kernel ([`crate::nn::accel`]). Only for
+    /// folded fp32 weights on the CPU; returns whether it did.
+    pub fn accelerate(&mut self) -> Result<bool> {
+        let Some((w, b)) = &self.folded else {
+            return Ok(false);
+        };
+        if w.device() != tch::Device::Cpu || w.kind() != tch::Kind::Float {
+            return Ok(false);
+        }
+        let s = &self.spec;
+        let geometry = ConvGeometry {
+            padding: s.padding(),
+            stride: s.stride,
+            dilation: s.dilation,
+            groups: s.groups,
+        };
+        self.accel = Some(Accel::new(w, b, geometry, s.activation)?);
+        Ok(true)
+    }
+
+    /// Drops the fused kernels (back to libtorch's `conv2d`).
+    pub fn deaccelerate(&mut self) {
+        self.accel = None;
+    }
+
     /// Folds an eval-mode BatchNorm into the convolution (no-op for other norms, or a BatchNorm
     /// without running statistics). Returns whether it folded.
     pub fn fold_batch_norm(&mut self) -> Result<bool> {
@@ -217,6 +261,7 @@ impl ConvNormAct {
             return Ok(false);
         }
         let _guard = tch::no_grad_guard();
+        self.accel = None;
         let kind = self.weight.kind();
         // The BatchNorm's eval map y = x * scale + shift, applied to the conv's output channels.
         let (scale, bias) = bn.eval_scale_shift()?;
@@ -230,6 +275,7 @@ impl ConvNormAct {
 
     /// Moves and casts the folded weights (when present) to `device` and `kind`.
     pub fn cast_folded(&mut self, device: tch::Device, kind: tch::Kind) -> Result<()> {
+        self.accel = None;
         if let Some((w, b)) = &self.folded {
             self.folded = Some((
                 w.f_to_device(device)?.f_to_kind(kind)?,
@@ -242,6 +288,7 @@ impl ConvNormAct {
     /// Drops the folded weights (back to conv → norm).
     pub fn unfold(&mut self) {
         self.folded = None;
+        self.accel = None;
     }
 
     /// Trainable parameters of the conv and its norm.

@@ -1,6 +1,7 @@
 //! Layers: the four normalizations of a feature map, the norm choice the model builders take,
 //! and the conv-norm-activation unit that MobileNets are made of.
 
+pub mod accel;
 pub mod batch_norm;
 pub mod conv;
 pub mod group_norm;

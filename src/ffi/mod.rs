@@ -1,0 +1,155 @@
+//! Bindings to src/ffi/shim.cpp: libtorch's fused CPU convolution that tch 0.24 does not bind.
+//!
+//! [`conv_pointwise`] / [`conv_pointwise_add`] call oneDNN's `mkldnn::_convolution_pointwise`, a
+//! convolution with its activation (or its residual add) fused as a post-op, on channels-last
+//! fp32 tensors. The weight may be pre-reordered by [`pack_weight`] into oneDNN's blocked layout,
+//! which spares the reorder on every call. This is what TorchInductor's CPU freezing pass emits
+//! for `torch.compile`d convolutions.
+//!
+//! Every call goes through libtorch's dispatcher with the op's registered schema, as
+//! `torch.ops.mkldnn._convolution_pointwise(...)` does from Python; a C++ exception comes back as
+//! [`Error::Torch`].
+
+use crate::{Error, Result};
+use std::ffi::{c_char, CStr};
+use std::ptr::NonNull;
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn mn_free_error(err: *mut c_char);
+    #[allow(clippy::too_many_arguments)]
+    fn mn_conv_pointwise(
+        x: *const C_tensor,
+        other: *const C_tensor,
+        w: *const C_tensor,
+        b: *const C_tensor,
+        geometry: *const i64,
+        attr: *const c_char,
+        scalars: *const f64,
+        n_scalars: usize,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
+}
+
+/// Turns the shim's (pointer, error) pair into a result.
+fn take<T>(ptr: *mut T, err: *mut c_char, what: &str) -> Result<NonNull<T>> {
+    if !err.is_null() {
+        // SAFETY: the shim sets `err` to a NUL-terminated malloc'd string, freed here once.
+        let msg = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { mn_free_error(err) };
+        return Err(Error::Torch(tch::TchError::Torch(format!("{what}: {msg}"))));
+    }
+    NonNull::new(ptr)
+        .ok_or_else(|| Error::Torch(tch::TchError::Torch(format!("{what}: no result"))))
+}
+
+fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
+    t.map_or(std::ptr::null(), |t| t.as_ptr())
+}
+
+/// A post-op oneDNN fuses into a convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PostOp {
+    None,
+    Relu,
+    /// `clamp(x, min, max)`: ReLU6 is `Clamp(0, 6)`.
+    Clamp(f64, f64),
+    Hardswish,
+}
+
+/// Convolution geometry: padding, stride, dilation (both spatial dims alike) and groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub padding: i64,
+    pub stride: i64,
+    pub dilation: i64,
+    pub groups: i64,
+}
+
+/// `post_op(conv2d(x, w, b))` through oneDNN with the post-op fused.
+pub fn conv_pointwise(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    g: ConvGeometry,
+    post: PostOp,
+) -> Result<Tensor> {
+    let (attr, scalars): (&CStr, Vec<f64>) = match post {
+        PostOp::None => (c"none", vec![]),
+        PostOp::Relu => (c"relu", vec![]),
+        PostOp::Clamp(lo, hi) => (c"hardtanh", vec![lo, hi]),
+        PostOp::Hardswish => (c"hardswish", vec![]),
+    };
+    call(
+        x,
+        None,
+        w,
+        b,
+        g,
+        attr,
+        &scalars,
+        "mkldnn::_convolution_pointwise",
+    )
+}
+
+/// `conv2d(x, w, b) + other` through oneDNN with the add fused (a residual shortcut).
+pub fn conv_pointwise_add(
+    x: &Tensor,
+    other: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    g: ConvGeometry,
+) -> Result<Tensor> {
+    let what = "mkldnn::_convolution_pointwise.binary";
+    call(x, Some(other), w, b, g, c"none", &[], what)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call(
+    x: &Tensor,
+    other: Option<&Tensor>,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    g: ConvGeometry,
+    attr: &CStr,
+    scalars: &[f64],
+    what: &str,
+) -> Result<Tensor> {
+    let geometry = [g.padding, g.stride, g.dilation, g.groups];
+    let mut err = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the shim copies what it keeps.
+    let out = unsafe {
+        mn_conv_pointwise(
+            x.as_ptr(),
+            opt_ptr(other),
+            w.as_ptr(),
+            opt_ptr(b),
+            geometry.as_ptr(),
+            attr.as_ptr(),
+            scalars.as_ptr(),
+            scalars.len(),
+            &mut err,
+        )
+    };
+    let ptr = take(out, err, what)?;
+    // SAFETY: the shim returns a new heap `at::Tensor*`, tch's `C_tensor`; Tensor owns it now.
+    Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
+}
+
+/// Reorders a conv weight `[O, I/groups, k, k]` into the blocked layout oneDNN picks for an input
+/// of `input_size` (`[N, C, H, W]`), as TorchInductor's freezing does; the result is an opaque
+/// mkldnn tensor that only [`conv_pointwise`] reads.
+pub fn pack_weight(w: &Tensor, g: ConvGeometry, input_size: [i64; 4]) -> Result<Tensor> {
+    Ok(w.f_contiguous()?
+        .f_to_mkldnn(None)?
+        .f_mkldnn_reorder_conv2d_weight(
+            [g.padding; 2],
+            [g.stride; 2],
+            [g.dilation; 2],
+            g.groups,
+            Some(input_size.as_slice()),
+        )?)
+}

@@ -1,0 +1,102 @@
+// A fused CPU inference kernel that libtorch registers but tch 0.24 does not bind: oneDNN's
+// `mkldnn::_convolution_pointwise` (a convolution with its activation, or its residual add, fused
+// as a post-op). Every call goes through libtorch's dispatcher with
+// the op's registered schema, exactly as `torch.ops.mkldnn._convolution_pointwise(...)` does from
+// Python; nothing here reimplements a kernel.
+//
+// Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`. Every function reports
+// a C++ exception as a malloc'd message in `*err` (freed with `mn_free_error`) and returns null.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/ivalue.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* copy_message(const char* what) {
+  size_t n = std::strlen(what);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, what, n + 1);
+  }
+  return out;
+}
+
+#define MN_PROTECT(body)                                  \
+  try {                                                   \
+    body                                                  \
+  } catch (const std::exception& e) {                     \
+    *err = copy_message(e.what());                        \
+  } catch (...) {                                         \
+    *err = copy_message("unknown C++ exception");         \
+  }
+
+c10::IValue optional_tensor(const at::Tensor* t) {
+  return t == nullptr ? c10::IValue() : c10::IValue(*t);
+}
+
+c10::List<std::optional<at::Scalar>> scalars(const double* values, size_t n) {
+  c10::List<std::optional<at::Scalar>> list;
+  for (size_t i = 0; i < n; ++i) {
+    list.push_back(at::Scalar(values[i]));
+  }
+  return list;
+}
+
+c10::OperatorHandle op(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
+}
+
+}  // namespace
+
+extern "C" {
+
+void mn_free_error(char* err) { std::free(err); }
+
+// With `other` null: Y = act(conv2d(X, W, B)), where `attr` is "none", "relu", "hardtanh"
+// (scalars: min, max) or "hardswish", applied by oneDNN as a post-op of the convolution.
+// With `other`: Y = conv2d(X, W, B) + other, the add fused as a binary post-op (`attr` unused).
+// W may be a dense tensor or a weight pre-reordered by `mkldnn_reorder_conv2d_weight`.
+// `geometry` is {padding, stride, dilation, groups}, the same along both spatial dims.
+at::Tensor* mn_conv_pointwise(const at::Tensor* x, const at::Tensor* other, const at::Tensor* w,
+                              const at::Tensor* b, const int64_t* geometry, const char* attr,
+                              const double* attr_scalars, size_t n_scalars, char** err) {
+  MN_PROTECT({
+    static const c10::OperatorHandle unary = op("mkldnn::_convolution_pointwise", "");
+    static const c10::OperatorHandle binary = op("mkldnn::_convolution_pointwise", "binary");
+    torch::jit::Stack stack;
+    stack.reserve(13);
+    stack.emplace_back(*x);
+    if (other != nullptr) {
+      stack.emplace_back(*other);
+    }
+    stack.emplace_back(*w);
+    stack.push_back(optional_tensor(b));
+    stack.emplace_back(std::vector<int64_t>(2, geometry[0]));
+    stack.emplace_back(std::vector<int64_t>(2, geometry[1]));
+    stack.emplace_back(std::vector<int64_t>(2, geometry[2]));
+    stack.emplace_back(geometry[3]);
+    if (other == nullptr) {
+      stack.emplace_back(std::string(attr));
+      stack.emplace_back(scalars(attr_scalars, n_scalars));
+      stack.emplace_back();  // algorithm
+      unary.callBoxed(&stack);
+    } else {
+      stack.emplace_back(std::string("add"));
+      stack.emplace_back(at::Scalar(1.0));                         // alpha
+      stack.emplace_back();                                        // unary_attr
+      stack.emplace_back(c10::List<std::optional<at::Scalar>>());  // unary_scalars
+      stack.emplace_back();                                        // unary_algorithm
+      binary.callBoxed(&stack);
+    }
+    return new at::Tensor(stack.at(0).toTensor());
+  })
+  return nullptr;
+}
+
+}  // extern "C"
