@@ -194,12 +194,14 @@ fn batch_size_does_not_change_results() {
     .map(|f| png.join(f))
     .collect();
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let run = |batch: &str| {
+    let run = |batch: &str, threads: &str| {
         let out = classify(
             &[
                 "--json",
                 "--batch-size",
                 batch,
+                "--threads",
+                threads,
                 "--workers",
                 "3",
                 "--weights",
@@ -210,7 +212,7 @@ fn batch_size_does_not_change_results() {
         assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
         records(&out)
     };
-    let (one, many) = (run("1"), run("2"));
+    let (one, many) = (run("1", "2"), run("2", "1"));
     assert_eq!(one.len(), 5);
     for (a, b) in one.iter().zip(&many) {
         assert_eq!(a["path"], b["path"]);
@@ -365,6 +367,7 @@ fn usage_errors_exit_2_with_a_message() {
             "batch-size",
         ),
         (vec!["--device", "tpu", "--weights", w], &image, "tpu"),
+        (vec!["--threads", "0", "--weights", w], &image, "threads"),
     ];
     for (args, path, needle) in cases {
         let out = classify(&args, &[path]);

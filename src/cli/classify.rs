@@ -73,6 +73,9 @@ pub struct Args {
     /// Decoding threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
+    /// Intra-op threads of the forward pass [default: libtorch's, one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    threads: Option<i32>,
     /// One JSON object per input per line instead of tables.
     #[arg(long)]
     json: bool,
@@ -97,6 +100,9 @@ struct Class {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
     let device = args.device.resolve()?;
     args.precision.check(device)?;
 
