@@ -232,6 +232,8 @@ fn cuda_fp16_within_tolerance_when_present() {
 #[test]
 fn fused_kernel_errors_are_errors() {
     use mobilenet::ffi::{conv_pointwise, conv_pointwise_add, ConvGeometry, PostOp};
+    // The pinned PyTorch wheel is built with oneDNN.
+    assert!(mobilenet::ffi::conv_pointwise_available());
     let g = ConvGeometry {
         padding: 1,
         stride: 1,

@@ -18,6 +18,7 @@ use torch_sys::C_tensor;
 
 extern "C" {
     fn mn_free_error(err: *mut c_char);
+    fn mn_conv_pointwise_available() -> bool;
     #[allow(clippy::too_many_arguments)]
     fn mn_conv_pointwise(
         x: *const C_tensor,
@@ -67,6 +68,13 @@ pub struct ConvGeometry {
     pub stride: i64,
     pub dilation: i64,
     pub groups: i64,
+}
+
+/// Whether this libtorch has the fused convolution on the CPU (builds without oneDNN do not).
+pub fn conv_pointwise_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: a dispatcher lookup without arguments.
+    *AVAILABLE.get_or_init(|| unsafe { mn_conv_pointwise_available() })
 }
 
 /// `post_op(conv2d(x, w, b))` through oneDNN with the post-op fused.

@@ -58,6 +58,17 @@ extern "C" {
 
 void mn_free_error(char* err) { std::free(err); }
 
+// Whether this libtorch registers the fused convolution with a CPU kernel (builds without oneDNN
+// do not).
+bool mn_conv_pointwise_available() {
+  try {
+    auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise", ""});
+    return handle.has_value() && handle->hasKernelForDispatchKey(c10::DispatchKey::CPU);
+  } catch (...) {
+    return false;
+  }
+}
+
 // With `other` null: Y = act(conv2d(X, W, B)), where `attr` is "none", "relu", "hardtanh"
 // (scalars: min, max) or "hardswish", applied by oneDNN as a post-op of the convolution.
 // With `other`: Y = conv2d(X, W, B) + other, the add fused as a binary post-op (`attr` unused).

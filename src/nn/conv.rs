@@ -227,12 +227,16 @@ impl ConvNormAct {
     }
 
     /// Switches the folded weights to the fused oneDNN kernel ([`crate::nn::accel`]). Only for
-    /// folded fp32 weights on the CPU; returns whether it did.
+    /// folded fp32 weights on the CPU, with a libtorch that has the kernel; returns whether it
+    /// did.
     pub fn accelerate(&mut self) -> Result<bool> {
         let Some((w, b)) = &self.folded else {
             return Ok(false);
         };
-        if w.device() != tch::Device::Cpu || w.kind() != tch::Kind::Float {
+        if w.device() != tch::Device::Cpu
+            || w.kind() != tch::Kind::Float
+            || !crate::ffi::conv_pointwise_available()
+        {
             return Ok(false);
         }
         let s = &self.spec;
