@@ -125,7 +125,18 @@ fn fused_kernel_is_exact() {
                 );
             }
         }
+        model.deaccelerate();
+        assert!(!model.accelerated);
+        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let d = diff(
+            "deaccelerated",
+            &logits(&model, &x),
+            &logits(&reference, &x),
+        )
+        .unwrap();
+        assert!(d.max_rel <= 1e-5, "{arch}: {d}");
         // Casting (or refolding) drops the fused kernel, which holds fp32 CPU weights.
+        model.accelerate().unwrap();
         model.to(Device::Cpu, Precision::Bf16).unwrap();
         assert!(!model.accelerated);
         let x = Tensor::randn([1, 3, 160, 160], (Kind::BFloat16, Device::Cpu));

@@ -1,8 +1,8 @@
 // A fused CPU inference kernel that libtorch registers but tch 0.24 does not bind: oneDNN's
 // `mkldnn::_convolution_pointwise` (a convolution with its activation, or its residual add, fused
-// as a post-op). Every call goes through libtorch's dispatcher with
-// the op's registered schema, exactly as `torch.ops.mkldnn._convolution_pointwise(...)` does from
-// Python; nothing here reimplements a kernel.
+// as a post-op). Every call goes through libtorch's dispatcher with the op's registered schema,
+// exactly as `torch.ops.mkldnn._convolution_pointwise(...)` does from Python; nothing here
+// reimplements a kernel.
 //
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`. Every function reports
 // a C++ exception as a malloc'd message in `*err` (freed with `mn_free_error`) and returns null.
@@ -62,8 +62,13 @@ void mn_free_error(char* err) { std::free(err); }
 // do not).
 bool mn_conv_pointwise_available() {
   try {
-    auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise", ""});
-    return handle.has_value() && handle->hasKernelForDispatchKey(c10::DispatchKey::CPU);
+    for (const char* overload : {"", "binary"}) {
+      auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise", overload});
+      if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+        return false;
+      }
+    }
+    return true;
   } catch (...) {
     return false;
   }
