@@ -44,10 +44,12 @@ fn main() {
     }
 }
 
-/// Compiles src/ffi/shim.cpp (the fused oneDNN and XNNPACK ops tch does not bind) against the
+/// Compiles src/ffi/shim.cpp and graph.cpp (libtorch APIs tch does not bind) against the
 /// headers of the same libtorch.
 fn build_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/shim.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/graph.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/protect.h");
     let root = lib.parent().unwrap_or(lib);
     let include = root.join("include");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -55,6 +57,7 @@ fn build_shim(lib: &Path) {
     cc::Build::new()
         .cpp(true)
         .file("src/ffi/shim.cpp")
+        .file("src/ffi/graph.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

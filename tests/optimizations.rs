@@ -153,6 +153,45 @@ fn fused_kernel_is_exact() {
     }
 }
 
+/// The oneDNN Graph compiled forward (batch 1) against the plain model: logits within 1e-5 of
+/// the largest, across its profiling runs, a second input size (the shape guard's fallback) and
+/// back; larger batches still take the fused kernel. V3 is not compiled.
+#[test]
+fn graph_forward_is_exact() {
+    for (arch, file) in EVERY_ARCH {
+        let reference = load(arch, file);
+        let mut model = load(arch, file);
+        assert!(
+            !model.compile_graph().unwrap(),
+            "{arch}: compiled before folding"
+        );
+        model.fold_batch_norm().unwrap();
+        model.set_channels_last(true).unwrap();
+        model.accelerate().unwrap();
+        let compiled = model.compile_graph().unwrap();
+        let expected = matches!(arch, Arch::MobilenetV1 | Arch::MobilenetV2);
+        assert_eq!(compiled, expected, "{arch}");
+        assert_eq!(model.graph.is_some(), expected, "{arch}");
+        tch::manual_seed(5);
+        for (batch, size) in [
+            (1, 224),
+            (1, 224),
+            (1, 224),
+            (1, 224),
+            (1, 160),
+            (2, 160),
+            (1, 224),
+        ] {
+            let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+            let d = diff("graph", &logits(&model, &x), &logits(&reference, &x)).unwrap();
+            assert!(d.max_rel <= 1e-5, "{arch} {batch}x{size}: {d}");
+        }
+        // Refolding (new weights) drops the compiled graph.
+        model.fold_batch_norm().unwrap();
+        assert!(model.graph.is_none());
+    }
+}
+
 #[test]
 fn non_batch_norms_are_left_unfolded() {
     let cfg = ModelConfig {
@@ -192,6 +231,7 @@ fn bench_smoke_one_iteration() {
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["bn_folded"], true);
     assert_eq!(v["fused"], true);
+    assert_eq!(v["graph"], true);
     assert_eq!(v["malloc_tuned"], true);
     assert_eq!(v["layout"], "nhwc");
     assert!(v["libtorch_version"]

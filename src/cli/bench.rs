@@ -40,6 +40,10 @@ pub struct Args {
     /// (see `Model::accelerate`).
     #[arg(long)]
     no_fuse: bool,
+    /// Run single images through the fused kernel too, instead of the whole forward compiled by
+    /// libtorch's oneDNN Graph fuser (see `Model::compile_graph`; CPU fp32, V1 and V2).
+    #[arg(long)]
+    no_graph: bool,
     /// Keep glibc's default malloc settings (large blocks mmapped and unmapped on every pass)
     /// instead of `mobilenet::alloc::keep_freed_memory`.
     #[arg(long)]
@@ -70,6 +74,8 @@ struct Report {
     bn_folded: bool,
     /// The fused oneDNN CPU kernel in use.
     fused: bool,
+    /// Batches of one run the oneDNN Graph compiled forward.
+    graph: bool,
     /// glibc malloc keeps freed memory (`mobilenet::alloc::keep_freed_memory`).
     malloc_tuned: bool,
     threads: i32,
@@ -115,6 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.no_fuse && model.folded {
         model.accelerate()?;
     }
+    if !args.no_graph && model.folded {
+        model.compile_graph()?;
+    }
     let mut results = Vec::new();
     for &bs in &args.batch_sizes {
         let row = bench_batch(&model, bs, args.resolution, args.warmup, args.iters)?;
@@ -134,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         layout: if channels_last { "nhwc" } else { "nchw" },
         bn_folded: model.folded,
         fused: model.accelerated,
+        graph: model.graph.is_some(),
         malloc_tuned,
         threads: tch::get_num_threads(),
         resolution: args.resolution,
@@ -145,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} width {} on {} {} layout {} bn folded {} fused {} malloc tuned {} threads {} libtorch {}",
+            "{} width {} on {} {} layout {} bn folded {} fused {} graph {} malloc tuned {} threads {} libtorch {}",
             report.arch,
             report.width_mult,
             report.device,
@@ -153,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.layout,
             report.bn_folded,
             report.fused,
+            report.graph,
             report.malloc_tuned,
             report.threads,
             report.libtorch_version

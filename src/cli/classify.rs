@@ -73,6 +73,11 @@ pub struct Args {
     /// Decoding threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
+    /// With --batch-size 1 on the CPU: compile the forward with libtorch's oneDNN Graph fuser
+    /// (V1 and V2; about 20% faster per image, after about 0.2 s of compiling on the second
+    /// image).
+    #[arg(long)]
+    graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
     threads: Option<i32>,
@@ -154,6 +159,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     model.to(device, args.precision)?;
     model.set_channels_last(true)?;
     model.accelerate()?;
+    if args.graph && args.batch_size == 1 {
+        model.compile_graph()?;
+    }
     if !device.is_cuda() {
         mobilenet::alloc::keep_freed_memory();
     }

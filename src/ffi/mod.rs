@@ -19,6 +19,19 @@ use torch_sys::C_tensor;
 extern "C" {
     fn mn_free_error(err: *mut c_char);
     fn mn_conv_pointwise_available() -> bool;
+    fn mn_graph_create(
+        source: *const c_char,
+        names: *const *const c_char,
+        tensors: *const *const C_tensor,
+        n: usize,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
+    fn mn_graph_forward(
+        module: *mut std::ffi::c_void,
+        x: *const C_tensor,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    fn mn_graph_free(module: *mut std::ffi::c_void);
     #[allow(clippy::too_many_arguments)]
     fn mn_conv_pointwise(
         x: *const C_tensor,
@@ -160,4 +173,65 @@ pub fn pack_weight(w: &Tensor, g: ConvGeometry, input_size: [i64; 4]) -> Result<
             g.groups,
             Some(input_size.as_slice()),
         )?)
+}
+
+/// A forward pass compiled by TorchScript with the oneDNN Graph fuser (src/ffi/graph.cpp): built
+/// from TorchScript `source` whose `forward(self, x)` reads `self.<name>` parameters, frozen.
+/// The first calls for each input shape profile and compile (slow); later ones run the compiled
+/// oneDNN partitions.
+#[derive(Debug)]
+pub struct Graph {
+    module: NonNull<std::ffi::c_void>,
+}
+
+// SAFETY: the module is a `torch::jit::Module` owned by this value; moving it to another thread
+// is fine (it is not shared, the type is not Sync).
+unsafe impl Send for Graph {}
+
+impl Graph {
+    pub fn new(source: &str, params: &[(String, &Tensor)]) -> Result<Graph> {
+        let what = "TorchScript graph";
+        let c = |s: &str| {
+            std::ffi::CString::new(s)
+                .map_err(|_| Error::Torch(tch::TchError::Torch(format!("{what}: NUL in {s:?}"))))
+        };
+        let source = c(source)?;
+        let names = params
+            .iter()
+            .map(|(n, _)| c(n))
+            .collect::<Result<Vec<_>>>()?;
+        let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let tensor_ptrs: Vec<*const C_tensor> = params.iter().map(|(_, t)| t.as_ptr()).collect();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the arrays hold `params.len()` valid pointers for the call; the module keeps
+        // its own references to the tensors.
+        let module = unsafe {
+            mn_graph_create(
+                source.as_ptr(),
+                name_ptrs.as_ptr(),
+                tensor_ptrs.as_ptr(),
+                params.len(),
+                &mut err,
+            )
+        };
+        Ok(Graph {
+            module: take(module, err, what)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `module` lives until drop; `x` is valid for the call.
+        let out = unsafe { mn_graph_forward(self.module.as_ptr(), x.as_ptr(), &mut err) };
+        let ptr = take(out, err, "TorchScript graph forward")?;
+        // SAFETY: a new heap `at::Tensor*` from the shim; Tensor owns it now.
+        Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: created by mn_graph_create, freed once.
+        unsafe { mn_graph_free(self.module.as_ptr()) }
+    }
 }

@@ -11,30 +11,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "protect.h"
+
 namespace {
-
-char* copy_message(const char* what) {
-  size_t n = std::strlen(what);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, what, n + 1);
-  }
-  return out;
-}
-
-#define MN_PROTECT(body)                                  \
-  try {                                                   \
-    body                                                  \
-  } catch (const std::exception& e) {                     \
-    *err = copy_message(e.what());                        \
-  } catch (...) {                                         \
-    *err = copy_message("unknown C++ exception");         \
-  }
 
 c10::IValue optional_tensor(const at::Tensor* t) {
   return t == nullptr ? c10::IValue() : c10::IValue(*t);

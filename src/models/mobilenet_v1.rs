@@ -7,7 +7,9 @@
 //! blocks in 5 stages (`blocks.{i}.{j}`: `conv_dw` + `bn1` + ReLU6, `conv_pw` + `bn2` + ReLU6),
 //! global average pooling and a linear `classifier`. No residual connections.
 
-use super::{dropout, global_pool, make_divisible, Classifier, LayerRow, ModelConfig, Stage};
+use super::{
+    dropout, global_pool, graph, make_divisible, Classifier, LayerRow, ModelConfig, Stage,
+};
 use crate::nn::conv::{check_channels, dotted, ConvNormAct, ConvSpec};
 use crate::nn::BatchNormConfig;
 use crate::Result;
@@ -157,6 +159,14 @@ impl Classifier for MobileNetV1 {
     fn forward_head(&self, features: &Tensor, train_dropout: bool) -> Result<Tensor> {
         let x = dropout(global_pool(features)?, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
+    }
+
+    fn graph_program(&self) -> Option<graph::Program<'_>> {
+        Some(graph::Program {
+            steps: self.units().into_iter().map(graph::Step::Conv).collect(),
+            fc_weight: &self.fc_weight,
+            fc_bias: &self.fc_bias,
+        })
     }
 
     fn units(&self) -> Vec<&ConvNormAct> {

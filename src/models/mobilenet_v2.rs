@@ -5,6 +5,7 @@
 //! `features.1.conv.0.0.weight`, ..., `features.18.1.running_var`, `classifier.1.weight`), so a
 //! torchvision state_dict loads with no renaming.
 
+use super::graph::{self, Step};
 use super::{
     dropout, forward_features, global_pool, make_divisible, Block, Classifier, Feature, LayerRow,
     ModelConfig, Stage,
@@ -217,6 +218,29 @@ impl Classifier for MobileNetV2 {
     fn forward_head(&self, features: &Tensor, train_dropout: bool) -> Result<Tensor> {
         let x = dropout(global_pool(features)?, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc_weight, Some(&self.fc_bias))?)
+    }
+
+    fn graph_program(&self) -> Option<graph::Program<'_>> {
+        let mut steps = Vec::new();
+        for feature in &self.features {
+            match feature {
+                Feature::Conv(c) => steps.push(Step::Conv(c)),
+                Feature::Block(b) => {
+                    if b.has_skip {
+                        steps.push(Step::ResidualStart);
+                    }
+                    steps.extend(b.units().into_iter().map(Step::Conv));
+                    if b.has_skip {
+                        steps.push(Step::ResidualEnd);
+                    }
+                }
+            }
+        }
+        Some(graph::Program {
+            steps,
+            fc_weight: &self.fc_weight,
+            fc_bias: &self.fc_bias,
+        })
     }
 
     fn units(&self) -> Vec<&ConvNormAct> {

@@ -4,6 +4,7 @@
 //! Every architecture is a struct of named blocks made of [`ConvNormAct`] units, so a caller can
 //! reach a block, count its parameters, fold its BatchNorm or read its feature map.
 
+pub mod graph;
 mod load;
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
@@ -262,6 +263,10 @@ pub trait Classifier: std::fmt::Debug {
     fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
     /// Summary rows of the head (pooling and classifier).
     fn head_rows(&self) -> Vec<LayerRow>;
+    /// The main path as graph steps for [`Model::compile_graph`] (`None`: not supported).
+    fn graph_program(&self) -> Option<graph::Program<'_>> {
+        None
+    }
     /// The layers along the main path for the summary (by default the conv units).
     fn summary_units(&self) -> Vec<SummaryUnit<'_>> {
         self.units().into_iter().map(SummaryUnit::Conv).collect()
@@ -285,6 +290,9 @@ pub struct Model {
     pub channels_last: bool,
     /// Whether the folded convolutions run the fused CPU kernel ([`Model::accelerate`]).
     pub accelerated: bool,
+    /// The whole forward compiled with oneDNN Graph, used for single images
+    /// ([`Model::compile_graph`]).
+    pub graph: Option<crate::ffi::Graph>,
 }
 
 impl Model {
@@ -306,6 +314,7 @@ impl Model {
             folded: false,
             channels_last: false,
             accelerated: false,
+            graph: None,
         })
     }
 
@@ -325,6 +334,7 @@ impl Model {
             unit.cast_folded(device, kind)?;
         }
         self.accelerated = false;
+        self.graph = None;
         Ok(())
     }
 
@@ -333,6 +343,9 @@ impl Model {
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_mode(train)?;
         let x = self.prepare_input(xs)?;
+        if let (Some(graph), false, 1) = (&self.graph, train, x.size()[0]) {
+            return graph.forward(&x);
+        }
         let stages = self.net.forward_stages(&x, train, false)?;
         self.net.forward_head(&last(&stages)?.tensor, train)
     }
@@ -419,7 +432,25 @@ impl Model {
         }
         self.folded = n > 0;
         self.accelerated = false;
+        self.graph = None;
         Ok(n)
+    }
+
+    /// Compiles the folded model's forward with libtorch's oneDNN Graph fuser
+    /// ([`crate::ffi::Graph`]) and uses it for eval-mode batches of one image. CPU fp32, V1 and
+    /// V2 only (V3's hardswish and squeeze-excitation are not expressed); returns whether it
+    /// compiled. The first forwards of each input shape profile and compile the graph.
+    pub fn compile_graph(&mut self) -> Result<bool> {
+        self.graph = None;
+        if !self.folded || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
+            return Ok(false);
+        }
+        let graph = match self.net.graph_program() {
+            Some(program) => graph::compile(&program)?,
+            None => None,
+        };
+        self.graph = graph;
+        Ok(self.graph.is_some())
     }
 
     /// Switches the folded convolutions to the fused CPU kernel ([`crate::nn::accel`]): oneDNN
@@ -452,6 +483,7 @@ impl Model {
         }
         self.folded = false;
         self.accelerated = false;
+        self.graph = None;
     }
 
     /// Switches weights (and so activations) to channels-last strides, or back.
