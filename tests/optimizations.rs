@@ -153,9 +153,9 @@ fn fused_kernel_is_exact() {
     }
 }
 
-/// The oneDNN Graph compiled forward (batch 1) against the plain model: logits within 1e-5 of
-/// the largest, across its profiling runs, a second input size (the shape guard's fallback) and
-/// back; larger batches still take the fused kernel. V3 is not compiled.
+/// The oneDNN Graph compiled forward against the plain model: logits within 1e-5 of the
+/// largest, across its profiling runs, other input shapes (the shape guards' fallback and new
+/// specializations) and back. V3 is not compiled.
 #[test]
 fn graph_forward_is_exact() {
     for (arch, file) in EVERY_ARCH {

@@ -40,7 +40,7 @@ pub struct Args {
     /// (see `Model::accelerate`).
     #[arg(long)]
     no_fuse: bool,
-    /// Run single images through the fused kernel too, instead of the whole forward compiled by
+    /// Run the layers one by one (the fused kernel), instead of the whole forward compiled by
     /// libtorch's oneDNN Graph fuser (see `Model::compile_graph`; CPU fp32, V1 and V2).
     #[arg(long)]
     no_graph: bool,
@@ -74,7 +74,7 @@ struct Report {
     bn_folded: bool,
     /// The fused oneDNN CPU kernel in use.
     fused: bool,
-    /// Batches of one run the oneDNN Graph compiled forward.
+    /// The forward runs as one oneDNN Graph compiled graph.
     graph: bool,
     /// glibc malloc keeps freed memory (`mobilenet::alloc::keep_freed_memory`).
     malloc_tuned: bool,

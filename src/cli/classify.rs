@@ -73,9 +73,8 @@ pub struct Args {
     /// Decoding threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
-    /// With --batch-size 1 on the CPU: compile the forward with libtorch's oneDNN Graph fuser
-    /// (V1 and V2; about 20% faster per image, after about 0.2 s of compiling on the second
-    /// image).
+    /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser (V1 and V2; about 20%
+    /// faster per batch, after about 0.2 s of compiling per batch shape, on its second batch).
     #[arg(long)]
     graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
@@ -159,7 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     model.to(device, args.precision)?;
     model.set_channels_last(true)?;
     model.accelerate()?;
-    if args.graph && args.batch_size == 1 {
+    if args.graph {
         model.compile_graph()?;
     }
     if !device.is_cuda() {

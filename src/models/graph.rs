@@ -3,9 +3,9 @@
 //! source (`torch.conv2d`, `torch.clamp`, `torch.relu`, `torch.add`, pooling, `torch.linear`)
 //! whose parameters are the model's folded weights.
 //!
-//! At batch 1 on the CPU the compiled graph removes ATen's per-call set-up of each convolution
-//! and keeps activations in oneDNN's layouts between partitions; [`Model::compile_graph`] makes
-//! the model use it for single images.
+//! On the CPU the compiled graph removes ATen's per-call set-up of each convolution and keeps
+//! activations in oneDNN's layouts between partitions; [`crate::models::Model::compile_graph`]
+//! makes the model use it.
 
 use crate::ffi::Graph;
 use crate::nn::conv::{Activation, ConvNormAct};
