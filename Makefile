@@ -43,8 +43,8 @@ weights: check-torch
 
 ## Side-by-side CPU benchmark against PyTorch eager, TorchScript and ONNX Runtime.
 bench: release
-	$(PY) scripts/bench_compare.py --arch mobilenet_v2
-	$(PY) scripts/bench_compare.py --arch mobilenet_v1
+	$(PY) scripts/bench_compare.py --arch mobilenet_v2 --rounds 5 --iters 20
+	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20
 
 lint: check-torch
 	$(CARGO) fmt --check
