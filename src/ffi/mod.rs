@@ -178,7 +178,7 @@ pub fn pack_weight(w: &Tensor, g: ConvGeometry, input_size: [i64; 4]) -> Result<
 /// A forward pass compiled by TorchScript with the oneDNN Graph fuser (src/ffi/graph.cpp): built
 /// from TorchScript `source` whose `forward(self, x)` reads `self.<name>` parameters, frozen.
 /// The first calls for each input shape profile and compile (slow); later ones run the compiled
-/// oneDNN partitions.
+/// oneDNN partitions. Creating one turns libtorch's oneDNN Graph fuser on for the process.
 #[derive(Debug)]
 pub struct Graph {
     module: NonNull<std::ffi::c_void>,

@@ -441,6 +441,8 @@ impl Model {
     /// (V3's hardswish and squeeze-excitation are not expressed); returns whether it compiled.
     /// The first two forwards of each input shape profile and then compile the graph (about
     /// 0.2 s for V2 on 2 cores); [`Model::forward_with_stages`] keeps the layer-by-layer path.
+    /// Like `torch.jit.enable_onednn_fusion(True)`, it turns the fuser on for the whole process
+    /// (a registered TorchScript pass), so other TorchScript modules run in it are fused too.
     pub fn compile_graph(&mut self) -> Result<bool> {
         self.graph = None;
         if !self.folded || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
