@@ -118,10 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let channels_last = args.layout != Layout::Nchw;
     model.set_channels_last(channels_last)?;
-    if !args.no_fuse && model.folded {
+    // Both need folded fp32 CPU weights and do nothing otherwise.
+    if !args.no_fuse {
         model.accelerate()?;
     }
-    if !args.no_graph && model.folded {
+    if !args.no_graph {
         model.compile_graph()?;
     }
     let mut results = Vec::new();

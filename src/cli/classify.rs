@@ -161,11 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.graph {
         model.compile_graph()?;
     }
-    if !device.is_cuda() {
-        mobilenet::alloc::keep_freed_memory();
-    }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
+    } else {
+        mobilenet::alloc::keep_freed_memory();
     }
     let _no_grad = tch::no_grad_guard();
 

@@ -54,10 +54,14 @@ fn take<T>(ptr: *mut T, err: *mut c_char, what: &str) -> Result<NonNull<T>> {
             .to_string_lossy()
             .into_owned();
         unsafe { mn_free_error(err) };
-        return Err(Error::Torch(tch::TchError::Torch(format!("{what}: {msg}"))));
+        return Err(shim_error(what, &msg));
     }
-    NonNull::new(ptr)
-        .ok_or_else(|| Error::Torch(tch::TchError::Torch(format!("{what}: no result"))))
+    NonNull::new(ptr).ok_or_else(|| shim_error(what, "no result"))
+}
+
+/// An error from the shim, reported as libtorch's own errors are.
+fn shim_error(what: &str, msg: &str) -> Error {
+    Error::Torch(tch::TchError::Torch(format!("{what}: {msg}")))
 }
 
 fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
@@ -192,8 +196,7 @@ impl Graph {
     pub fn new(source: &str, params: &[(String, &Tensor)]) -> Result<Graph> {
         let what = "TorchScript graph";
         let c = |s: &str| {
-            std::ffi::CString::new(s)
-                .map_err(|_| Error::Torch(tch::TchError::Torch(format!("{what}: NUL in {s:?}"))))
+            std::ffi::CString::new(s).map_err(|_| shim_error(what, &format!("NUL in {s:?}")))
         };
         let source = c(source)?;
         let names = params
