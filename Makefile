@@ -45,6 +45,8 @@ weights: check-torch
 bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v2 --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20
+	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20
+	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20
 
 lint: check-torch
 	$(CARGO) fmt --check

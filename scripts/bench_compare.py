@@ -11,6 +11,10 @@ shared machine hits all of them; the table shows the median p50 over the rounds.
 PyTorch eager channels-last in a child process with glibc malloc set as `mobilenet bench` sets it
 (GLIBC_TUNABLES), to show how much of the gap is the allocator.
 
+It also measures the machine's fp32 compute ceiling (the fastest of 20 1024x1024 `torch.mm`s
+on the same threads, each round; the best round) and counts the model's FLOPs (`torch.utils.flop_counter`), and prints the time no
+implementation can beat at that rate and the share of it each batch size of ours reaches.
+
 Installs onnxruntime and onnx into the venv when missing (only this script needs them).
 Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
 """
@@ -48,6 +52,7 @@ def timeit(fn, warmup, iters):
         times.append((time.perf_counter() - start) * 1e3)
     times.sort()
     return {
+        "min_ms": times[0],
         "p50_ms": times[len(times) // 2],
         "p90_ms": times[min(len(times) - 1, round((len(times) - 1) * 0.9))],
     }
@@ -136,6 +141,14 @@ def main():
         ort_name = f"onnxruntime {ort.__version__}"
     tuned_name = "pytorch eager channels-last, malloc as ours"
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    flops = counter.get_total_flops()  # per image at 224
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    mm_gflops = []
+
     rounds = {}  # impl -> batch -> [timing per round]
 
     def record(name, bs, timing):
@@ -151,6 +164,8 @@ def main():
         ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         for row in ours["results"]:
             record("mobilenet (ours)", row["batch_size"], row)
+        mm = timeit(lambda: torch.mm(a, b), max(args.warmup, 3), max(args.iters, 20))
+        mm_gflops.append(2 * 1024 ** 3 / (mm["min_ms"] / 1e3) / 1e9)
         with torch.no_grad():
             for name, fn in impls.items():
                 for bs in batch_sizes:
@@ -189,12 +204,22 @@ def main():
                           "p90_ms": r["p90_ms"], "p50_ms_per_round": r["p50_ms_per_round"],
                           "ours_over_theirs": ratio})
             print(f"{name:<46} {bs:>5} {r['p50_ms']:>9.2f} {ratio:>11.2f}x")
+    ceiling = max(mm_gflops)  # the best rate seen: a ceiling
+    floor_ms = flops / (ceiling * 1e9) * 1e3
+    roofline = {"matmul_gflops": ceiling, "matmul_gflops_per_round": mm_gflops,
+                "model_gflop_per_image": flops / 1e9, "floor_ms_per_image": floor_ms,
+                "ours_share_of_ceiling": {bs: floor_ms * bs / mine[bs]["p50_ms"] for bs in batch_sizes}}
+    print(f"fp32 ceiling: {ceiling:.0f} GFLOP/s (torch.mm 1024x1024, {args.threads} threads); "
+          f"{args.arch}: {flops / 1e9:.3f} GFLOP per 224x224 image, so at least {floor_ms:.2f} ms "
+          f"per image at that rate")
+    print("ours reaches " + ", ".join(f"{share:.0%} of it at batch {bs}"
+                                       for bs, share in roofline["ours_share_of_ceiling"].items()))
     out = args.out or os.path.join(ROOT, "bench-results", f"compare-{args.arch}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"arch": args.arch, "width_mult": args.width_mult, "threads": args.threads,
                    "iters": args.iters, "rounds": args.rounds, "cpu": cpu_name(), "cores": os.cpu_count(),
-                   "torch": torch.__version__, "ours": ours, "table": table}, f, indent=1)
+                   "torch": torch.__version__, "ours": ours, "table": table, "roofline": roofline}, f, indent=1)
     print(f"wrote {out}", file=sys.stderr)
 
 

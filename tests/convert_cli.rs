@@ -4,7 +4,7 @@
 use std::process::Command;
 
 mod common;
-use common::{model_fixture as fixture, BIN};
+use common::{model_fixture as fixture, output_ok, BIN};
 
 #[test]
 fn convert_validates_against_the_architecture() {
@@ -13,21 +13,13 @@ fn convert_validates_against_the_architecture() {
     let out = dir.join("v2.safetensors");
     let pth = fixture("v2_100.pth");
 
-    let ok = Command::new(BIN)
-        .args([
-            "convert",
-            pth.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--arch",
-            "mobilenet_v2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    output_ok(Command::new(BIN).args([
+        "convert",
+        pth.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--arch",
+        "mobilenet_v2",
+    ]));
     // The converted file holds the same tensors: parity against the same reference passes.
     let parity = Command::new(BIN)
         .args([

@@ -157,6 +157,48 @@ fn bf16_parity_like_for_like_on_cpu() {
     assert!(checked >= 14, "only {checked} bf16 references");
 }
 
+/// The fastest CPU path (BatchNorm folded, channels-last, the fused kernel, then the whole
+/// forward compiled with oneDNN Graph) against PyTorch's eval logits for every BatchNorm
+/// configuration: V1, V2 and V3 at every width, V3 Large with the reduced, dilated tail.
+#[test]
+fn compiled_graph_matches_pytorch_every_batch_norm_configuration() {
+    let mut checked = 0;
+    for entry in manifest() {
+        if entry["norm"] != "batch" {
+            continue;
+        }
+        let weights = fixtures().join(entry["weights"].as_str().unwrap());
+        let mut model = Model::load(config(&entry), &weights).unwrap();
+        model.fold_batch_norm().unwrap();
+        model.set_channels_last(true).unwrap();
+        model.accelerate().unwrap();
+        assert!(model.compile_graph().unwrap(), "{}", entry["name"]);
+        for r in entry["references"].as_array().unwrap() {
+            if r["mode"] == "train" {
+                continue;
+            }
+            let path = fixtures().join(r["path"].as_str().unwrap());
+            let reference = parity::read_reference(&path).unwrap();
+            // The graph compiles on the second forward of a shape; the third runs it compiled.
+            for pass in 0..3 {
+                let got = tch::no_grad(|| model.f_forward_t(&reference["input"], false)).unwrap();
+                let d = parity::diff("graph", &got, &reference["logits"]).unwrap();
+                let what = format!("{} {} pass {pass}", entry["name"], r["resolution"]);
+                assert!(d.max_abs <= 1e-4, "{what}: {d}");
+                let top =
+                    |t: &tch::Tensor| Vec::<i64>::try_from(t.topk(5, 1, true, true).1.view(-1));
+                assert_eq!(
+                    top(&got).unwrap(),
+                    top(&reference["logits"]).unwrap(),
+                    "{what}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} eval references");
+}
+
 #[test]
 fn pth_and_safetensors_load_to_the_same_model() {
     for entry in manifest().iter().filter(|e| e.get("pth").is_some()) {

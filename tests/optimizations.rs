@@ -13,7 +13,7 @@ use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{model_fixture as fixture, BIN};
+use common::{model_fixture as fixture, output_ok, BIN};
 
 /// One seeded checkpoint per architecture.
 const EVERY_ARCH: [(Arch, &str); 4] = [
@@ -168,10 +168,8 @@ fn graph_forward_is_exact() {
         model.fold_batch_norm().unwrap();
         model.set_channels_last(true).unwrap();
         model.accelerate().unwrap();
-        let compiled = model.compile_graph().unwrap();
-        let expected = matches!(arch, Arch::MobilenetV1 | Arch::MobilenetV2);
-        assert_eq!(compiled, expected, "{arch}");
-        assert_eq!(model.graph.is_some(), expected, "{arch}");
+        assert!(model.compile_graph().unwrap(), "{arch}");
+        assert!(model.graph.is_some(), "{arch}");
         tch::manual_seed(5);
         for (batch, size) in [
             (1, 224),
@@ -205,28 +203,20 @@ fn non_batch_norms_are_left_unfolded() {
 
 #[test]
 fn bench_smoke_one_iteration() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--arch",
-            "mobilenet_v2",
-            "--device",
-            "cpu",
-            "--batch-sizes",
-            "1,2",
-            "--warmup",
-            "0",
-            "--iters",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(Command::new(BIN).args([
+        "bench",
+        "--arch",
+        "mobilenet_v2",
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "1,2",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+    ]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["bn_folded"], true);
@@ -333,4 +323,71 @@ fn malloc_settings_take_on_glibc() {
     } else {
         assert!(!took);
     }
+}
+
+/// `make bench`'s comparison script end to end, one iteration and no ONNX Runtime (which it
+/// would install): every implementation timed on the same seeded weights, the ratios and the
+/// compute ceiling written as JSON.
+#[test]
+fn comparison_script_smoke() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("bench-compare-{}.json", std::process::id()));
+    output_ok(
+        Command::new(root.join(".venv/bin/python3"))
+            .arg(root.join("scripts/bench_compare.py"))
+            .args([
+                "--arch",
+                "mobilenet_v3_small",
+                "--batch-sizes",
+                "1",
+                "--rounds",
+                "1",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--skip-ort",
+                "--binary",
+                BIN,
+                "--out",
+            ])
+            .arg(&out),
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = v["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert!(row["p50_ms"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["ours_over_theirs"].as_f64().unwrap() > 0.0, "{row}");
+            row["implementation"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mobilenet (ours)",
+            "pytorch eager",
+            "pytorch eager channels-last",
+            "torchscript optimize_for_inference",
+            "pytorch eager channels-last, malloc as ours",
+        ]
+    );
+    assert_eq!(v["ours"]["graph"], true);
+    let roofline = &v["roofline"];
+    // torch's own FLOP count of V3 Small at 224: 2 x 56.8M multiply-adds, plus the few
+    // non-conv FLOPs it counts.
+    let gflop = roofline["model_gflop_per_image"].as_f64().unwrap();
+    assert!((0.11..0.12).contains(&gflop), "{roofline}");
+    assert!(
+        roofline["matmul_gflops"].as_f64().unwrap() > 1.0,
+        "{roofline}"
+    );
+    assert!(
+        roofline["floor_ms_per_image"].as_f64().unwrap() > 0.0,
+        "{roofline}"
+    );
 }

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     no_fuse: bool,
     /// Run the layers one by one (the fused kernel), instead of the whole forward compiled by
-    /// libtorch's oneDNN Graph fuser (see `Model::compile_graph`; CPU fp32, V1 and V2).
+    /// libtorch's oneDNN Graph fuser (see `Model::compile_graph`; CPU fp32).
     #[arg(long)]
     no_graph: bool,
     /// Keep glibc's default malloc settings (large blocks mmapped and unmapped on every pass)

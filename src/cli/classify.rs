@@ -73,8 +73,9 @@ pub struct Args {
     /// Decoding threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
-    /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser (V1 and V2; about 20%
-    /// faster per batch, after about 0.2 s of compiling per batch shape, on its second batch).
+    /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser (faster forwards,
+    /// after about 0.2 s of compiling per batch shape, on its second batch; it pays off when
+    /// the forward, not JPEG decoding, is the bottleneck).
     #[arg(long)]
     graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].

@@ -164,8 +164,7 @@ impl Classifier for MobileNetV1 {
     fn graph_program(&self) -> Option<graph::Program<'_>> {
         Some(graph::Program {
             steps: self.units().into_iter().map(graph::Step::Conv).collect(),
-            fc_weight: &self.fc_weight,
-            fc_bias: &self.fc_bias,
+            head: vec![graph::Linear::plain(&self.fc_weight, &self.fc_bias)],
         })
     }
 

@@ -238,8 +238,7 @@ impl Classifier for MobileNetV2 {
         }
         Some(graph::Program {
             steps,
-            fc_weight: &self.fc_weight,
-            fc_bias: &self.fc_bias,
+            head: vec![graph::Linear::plain(&self.fc_weight, &self.fc_bias)],
         })
     }
 

@@ -7,6 +7,7 @@
 //! classifier Linear → Hardswish → Dropout → Linear. Var-store paths are torchvision's keys
 //! (`features.{i}.block.{j}.0.weight`, `features.{i}.block.{j}.fc1.bias`, `classifier.3.weight`).
 
+use super::graph::{self, Step};
 use super::summary::SummaryUnit;
 use super::{
     dropout, forward_features, global_pool, make_divisible, Block, Classifier, Feature, LayerRow,
@@ -371,6 +372,38 @@ impl Classifier for MobileNetV3 {
             .f_hardswish()?;
         let x = dropout(x, self.dropout, train_dropout)?;
         Ok(x.f_linear(&self.fc2_weight, Some(&self.fc2_bias))?)
+    }
+
+    fn graph_program(&self) -> Option<graph::Program<'_>> {
+        let mut steps = Vec::new();
+        for f in &self.features {
+            match f {
+                Feature::Conv(c) => steps.push(Step::Conv(c)),
+                Feature::Block(b) => {
+                    if b.has_skip {
+                        steps.push(Step::ResidualStart);
+                    }
+                    steps.extend(b.conv_pw.iter().map(Step::Conv));
+                    steps.push(Step::Conv(&b.conv_dw));
+                    steps.extend(b.se.iter().map(Step::SqueezeExcite));
+                    steps.push(Step::Conv(&b.conv_pwl));
+                    if b.has_skip {
+                        steps.push(Step::ResidualEnd);
+                    }
+                }
+            }
+        }
+        Some(graph::Program {
+            steps,
+            head: vec![
+                graph::Linear {
+                    weight: &self.fc1_weight,
+                    bias: &self.fc1_bias,
+                    activation: Activation::Hardswish,
+                },
+                graph::Linear::plain(&self.fc2_weight, &self.fc2_bias),
+            ],
+        })
     }
 
     fn units(&self) -> Vec<&ConvNormAct> {

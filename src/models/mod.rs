@@ -437,8 +437,8 @@ impl Model {
     }
 
     /// Compiles the folded model's forward with libtorch's oneDNN Graph fuser
-    /// ([`crate::ffi::Graph`]) and uses it for eval-mode forwards. CPU fp32, V1 and V2 only
-    /// (V3's hardswish and squeeze-excitation are not expressed); returns whether it compiled.
+    /// ([`crate::ffi::Graph`]) and uses it for eval-mode forwards. CPU fp32, every
+    /// architecture; returns whether it compiled (not before folding, nor on CUDA).
     /// The first two forwards of each input shape profile and then compile the graph (about
     /// 0.2 s for V2 on 2 cores); [`Model::forward_with_stages`] keeps the layer-by-layer path.
     /// Like `torch.jit.enable_onednn_fusion(True)`, it turns the fuser on for the whole process

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The `mobilenet` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
@@ -16,4 +17,16 @@ pub fn model_fixture(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Runs `cmd`, failing the test with its stderr unless it exits with success.
+#[allow(dead_code)] // not every test crate runs a command that must succeed
+pub fn output_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
