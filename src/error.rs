@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-/// Errors of the `mobilenet` library.
+/// Errors of the `mobilenet` library. Each message already holds the underlying error's text,
+/// so none is also chained as a `source` (which `{:#}` / anyhow would print a second time).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A layer or model got an input it cannot take (wrong rank, channel count, batch size).
@@ -13,18 +14,23 @@ pub enum Error {
     #[error("invalid {what}: {msg}")]
     Config { what: String, msg: String },
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file's content is not what it claims to be.
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
     /// An error from libtorch.
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(error: tch::TchError) -> Self {
+        Error::Torch(error)
+    }
 }
 
 /// `Result` with this crate's [`Error`].
@@ -49,10 +55,10 @@ impl Error {
             msg: msg.into(),
         }
     }
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

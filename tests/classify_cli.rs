@@ -376,6 +376,14 @@ fn usage_errors_exit_2_with_a_message() {
             "{args:?}: stderr should mention {needle:?}: {err}"
         );
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        // The reason is said once, not again as a chained cause (`a: reason: reason`).
+        let parts: Vec<&str> = err.trim().split(": ").collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                part.len() < 10 || !parts[i + 1..].contains(part),
+                "{args:?}: {part:?} said twice: {err}"
+            );
+        }
     }
 }
 
