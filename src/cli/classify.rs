@@ -75,7 +75,7 @@ pub struct Args {
     workers: Option<u32>,
     /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser (faster forwards,
     /// after about 0.2 s of compiling per batch shape, on its second batch; it pays off when
-    /// the forward, not JPEG decoding, is the bottleneck).
+    /// the forward, not decoding and resizing the images, is the bottleneck).
     #[arg(long)]
     graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
