@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
+use crate::common::BIN;
 
 fn write_images(dir: &Path, n: usize) {
     let _ = std::fs::remove_dir_all(dir);

@@ -3,8 +3,7 @@
 
 use std::process::Command;
 
-mod common;
-use common::{model_fixture as fixture, output_ok, BIN};
+use crate::common::{model_fixture as fixture, output_ok, BIN};
 
 #[test]
 fn convert_validates_against_the_architecture() {

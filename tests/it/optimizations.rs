@@ -12,8 +12,7 @@ use mobilenet::parity::diff;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-mod common;
-use common::{model_fixture as fixture, output_ok, BIN};
+use crate::common::{model_fixture as fixture, output_ok, BIN};
 
 /// One seeded checkpoint per architecture.
 const EVERY_ARCH: [(Arch, &str); 4] = [

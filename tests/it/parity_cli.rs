@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
 
-mod common;
-use common::{model_fixture as fixture, BIN};
+use crate::common::{model_fixture as fixture, BIN};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mobilenet-parity-{}", std::process::id()));

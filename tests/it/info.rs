@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
+use crate::common::BIN;
 
 #[test]
 fn info_json_reports_pinned_libtorch() {

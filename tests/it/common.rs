@@ -20,7 +20,7 @@ pub fn model_fixture(name: &str) -> PathBuf {
 }
 
 /// Runs `cmd`, failing the test with its stderr unless it exits with success.
-#[allow(dead_code)] // not every test crate runs a command that must succeed
+
 pub fn output_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilenet");
+use crate::common::BIN;
 const TOLERANCE: f64 = 1e-4;
 
 fn fixtures() -> PathBuf {

@@ -1,0 +1,18 @@
+//! The integration tests, one crate (libtorch links once), one module per area.
+
+mod classify_cli;
+mod classify_memory;
+mod classify_preprocess;
+mod common;
+mod convert_cli;
+mod info;
+mod models;
+mod norm_api;
+mod norm_errors;
+mod norm_parity;
+mod optimizations;
+mod parity_cli;
+mod weights_files;
+mod weights_fuzz;
+mod weights_limits;
+mod weights_strict;
