@@ -43,7 +43,7 @@ pub fn bench_batch(
         ));
     }
     let _guard = tch::no_grad_guard();
-    let device = model.vs.device();
+    let device = model.device();
     let x = Tensor::f_randn(
         [batch_size, 3, resolution, resolution],
         (model.kind(), device),

@@ -164,26 +164,19 @@ fn not_regular(path: &Path) -> Input {
 }
 
 fn walk(dir: &Path, found: &mut Vec<Input>) {
+    let unlistable = |e: std::io::Error| Input::Unreadable {
+        path: dir.to_path_buf(),
+        reason: format!("cannot list folder: {e}"),
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) => {
-            let reason = format!("cannot list folder: {e}");
-            found.push(Input::Unreadable {
-                path: dir.to_path_buf(),
-                reason,
-            });
-            return;
-        }
+        Err(e) => return found.push(unlistable(e)),
     };
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                let reason = format!("cannot list folder: {e}");
-                found.push(Input::Unreadable {
-                    path: dir.to_path_buf(),
-                    reason,
-                });
+                found.push(unlistable(e));
                 continue;
             }
         };

@@ -202,14 +202,14 @@ pub fn check(
     train: bool,
     precision: Precision,
 ) -> Result<ParityReport> {
-    let device = model.vs.device();
+    let device = model.device();
     let same_precision = format!("logits.{}", precision.name());
     let compared_with = match reference.get(&same_precision) {
         Some(_) if precision != Precision::Fp32 => same_precision,
         _ => "logits".to_string(),
     };
     let want = &reference[&compared_with];
-    let k = model.config.num_classes;
+    let k = model.config().num_classes;
     if want.size()[1] != k {
         return Err(Error::bad_input(
             "reference",
@@ -254,7 +254,7 @@ pub fn check(
 
     let mut worst_buffer: Option<Diff> = None;
     if train {
-        let vars = model.vs.variables();
+        let vars = model.var_store().variables();
         for (key, want) in reference
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))

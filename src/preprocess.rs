@@ -11,7 +11,7 @@
 //! own interpolation, `resize = floor(crop / crop_pct)` and mean/std, so one [`Transform`] covers
 //! both.
 
-use crate::models::Arch;
+use crate::models::{Arch, PublishedWeights};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -228,141 +228,17 @@ fn channel_tensor(values: [f64; 3], like: &Tensor) -> Result<Tensor> {
         .f_to_device(like.device())?)
 }
 
-/// Published weights whose evaluation transform is known, recognized by a part of the file
-/// name they are published under.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct KnownWeights {
-    /// The file name `weights/export.py pretrained` saves them as.
-    pub file: &'static str,
-    /// The part of the name that identifies them (torchvision's SHA-256 prefix, timm's model).
-    pub fragment: &'static str,
-    /// The architecture name ([`Arch::name`]).
-    pub arch: &'static str,
-    pub width_mult: f64,
-    /// The weights' name upstream.
-    pub name: &'static str,
-    /// The default weights of their architecture and width.
-    pub default: bool,
-    pub transform: Transform,
-}
-
-const fn known(
-    file: &'static str,
-    fragment: &'static str,
-    arch: &'static str,
-    width_mult: f64,
-    name: &'static str,
-    default: bool,
-    transform: Transform,
-) -> KnownWeights {
-    KnownWeights {
-        file,
-        fragment,
-        arch,
-        width_mult,
-        name,
-        default,
-        transform,
-    }
-}
-
-/// torchvision's `MobileNet_V*_Weights` (`weights.transforms()`) and timm's `pretrained_cfg`
-/// (`crop_pct` 0.875 → 256, 0.9 → 248).
-pub const KNOWN_WEIGHTS: [KnownWeights; 7] = [
-    known(
-        "mobilenet_v2-7ebf99e0.pth",
-        "7ebf99e0",
-        "mobilenet_v2",
-        1.0,
-        "torchvision MobileNet_V2_Weights.IMAGENET1K_V2",
-        true,
-        Transform::torchvision(232),
-    ),
-    known(
-        "mobilenet_v2-b0353104.pth",
-        "b0353104",
-        "mobilenet_v2",
-        1.0,
-        "torchvision MobileNet_V2_Weights.IMAGENET1K_V1",
-        false,
-        Transform::torchvision(256),
-    ),
-    known(
-        "mobilenet_v3_large-5c1a4163.pth",
-        "5c1a4163",
-        "mobilenet_v3_large",
-        1.0,
-        "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2",
-        true,
-        Transform::torchvision(232),
-    ),
-    known(
-        "mobilenet_v3_large-8738ca79.pth",
-        "8738ca79",
-        "mobilenet_v3_large",
-        1.0,
-        "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1",
-        false,
-        Transform::torchvision(256),
-    ),
-    known(
-        "mobilenet_v3_small-047dcff4.pth",
-        "047dcff4",
-        "mobilenet_v3_small",
-        1.0,
-        "torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1",
-        true,
-        Transform::torchvision(256),
-    ),
-    known(
-        "mobilenetv1_100.ra4_e3600_r224_in1k.safetensors",
-        "mobilenetv1_100",
-        "mobilenet_v1",
-        1.0,
-        "timm mobilenetv1_100.ra4_e3600_r224_in1k",
-        true,
-        Transform::timm_inception(256),
-    ),
-    known(
-        "mobilenetv1_125.ra4_e3600_r224_in1k.safetensors",
-        "mobilenetv1_125",
-        "mobilenet_v1",
-        1.25,
-        "timm mobilenetv1_125.ra4_e3600_r224_in1k",
-        true,
-        Transform::timm_inception(248),
-    ),
-];
-
-/// The weights a file name identifies, if any.
-pub fn known_weights_for_file(path: &Path) -> Option<&'static KnownWeights> {
-    let name = path.file_name()?.to_string_lossy();
-    KNOWN_WEIGHTS.iter().find(|k| name.contains(k.fragment))
-}
-
-/// The default published weights of an architecture at a width.
-pub fn default_weights(arch: Arch, width_mult: f64) -> Option<&'static KnownWeights> {
-    KNOWN_WEIGHTS
-        .iter()
-        .find(|k| k.default && k.arch == arch.name() && (k.width_mult - width_mult).abs() < 1e-9)
-}
-
 /// The transform to use and where it comes from: the file's own when its name is known, else
 /// the default weights' of `arch` at `width_mult`, else the architecture's reference default.
 pub fn transform_for(arch: Arch, width_mult: f64, weights: Option<&Path>) -> (Transform, String) {
-    if let Some(k) = weights.and_then(known_weights_for_file) {
+    if let Some(k) = weights.and_then(PublishedWeights::for_file) {
         return (k.transform, k.name.to_string());
     }
-    if let Some(k) = default_weights(arch, width_mult) {
+    if let Some(k) = arch.default_weights(width_mult) {
         return (k.transform, format!("{arch} default, as {}", k.name));
     }
     // No published weights at this width: the architecture's family default.
-    let transform = match arch {
-        Arch::MobilenetV1 => Transform::timm_inception(256),
-        Arch::MobilenetV2 | Arch::MobilenetV3Large => Transform::torchvision(232),
-        Arch::MobilenetV3Small => Transform::torchvision(256),
-    };
-    (transform, format!("{arch} default"))
+    (arch.info().transform, format!("{arch} default"))
 }
 
 #[cfg(test)]

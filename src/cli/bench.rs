@@ -123,6 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         model.accelerate()?;
     }
     if !args.no_graph {
+        // The fuser is process-wide; this process runs only our graph.
+        mobilenet::ffi::enable_onednn_fusion(true);
         model.compile_graph()?;
     }
     let mut results = Vec::new();
@@ -137,14 +139,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         results.push(row);
     }
     let report = Report {
-        arch: model.config.arch.to_string(),
-        width_mult: model.config.width_mult,
+        arch: model.config().arch.to_string(),
+        width_mult: model.config().width_mult,
         device: format!("{device:?}"),
         precision: args.precision,
         layout: if channels_last { "nhwc" } else { "nchw" },
-        bn_folded: model.folded,
-        fused: model.accelerated,
-        graph: model.graph.is_some(),
+        bn_folded: model.is_folded(),
+        fused: model.is_accelerated(),
+        graph: model.has_graph(),
         malloc_tuned,
         threads: tch::get_num_threads(),
         resolution: args.resolution,

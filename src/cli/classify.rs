@@ -138,17 +138,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // Built and loaded on the CPU, then moved, as `Model::from_file` does (the file read once).
     let mut model = Model::new(config.clone(), Device::Cpu)?;
-    weights::load_into(&model.vs, &state_dict, &weights::LoadOptions::default()).with_context(
-        || {
-            format!(
-                "{} does not fit {} width {} with {} classes",
-                weights_path.display(),
-                config.arch,
-                config.width_mult,
-                config.num_classes
-            )
-        },
-    )?;
+    weights::load_into(
+        model.var_store(),
+        &state_dict,
+        &weights::LoadOptions::default(),
+    )
+    .with_context(|| {
+        format!(
+            "{} does not fit {} width {} with {} classes",
+            weights_path.display(),
+            config.arch,
+            config.width_mult,
+            config.num_classes
+        )
+    })?;
     drop(state_dict);
     // Fold in fp32, then cast: folding from rounded parameters would not match PyTorch's
     // reduced-precision numbers. Channels-last is the faster layout on the CPU (measured, see
@@ -160,6 +163,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     model.set_channels_last(true)?;
     model.accelerate()?;
     if args.graph {
+        // The fuser is process-wide; this process runs only our graph.
+        mobilenet::ffi::enable_onednn_fusion(true);
         model.compile_graph()?;
     }
     if device.is_cuda() {
@@ -283,7 +288,7 @@ fn arch_of(name: &str) -> Option<Arch> {
 /// The published weights of `arch` under `weights/` (the current folder's, then this source
 /// tree's), or an error saying how to get them.
 fn default_weights_path(arch: Arch) -> anyhow::Result<PathBuf> {
-    let Some(known) = preprocess::default_weights(arch, 1.0) else {
+    let Some(known) = arch.default_weights(1.0) else {
         bail!("there are no published weights for {arch}; pass --weights FILE");
     };
     let candidates = [

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..ModelConfig::new(arch)
         };
         let model = Model::new(cfg, tch::Device::Cpu)?;
-        weights::load_into(&model.vs, &sd, &weights::LoadOptions::default())?;
+        weights::load_into(model.var_store(), &sd, &weights::LoadOptions::default())?;
         eprintln!(
             "{}: matches {arch} width {}",
             args.input.display(),

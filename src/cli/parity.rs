@@ -49,7 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{} {} on {} ({}), {} samples",
-            model.config.arch, report.mode, report.device, report.precision, report.samples
+            model.config().arch,
+            report.mode,
+            report.device,
+            report.precision,
+            report.samples
         );
         for s in &report.stages {
             println!("  stage {s}");

@@ -14,7 +14,8 @@
 extern "C" {
 
 // Builds `forward` from `source` over parameters `names[i]` = `tensors[i]`, freezes it (the
-// parameters become constants) and turns on the oneDNN Graph fuser. Returns an owned module.
+// parameters become constants). Returns an owned module; it runs fused once
+// `mn_enable_onednn_fusion(true)` has turned the process-wide fuser on.
 void* mn_graph_create(const char* source, const char* const* names,
                       const at::Tensor* const* tensors, size_t n, char** err) {
   MN_PROTECT({
@@ -24,7 +25,6 @@ void* mn_graph_create(const char* source, const char* const* names,
     }
     module.define(source);
     module.eval();
-    torch::jit::RegisterLlgaFuseGraph::setEnabled(true);
     return static_cast<void*>(new torch::jit::Module(torch::jit::freeze(module)));
   })
   return nullptr;
@@ -37,6 +37,9 @@ at::Tensor* mn_graph_forward(void* module, const at::Tensor* x, char** err) {
   })
   return nullptr;
 }
+
+// `torch.jit.enable_onednn_fusion(enabled)`: the oneDNN Graph fuser, for the whole process.
+void mn_enable_onednn_fusion(bool enabled) { torch::jit::RegisterLlgaFuseGraph::setEnabled(enabled); }
 
 void mn_graph_free(void* module) { delete static_cast<torch::jit::Module*>(module); }
 

@@ -32,13 +32,14 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut C_tensor;
     fn mn_graph_free(module: *mut std::ffi::c_void);
+    fn mn_enable_onednn_fusion(enabled: bool);
     #[allow(clippy::too_many_arguments)]
     fn mn_conv_pointwise(
         x: *const C_tensor,
         other: *const C_tensor,
         w: *const C_tensor,
         b: *const C_tensor,
-        geometry: *const i64,
+        geometry: *const ConvGeometry,
         attr: *const c_char,
         scalars: *const f64,
         n_scalars: usize,
@@ -68,24 +69,9 @@ fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
     t.map_or(std::ptr::null(), |t| t.as_ptr())
 }
 
-/// A post-op oneDNN fuses into a convolution.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PostOp {
-    None,
-    Relu,
-    /// `clamp(x, min, max)`: ReLU6 is `Clamp(0, 6)`.
-    Clamp(f64, f64),
-    Hardswish,
-}
-
-/// Convolution geometry: padding, stride, dilation (both spatial dims alike) and groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub padding: i64,
-    pub stride: i64,
-    pub dilation: i64,
-    pub groups: i64,
-}
+// `ConvGeometry`: padding, stride, dilation (both spatial dims alike) and groups, a `#[repr(C)]`
+// struct that build.rs declares once for Rust and C++ (`OUT_DIR/mn_ffi.h`).
+include!(concat!(env!("OUT_DIR"), "/ffi_types.rs"));
 
 /// Whether this libtorch has the fused convolution on the CPU (builds without oneDNN do not).
 pub fn conv_pointwise_available() -> bool {
@@ -94,30 +80,18 @@ pub fn conv_pointwise_available() -> bool {
     *AVAILABLE.get_or_init(|| unsafe { mn_conv_pointwise_available() })
 }
 
-/// `post_op(conv2d(x, w, b))` through oneDNN with the post-op fused.
+/// `post_op(conv2d(x, w, b))` through oneDNN with the post-op fused: `attr` and `scalars` as
+/// [`crate::nn::Activation::onednn_post_op`] gives them (`"none"`, `"relu"`, `"hardtanh"` with
+/// min and max, `"hardswish"`).
 pub fn conv_pointwise(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     g: ConvGeometry,
-    post: PostOp,
+    (attr, scalars): (&CStr, &[f64]),
 ) -> Result<Tensor> {
-    let (attr, scalars): (&CStr, Vec<f64>) = match post {
-        PostOp::None => (c"none", vec![]),
-        PostOp::Relu => (c"relu", vec![]),
-        PostOp::Clamp(lo, hi) => (c"hardtanh", vec![lo, hi]),
-        PostOp::Hardswish => (c"hardswish", vec![]),
-    };
-    call(
-        x,
-        None,
-        w,
-        b,
-        g,
-        attr,
-        &scalars,
-        "mkldnn::_convolution_pointwise",
-    )
+    let what = "mkldnn::_convolution_pointwise";
+    call(x, None, w, b, g, attr, scalars, what)
 }
 
 /// `conv2d(x, w, b) + other` through oneDNN with the add fused (a residual shortcut).
@@ -143,7 +117,6 @@ fn call(
     scalars: &[f64],
     what: &str,
 ) -> Result<Tensor> {
-    let geometry = [g.padding, g.stride, g.dilation, g.groups];
     let mut err = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; the shim copies what it keeps.
     let out = unsafe {
@@ -152,7 +125,7 @@ fn call(
             opt_ptr(other),
             w.as_ptr(),
             opt_ptr(b),
-            geometry.as_ptr(),
+            &g,
             attr.as_ptr(),
             scalars.as_ptr(),
             scalars.len(),
@@ -179,10 +152,18 @@ pub fn pack_weight(w: &Tensor, g: ConvGeometry, input_size: [i64; 4]) -> Result<
         )?)
 }
 
+/// Turns libtorch's oneDNN Graph (LLGA) fuser on or off for the whole process, as
+/// `torch.jit.enable_onednn_fusion(enabled)` does: a registered TorchScript pass, so every
+/// TorchScript module run in the process afterwards is fused, not only ours.
+pub fn enable_onednn_fusion(enabled: bool) {
+    // SAFETY: sets a process-wide flag in libtorch.
+    unsafe { mn_enable_onednn_fusion(enabled) }
+}
+
 /// A forward pass compiled by TorchScript with the oneDNN Graph fuser (src/ffi/graph.cpp): built
 /// from TorchScript `source` whose `forward(self, x)` reads `self.<name>` parameters, frozen.
 /// The first calls for each input shape profile and compile (slow); later ones run the compiled
-/// oneDNN partitions. Creating one turns libtorch's oneDNN Graph fuser on for the process.
+/// oneDNN partitions, when the process-wide fuser is on ([`enable_onednn_fusion`]).
 #[derive(Debug)]
 pub struct Graph {
     module: NonNull<std::ffi::c_void>,

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "mn_ffi.h"
 #include "protect.h"
 
 namespace {
@@ -60,9 +61,9 @@ bool mn_conv_pointwise_available() {
 // (scalars: min, max) or "hardswish", applied by oneDNN as a post-op of the convolution.
 // With `other`: Y = conv2d(X, W, B) + other, the add fused as a binary post-op (`attr` unused).
 // W may be a dense tensor or a weight pre-reordered by `mkldnn_reorder_conv2d_weight`.
-// `geometry` is {padding, stride, dilation, groups}, the same along both spatial dims.
+// `geometry` holds padding, stride and dilation (the same along both spatial dims) and groups.
 at::Tensor* mn_conv_pointwise(const at::Tensor* x, const at::Tensor* other, const at::Tensor* w,
-                              const at::Tensor* b, const int64_t* geometry, const char* attr,
+                              const at::Tensor* b, const MnConvGeometry* geometry, const char* attr,
                               const double* attr_scalars, size_t n_scalars, char** err) {
   MN_PROTECT({
     static const c10::OperatorHandle unary = op("mkldnn::_convolution_pointwise", "");
@@ -75,10 +76,10 @@ at::Tensor* mn_conv_pointwise(const at::Tensor* x, const at::Tensor* other, cons
     }
     stack.emplace_back(*w);
     stack.push_back(optional_tensor(b));
-    stack.emplace_back(std::vector<int64_t>(2, geometry[0]));
-    stack.emplace_back(std::vector<int64_t>(2, geometry[1]));
-    stack.emplace_back(std::vector<int64_t>(2, geometry[2]));
-    stack.emplace_back(geometry[3]);
+    stack.emplace_back(std::vector<int64_t>(2, geometry->padding));
+    stack.emplace_back(std::vector<int64_t>(2, geometry->stride));
+    stack.emplace_back(std::vector<int64_t>(2, geometry->dilation));
+    stack.emplace_back(geometry->groups);
     if (other == nullptr) {
       stack.emplace_back(std::string(attr));
       stack.emplace_back(scalars(attr_scalars, n_scalars));

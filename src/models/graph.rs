@@ -8,21 +8,19 @@
 //! activations in oneDNN's layouts between partitions; [`crate::models::Model::compile_graph`]
 //! makes the model use it.
 
-use super::mobilenet_v3::SqueezeExcitation;
 use crate::ffi::Graph;
-use crate::nn::conv::{Activation, ConvNormAct};
+use crate::nn::{Activation, SqueezeExcitation, Unit};
 use crate::Result;
 use tch::Tensor;
 
-/// One step of a model's main path.
+/// One step of a model's main path ([`super::network::Network::program`]).
 pub enum Step<'a> {
-    Conv(&'a ConvNormAct),
+    /// A conv-norm-activation (with its folded weights) or a squeeze-excitation.
+    Unit(&'a Unit),
     /// Remember the current activation as a residual shortcut.
     ResidualStart,
     /// Add the remembered shortcut.
     ResidualEnd,
-    /// Squeeze-and-excitation (V3): scale the channels by the gate computed from their mean.
-    SqueezeExcite(&'a SqueezeExcitation),
 }
 
 /// One linear layer of the classifier head and the activation after it.
@@ -32,17 +30,6 @@ pub struct Linear<'a> {
     pub activation: Activation,
 }
 
-impl<'a> Linear<'a> {
-    /// A linear layer with no activation after it.
-    pub fn plain(weight: &'a Tensor, bias: &'a Tensor) -> Self {
-        Linear {
-            weight,
-            bias,
-            activation: Activation::Identity,
-        }
-    }
-}
-
 /// The main path, then global average pooling and the classifier's linear layers (dropout is
 /// the identity at inference).
 pub struct Program<'a> {
@@ -50,13 +37,11 @@ pub struct Program<'a> {
     pub head: Vec<Linear<'a>>,
 }
 
-/// The TorchScript statement applying `activation` to `x`.
-fn activation(activation: Activation) -> &'static str {
+/// The TorchScript statement `x = activation(x)` (nothing for the identity).
+fn activation(activation: Activation) -> String {
     match activation {
-        Activation::Identity => "",
-        Activation::Relu => "    x = torch.relu(x)\n",
-        Activation::Relu6 => "    x = torch.clamp(x, 0.0, 6.0)\n",
-        Activation::Hardswish => "    x = torch.hardswish(x)\n",
+        Activation::Identity => String::new(),
+        a => format!("    x = {}\n", a.torchscript("x")),
     }
 }
 
@@ -67,38 +52,23 @@ pub fn source<'a>(program: &Program<'a>) -> Option<(String, Vec<(String, &'a Ten
     let mut params = Vec::new();
     for step in &program.steps {
         match step {
-            Step::Conv(unit) => {
-                let (w, b) = unit.folded.as_ref()?;
+            Step::Unit(Unit::Conv(unit)) => {
+                let f = unit.folded()?;
                 let i = params.len() / 2;
-                params.push((format!("w{i}"), w));
-                params.push((format!("b{i}"), b));
-                let s = &unit.spec;
+                params.push((format!("w{i}"), &f.weight));
+                params.push((format!("b{i}"), &f.bias));
+                let s = unit.spec();
                 let (st, p, d) = (s.stride, s.padding(), s.dilation);
                 src += &format!(
                     "    x = torch.conv2d(x, self.w{i}, self.b{i}, [{st}, {st}], [{p}, {p}], \
                      [{d}, {d}], {})\n",
                     s.groups
                 );
-                src += activation(s.activation);
+                src += &activation(s.activation);
             }
+            Step::Unit(Unit::SqueezeExcite(se)) => src += &squeeze_excite(se, &mut params),
             Step::ResidualStart => src += "    r = x\n",
             Step::ResidualEnd => src += "    x = torch.add(x, r)\n",
-            Step::SqueezeExcite(se) => {
-                // As torchvision's `SqueezeExcitation`: avgpool, fc1, ReLU, fc2, hardsigmoid,
-                // then `scale * input`.
-                let i = params.len();
-                params.push((format!("sw{i}"), &se.fc1_weight));
-                params.push((format!("sb{i}"), &se.fc1_bias));
-                params.push((format!("sw{}", i + 1), &se.fc2_weight));
-                params.push((format!("sb{}", i + 1), &se.fc2_bias));
-                let j = i + 1;
-                src += &format!(
-                    "    s = torch.adaptive_avg_pool2d(x, [1, 1])\n    \
-                     s = torch.relu(torch.conv2d(s, self.sw{i}, self.sb{i}))\n    \
-                     s = torch.hardsigmoid(torch.conv2d(s, self.sw{j}, self.sb{j}))\n    \
-                     x = torch.mul(s, x)\n"
-                );
-            }
         }
     }
     src += "    x = torch.adaptive_avg_pool2d(x, [1, 1])\n";
@@ -107,10 +77,30 @@ pub fn source<'a>(program: &Program<'a>) -> Option<(String, Vec<(String, &'a Ten
         params.push((format!("fc_w{k}"), layer.weight));
         params.push((format!("fc_b{k}"), layer.bias));
         src += &format!("    x = torch.linear(x, self.fc_w{k}, self.fc_b{k})\n");
-        src += activation(layer.activation);
+        src += &activation(layer.activation);
     }
     src += "    return x\n";
     Some((src, params))
+}
+
+/// As torchvision's `SqueezeExcitation`: avgpool, fc1, activation, fc2, gate, then
+/// `scale * input`; its four tensors become parameters.
+fn squeeze_excite<'a>(se: &'a SqueezeExcitation, params: &mut Vec<(String, &'a Tensor)>) -> String {
+    let i = params.len();
+    let j = i + 1;
+    let [w1, b1, w2, b2] = se.parameters();
+    params.push((format!("sw{i}"), w1));
+    params.push((format!("sb{i}"), b1));
+    params.push((format!("sw{j}"), w2));
+    params.push((format!("sb{j}"), b2));
+    let fc1 = SqueezeExcitation::ACTIVATION
+        .torchscript(&format!("torch.conv2d(s, self.sw{i}, self.sb{i})"));
+    let fc2 = SqueezeExcitation::SCALE_ACTIVATION
+        .torchscript(&format!("torch.conv2d(s, self.sw{j}, self.sb{j})"));
+    format!(
+        "    s = torch.adaptive_avg_pool2d(x, [1, 1])\n    s = {fc1}\n    s = {fc2}\n    \
+         x = torch.mul(s, x)\n"
+    )
 }
 
 /// Compiles `program` (see [`source`]); `None` when it cannot be expressed.

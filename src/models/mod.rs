@@ -1,82 +1,28 @@
-//! The MobileNet architectures, one file each, behind one [`Model`] type built from a
-//! [`ModelConfig`]: V1 (timm's naming), V2 (torchvision's).
+//! The MobileNet architectures behind one [`Model`] type built from a [`ModelConfig`]: V1
+//! (timm's naming), V2, V3 Large and V3 Small (torchvision's), one file each, registered in
+//! [`arch`].
 //!
-//! Every architecture is a struct of named blocks made of [`ConvNormAct`] units, so a caller can
-//! reach a block, count its parameters, fold its BatchNorm or read its feature map.
+//! Every architecture is a [`Network`] of named stages of [`crate::nn::Block`]s, each described
+//! once as data ([`crate::nn::BlockSpec`]), so a caller can reach a block, count its parameters,
+//! fold its BatchNorm or read its feature map.
 
+pub mod arch;
 pub mod graph;
 mod load;
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
+pub mod network;
 pub mod summary;
 
-pub use mobilenet_v1::MobileNetV1;
-pub use mobilenet_v2::MobileNetV2;
-pub use mobilenet_v3::MobileNetV3;
-pub use summary::{LayerRow, Summary, SummaryUnit};
+pub use arch::{Arch, ArchInfo, Categories, PublishedWeights, REGISTRY};
+pub use network::{Network, NetworkSpec, StageMaps, StageOutput};
+pub use summary::{LayerRow, Summary};
 
-use crate::nn::conv::ConvNormAct;
 use crate::nn::NormKind;
 use crate::{Error, Result};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
-
-/// The architectures, named as torchvision names its builders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
-pub enum Arch {
-    /// MobileNet V1, timm's `mobilenetv1_100` (width 1.0) / `mobilenetv1_125` (width 1.25).
-    #[value(name = "mobilenet_v1")]
-    #[serde(rename = "mobilenet_v1")]
-    MobilenetV1,
-    /// MobileNet V2, torchvision's `mobilenet_v2`.
-    #[value(name = "mobilenet_v2")]
-    #[serde(rename = "mobilenet_v2")]
-    MobilenetV2,
-    /// MobileNet V3 Large, torchvision's `mobilenet_v3_large`.
-    #[value(name = "mobilenet_v3_large")]
-    #[serde(rename = "mobilenet_v3_large")]
-    MobilenetV3Large,
-    /// MobileNet V3 Small, torchvision's `mobilenet_v3_small`.
-    #[value(name = "mobilenet_v3_small")]
-    #[serde(rename = "mobilenet_v3_small")]
-    MobilenetV3Small,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::MobilenetV1 => "mobilenet_v1",
-            Arch::MobilenetV2 => "mobilenet_v2",
-            Arch::MobilenetV3Large => "mobilenet_v3_large",
-            Arch::MobilenetV3Small => "mobilenet_v3_small",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Arch> {
-        match name {
-            "mobilenet_v1" | "mobilenetv1" => Some(Arch::MobilenetV1),
-            "mobilenet_v2" | "mobilenetv2" => Some(Arch::MobilenetV2),
-            "mobilenet_v3_large" => Some(Arch::MobilenetV3Large),
-            "mobilenet_v3_small" => Some(Arch::MobilenetV3Small),
-            _ => None,
-        }
-    }
-
-    /// The dropout before the classifier in the reference implementation.
-    pub fn default_dropout(self) -> f64 {
-        match self {
-            Arch::MobilenetV1 => 0.0,
-            Arch::MobilenetV2 | Arch::MobilenetV3Large | Arch::MobilenetV3Small => 0.2,
-        }
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// How to build a model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -118,31 +64,33 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !(self.width_mult.is_finite() && self.width_mult > 0.0 && self.width_mult <= 10.0) {
-            return Err(Error::config(
-                "width_mult",
-                format!("{} is not in (0, 10]", self.width_mult),
-            ));
-        }
-        if self.num_classes < 1 {
-            return Err(Error::config(
-                "num_classes",
-                format!("{} is not >= 1", self.num_classes),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(
-                "dropout",
-                format!("{} is not in [0, 1)", self.dropout),
-            ));
-        }
-        if self.round_nearest < 1 {
-            return Err(Error::config(
-                "round_nearest",
-                format!("{} is not >= 1", self.round_nearest),
-            ));
-        }
-        Ok(())
+        let check = |ok: bool, what: &str, msg: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::config(what, msg))
+            }
+        };
+        let width = self.width_mult;
+        check(
+            width.is_finite() && width > 0.0 && width <= 10.0,
+            "width_mult",
+            format!("{width} is not in (0, 10]"),
+        )?;
+        let classes = self.num_classes;
+        check(
+            classes >= 1,
+            "num_classes",
+            format!("{classes} is not >= 1"),
+        )?;
+        let p = self.dropout;
+        check(
+            (0.0..1.0).contains(&p),
+            "dropout",
+            format!("{p} is not in [0, 1)"),
+        )?;
+        let r = self.round_nearest;
+        check(r >= 1, "round_nearest", format!("{r} is not >= 1"))
     }
 }
 
@@ -158,167 +106,77 @@ pub fn make_divisible(v: f64, divisor: i64) -> i64 {
     new_v
 }
 
-/// A block of a `features` sequence (V2's and V3's inverted residuals).
-pub trait Block: std::fmt::Debug {
-    fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor>;
-    /// Its conv-norm-activation units, in order.
-    fn units(&self) -> Vec<&ConvNormAct>;
-    fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
-}
-
-/// One element of torchvision's `features`: a conv-norm-activation (stem, last conv) or a block.
-// Built once per model: the variants' sizes don't matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Feature<B> {
-    Conv(ConvNormAct),
-    Block(B),
-}
-
-impl<B: Block> Feature<B> {
-    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            Feature::Conv(c) => c.f_forward_t(xs, train),
-            Feature::Block(b) => b.f_forward_t(xs, train),
-        }
-    }
-    pub fn units(&self) -> Vec<&ConvNormAct> {
-        match self {
-            Feature::Conv(c) => vec![c],
-            Feature::Block(b) => b.units(),
-        }
-    }
-    pub fn units_mut(&mut self) -> Vec<&mut ConvNormAct> {
-        match self {
-            Feature::Conv(c) => vec![c],
-            Feature::Block(b) => b.units_mut(),
-        }
-    }
-}
-
-/// Runs `features` in order; stage `i` is named `features.{i}`. The last stage is always
-/// returned, every stage with `keep`.
-pub fn forward_features<B: Block>(
-    features: &[Feature<B>],
-    xs: &Tensor,
-    train: bool,
-    keep: bool,
-) -> Result<Vec<Stage>> {
-    let mut stages = Vec::new();
-    let mut x = xs.shallow_clone();
-    for (i, f) in features.iter().enumerate() {
-        x = f.f_forward_t(&x, train)?;
-        if keep || i + 1 == features.len() {
-            stages.push(Stage {
-                name: format!("features.{i}"),
-                tensor: x.shallow_clone(),
-            });
-        }
-    }
-    Ok(stages)
-}
-
-/// `ys + xs` for a residual shortcut; in place on the block's fresh output unless autograd
-/// records the graph.
-pub fn add_shortcut(ys: Tensor, xs: &Tensor) -> Result<Tensor> {
-    if ys.requires_grad() || xs.requires_grad() {
-        Ok(ys.f_add(xs)?)
-    } else {
-        let mut ys = ys;
-        Ok(ys.f_add_(xs)?)
-    }
-}
-
-/// Global average pooling of `[N, C, H, W]` to `[N, C]`.
-pub fn global_pool(features: &Tensor) -> Result<Tensor> {
-    Ok(features.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
-}
-
-/// Dropout with probability `p` when `on` (training), else `x` unchanged.
-pub fn dropout(x: Tensor, p: f64, on: bool) -> Result<Tensor> {
-    Ok(if on && p > 0.0 {
-        x.f_dropout(p, true)?
-    } else {
-        x
-    })
-}
-
-/// A named intermediate feature map (after a stage).
-#[derive(Debug)]
-pub struct Stage {
-    /// The module path whose output this is, e.g. `features.3` or `blocks.2`.
-    pub name: String,
-    pub tensor: Tensor,
-}
-
-/// What every architecture provides.
-pub trait Classifier: std::fmt::Debug {
-    /// Runs the feature extractor. The last stage is always returned; `keep` returns every
-    /// stage's output.
-    fn forward_stages(&self, xs: &Tensor, train: bool, keep: bool) -> Result<Vec<Stage>>;
-    /// Pools and classifies the last feature map; `dropout` applies the training dropout.
-    fn forward_head(&self, features: &Tensor, dropout: bool) -> Result<Tensor>;
-    /// The conv-norm-activation units along the main path, in order.
-    fn units(&self) -> Vec<&ConvNormAct>;
-    fn units_mut(&mut self) -> Vec<&mut ConvNormAct>;
-    /// Summary rows of the head (pooling and classifier).
-    fn head_rows(&self) -> Vec<LayerRow>;
-    /// The main path as graph steps for [`Model::compile_graph`] (`None`: not supported).
-    fn graph_program(&self) -> Option<graph::Program<'_>> {
-        None
-    }
-    /// The layers along the main path for the summary (by default the conv units).
-    fn summary_units(&self) -> Vec<SummaryUnit<'_>> {
-        self.units().into_iter().map(SummaryUnit::Conv).collect()
-    }
-    /// Summary rows of the whole network at `resolution`.
-    fn rows(&self, resolution: i64) -> Vec<LayerRow> {
-        summary::rows_from_units(&self.summary_units(), resolution, self.head_rows())
-    }
-}
-
 /// A built model: its configuration, its variables (named as the checkpoint's keys) and its
-/// architecture.
+/// network. `Send`: it can move into a worker thread.
+///
+/// Eval-mode forwards take the fastest path the model was prepared for: each conv unit is plain,
+/// folded or fused ([`Model::fold_batch_norm`], [`Model::accelerate`]), and a compiled graph
+/// ([`Model::compile_graph`]) runs the whole forward when present.
 #[derive(Debug)]
 pub struct Model {
-    pub config: ModelConfig,
-    pub vs: nn::VarStore,
-    pub net: Box<dyn Classifier>,
-    /// Whether the convs' BatchNorms are folded (eval mode only).
-    pub folded: bool,
+    config: ModelConfig,
+    vs: nn::VarStore,
+    net: Network,
     /// Whether weights and inputs use channels-last strides.
-    pub channels_last: bool,
-    /// Whether the folded convolutions run the fused CPU kernel ([`Model::accelerate`]).
-    pub accelerated: bool,
-    /// The whole forward compiled with oneDNN Graph, used in eval mode
-    /// ([`Model::compile_graph`]).
-    pub graph: Option<crate::ffi::Graph>,
+    channels_last: bool,
+    /// The whole eval-mode forward compiled with oneDNN Graph.
+    graph: Option<crate::ffi::Graph>,
 }
 
 impl Model {
     /// Builds the architecture on `device` with freshly initialized weights.
     pub fn new(config: ModelConfig, device: Device) -> Result<Model> {
-        config.validate()?;
+        let spec = config.arch.describe(&config)?;
         let vs = nn::VarStore::new(device);
-        let root = vs.root();
-        let net: Box<dyn Classifier> = match config.arch {
-            Arch::MobilenetV1 => Box::new(MobileNetV1::new(&root, &config)?),
-            Arch::MobilenetV2 => Box::new(MobileNetV2::new(&root, &config)?),
-            Arch::MobilenetV3Large => Box::new(MobileNetV3::new(&root, &config, true)?),
-            Arch::MobilenetV3Small => Box::new(MobileNetV3::new(&root, &config, false)?),
-        };
+        let net = spec.build(&vs.root(), &config.norm)?;
         Ok(Model {
             config,
             vs,
             net,
-            folded: false,
             channels_last: false,
-            accelerated: false,
             graph: None,
         })
     }
 
-    /// Moves the weights to `device` and casts floating-point ones to `precision`.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The variables, named as the checkpoint's keys.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The network: its stages, blocks and head.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Whether any BatchNorm is folded into its convolution (eval only).
+    pub fn is_folded(&self) -> bool {
+        self.net.convs().any(|c| c.folded().is_some())
+    }
+
+    /// Whether any convolution runs the fused oneDNN kernel.
+    pub fn is_accelerated(&self) -> bool {
+        self.net.convs().any(|c| c.is_fused())
+    }
+
+    /// Whether eval-mode forwards run the compiled graph.
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
+    }
+
+    /// Moves the weights to `device` and casts floating-point ones to `precision`; drops the
+    /// fused kernels and the compiled graph.
     pub fn to(&mut self, device: Device, precision: crate::device::Precision) -> Result<()> {
         precision.check(device)?;
         self.vs.set_device(device);
@@ -330,10 +188,9 @@ impl Model {
         // Folded weights were computed from the full-precision parameters: cast them, never
         // refold from rounded ones (that would differ from PyTorch's reduced-precision result).
         let kind = precision.kind();
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             unit.cast_folded(device, kind)?;
         }
-        self.accelerated = false;
         self.graph = None;
         Ok(())
     }
@@ -346,30 +203,30 @@ impl Model {
         if let (Some(graph), false) = (&self.graph, train) {
             return graph.forward(&x);
         }
-        let stages = self.net.forward_stages(&x, train, false)?;
-        self.net.forward_head(&last(&stages)?.tensor, train)
+        let stages = self.net.forward_stages(&x, train, StageMaps::Last)?;
+        self.net.forward_head(&stages, train)
     }
 
-    /// Logits and every stage's feature map. `train` selects batch statistics in the norms;
-    /// `dropout` whether the classifier's dropout is applied (parity runs keep it off, since
-    /// PyTorch's and our random streams differ).
+    /// Logits and every stage's feature map (never through the compiled graph). `train`
+    /// selects batch statistics in the norms; `dropout` whether the classifier's dropout is
+    /// applied (parity runs keep it off, since PyTorch's and our random streams differ).
     pub fn forward_with_stages(
         &self,
         xs: &Tensor,
         train: bool,
         dropout: bool,
-    ) -> Result<(Tensor, Vec<Stage>)> {
+    ) -> Result<(Tensor, Vec<StageOutput>)> {
         self.check_mode(train)?;
         let x = self.prepare_input(xs)?;
-        let stages = self.net.forward_stages(&x, train, true)?;
-        let logits = self.net.forward_head(&last(&stages)?.tensor, dropout)?;
+        let stages = self.net.forward_stages(&x, train, StageMaps::All)?;
+        let logits = self.net.forward_head(&stages, dropout)?;
         Ok((logits, stages))
     }
 
     /// A folded model is for inference: a train-mode forward would update running statistics
     /// that the folded weights no longer follow.
     fn check_mode(&self, train: bool) -> Result<()> {
-        if train && self.folded {
+        if train && self.is_folded() {
             return Err(Error::bad_input(
                 self.config.arch.name(),
                 "the BatchNorms are folded (inference only): call unfold_batch_norm() before a \
@@ -415,9 +272,9 @@ impl Model {
     /// The floating-point kind of the weights.
     pub fn kind(&self) -> tch::Kind {
         self.net
-            .units()
-            .first()
-            .map_or(tch::Kind::Float, |u| u.weight.kind())
+            .convs()
+            .next()
+            .map_or(tch::Kind::Float, |u| u.weight().kind())
     }
 
     /// Folds every BatchNorm into its convolution (used in eval mode only). Returns how many.
@@ -425,14 +282,13 @@ impl Model {
     /// Fold before casting to fp16/bf16 with [`Model::to`] (it casts the folded weights): folding
     /// from already-rounded parameters gives other numbers than PyTorch's reduced-precision
     /// conv + BatchNorm. The folds are a snapshot: fold again after loading new weights.
+    /// Drops the fused kernels and the compiled graph.
     pub fn fold_batch_norm(&mut self) -> Result<usize> {
+        self.graph = None;
         let mut n = 0;
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             n += unit.fold_batch_norm()? as usize;
         }
-        self.folded = n > 0;
-        self.accelerated = false;
-        self.graph = None;
         Ok(n)
     }
 
@@ -441,18 +297,17 @@ impl Model {
     /// architecture; returns whether it compiled (not before folding, nor on CUDA).
     /// The first two forwards of each input shape profile and then compile the graph (about
     /// 0.2 s for V2 on 2 cores); [`Model::forward_with_stages`] keeps the layer-by-layer path.
-    /// Like `torch.jit.enable_onednn_fusion(True)`, it turns the fuser on for the whole process
-    /// (a registered TorchScript pass), so other TorchScript modules run in it are fused too.
+    ///
+    /// The graph is fused only once the process-wide fuser is on: call
+    /// [`crate::ffi::enable_onednn_fusion`]`(true)` first (like
+    /// `torch.jit.enable_onednn_fusion(True)`, it applies to every TorchScript module the
+    /// process runs); without it the graph runs unfused TorchScript.
     pub fn compile_graph(&mut self) -> Result<bool> {
         self.graph = None;
-        if !self.folded || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
+        if !self.is_folded() || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
             return Ok(false);
         }
-        let graph = match self.net.graph_program() {
-            Some(program) => graph::compile(&program)?,
-            None => None,
-        };
-        self.graph = graph;
+        self.graph = graph::compile(&self.net.program())?;
         Ok(self.graph.is_some())
     }
 
@@ -464,34 +319,30 @@ impl Model {
     pub fn accelerate(&mut self) -> Result<usize> {
         let _guard = tch::no_grad_guard();
         let mut n = 0;
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             n += unit.accelerate()? as usize;
         }
-        self.accelerated = n > 0;
         Ok(n)
     }
 
     /// Turns the fused CPU kernels off.
     pub fn deaccelerate(&mut self) {
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             unit.deaccelerate();
         }
-        self.accelerated = false;
     }
 
-    /// Removes folded weights.
+    /// Removes folded weights (and with them the fused kernels and the compiled graph).
     pub fn unfold_batch_norm(&mut self) {
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             unit.unfold();
         }
-        self.folded = false;
-        self.accelerated = false;
         self.graph = None;
     }
 
     /// Switches weights (and so activations) to channels-last strides, or back.
     pub fn set_channels_last(&mut self, channels_last: bool) -> Result<()> {
-        for unit in self.net.units_mut() {
+        for unit in self.net.convs_mut() {
             unit.set_channels_last(channels_last)?;
         }
         self.channels_last = channels_last;
@@ -500,7 +351,8 @@ impl Model {
 
     /// Layer table and totals at `resolution`.
     pub fn summary(&self, resolution: i64) -> Summary {
-        Summary::new(self.config.clone(), resolution, self.net.rows(resolution))
+        let rows = self.net.spec().rows(resolution, &self.config.norm);
+        Summary::new(self.config.clone(), resolution, rows)
     }
 
     /// Trainable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())`.
@@ -513,8 +365,40 @@ impl Model {
     }
 }
 
-fn last(stages: &[Stage]) -> Result<&Stage> {
-    stages
-        .last()
-        .ok_or_else(|| Error::bad_input("model", "no feature stage was produced"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The description's keys and shapes are the built variables' (so a file can be matched
+    /// against an architecture without building it).
+    #[test]
+    fn described_variables_are_the_built_ones() {
+        let mut failures = Vec::new();
+        for arch in Arch::all() {
+            for norm in ["batch", "layer", "instance", "group:8"] {
+                let mut config = ModelConfig::new(arch);
+                config.norm = norm.parse().unwrap();
+                let model = Model::new(config.clone(), Device::Cpu).unwrap();
+                let mut built: Vec<(String, Vec<i64>)> = model
+                    .var_store()
+                    .variables()
+                    .into_iter()
+                    .map(|(k, t)| (k, t.size()))
+                    .collect();
+                let mut described = model.network().spec().variables(&config.norm);
+                built.sort();
+                described.sort();
+                if built != described {
+                    failures.push(format!("{arch} {norm}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "differ: {failures:?}");
+    }
+
+    #[test]
+    fn a_model_can_move_into_a_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Model>();
+    }
 }

@@ -4,9 +4,10 @@
 //! depthwise 27 + pointwise 12 = 39).
 
 use super::ModelConfig;
-use crate::nn::conv::{ConvKind, ConvNormAct};
+use crate::nn::block::norm_variables;
+use crate::nn::conv::{join_dotted, ConvKind, ConvSpec};
+use crate::nn::{BatchNormConfig, NormKind, UnitSpec};
 use serde::Serialize;
-use tch::Tensor;
 
 /// One layer of the summary.
 #[derive(Debug, Clone, Serialize)]
@@ -53,10 +54,8 @@ impl Separable {
 }
 
 impl LayerRow {
-    /// A fully connected layer with weight `[out, in]` and a bias.
-    pub fn linear(name: &str, weight: &Tensor) -> LayerRow {
-        let size = weight.size();
-        let (out, inp) = (size[0], size[1]);
+    /// A fully connected layer `in` -> `out` with a bias.
+    pub fn linear(name: &str, out: i64, inp: i64) -> LayerRow {
         LayerRow {
             name: name.to_string(),
             kind: "linear".into(),
@@ -67,15 +66,21 @@ impl LayerRow {
         }
     }
 
-    /// A convolution unit whose input is `h`x`w`; returns the row and the output size.
-    pub fn conv(unit: &ConvNormAct, h: i64, w: i64) -> (LayerRow, i64, i64) {
-        let s = &unit.spec;
+    /// A convolution unit whose input is `h`x`w`, with `norm_parameters` in its norm; returns
+    /// the row and the output size.
+    pub fn conv(
+        name: String,
+        s: &ConvSpec,
+        norm_parameters: i64,
+        h: i64,
+        w: i64,
+    ) -> (Self, i64, i64) {
         let (oh, ow) = (s.out_size(h), s.out_size(w));
         let row = LayerRow {
-            name: unit.name.clone(),
+            name,
             kind: s.kind().name().to_string(),
             output_shape: vec![s.out_channels, oh, ow],
-            parameters: unit.parameter_count(),
+            parameters: s.weight_count() + norm_parameters,
             mult_adds: oh * ow * s.weight_count(),
             separable: None,
         };
@@ -83,53 +88,52 @@ impl LayerRow {
     }
 }
 
-/// A layer along the main path, for the summary.
-#[derive(Debug, Clone, Copy)]
-pub enum SummaryUnit<'a> {
-    Conv(&'a ConvNormAct),
-    /// MobileNet V3's squeeze-and-excitation: same output shape as its input.
-    SqueezeExcite(&'a crate::models::mobilenet_v3::SqueezeExcitation),
-}
-
-/// Rows for a chain of units (the main path) followed by the head.
+/// Rows for a chain of units (the main path, each with its block's dotted path) with `norm`
+/// after every convolution, followed by the head.
 pub fn rows_from_units(
-    units: &[SummaryUnit],
+    units: &[(&str, &UnitSpec, &BatchNormConfig)],
+    norm: &NormKind,
     resolution: i64,
     head: Vec<LayerRow>,
 ) -> Vec<LayerRow> {
     let (mut h, mut w) = (resolution, resolution);
     let mut rows = Vec::new();
-    let mut prev: Option<&ConvNormAct> = None;
-    for unit in units {
-        let unit = match unit {
-            SummaryUnit::Conv(c) => c,
-            SummaryUnit::SqueezeExcite(se) => {
-                let c = se.channels;
+    let mut prev: Option<&ConvSpec> = None;
+    for &(block, unit, bn) in units {
+        let (conv, spec) = match unit {
+            UnitSpec::Conv { conv, spec, .. } => (conv, spec),
+            UnitSpec::SqueezeExcite {
+                path,
+                channels: c,
+                squeeze_channels: s,
+            } => {
                 rows.push(LayerRow {
-                    name: se.name.clone(),
+                    name: join_dotted(block, path),
                     kind: "squeeze-excite".into(),
-                    output_shape: vec![c, h, w],
-                    parameters: se.parameter_count(),
+                    output_shape: vec![*c, h, w],
+                    parameters: 2 * c * s + c + s,
                     // Two 1x1 convs on the pooled vector, then the channel-wise scaling.
-                    mult_adds: 2 * c * se.squeeze_channels + c * h * w,
+                    mult_adds: 2 * c * s + c * h * w,
                     separable: None,
                 });
                 continue;
             }
         };
-        let (mut row, oh, ow) = LayerRow::conv(unit, h, w);
-        if let Some(dw) = prev.filter(|p| p.spec.kind() == ConvKind::Depthwise) {
-            if unit.spec.kind() == ConvKind::Pointwise {
-                row.separable = Some(Separable::new(
-                    dw.spec.kernel,
-                    dw.spec.in_channels,
-                    unit.spec.out_channels,
-                ));
+        let norm_parameters = norm_variables(norm, bn, spec.out_channels)
+            .iter()
+            .filter(|(name, _)| matches!(*name, "weight" | "bias"))
+            .map(|(_, shape)| shape.iter().product::<i64>())
+            .sum();
+        let (mut row, oh, ow) =
+            LayerRow::conv(join_dotted(block, conv), spec, norm_parameters, h, w);
+        if let Some(dw) = prev.filter(|p| p.kind() == ConvKind::Depthwise) {
+            if spec.kind() == ConvKind::Pointwise {
+                row.separable = Some(Separable::new(dw.kernel, dw.in_channels, spec.out_channels));
             }
         }
         rows.push(row);
         (h, w) = (oh, ow);
-        prev = Some(unit);
+        prev = Some(spec);
     }
     rows.extend(head);
     rows
@@ -146,6 +150,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The table of the model `config` describes, without building it (no weights are
+    /// allocated).
+    pub fn for_config(config: ModelConfig, resolution: i64) -> crate::Result<Summary> {
+        let rows = config
+            .arch
+            .describe(&config)?
+            .rows(resolution, &config.norm);
+        Ok(Summary::new(config, resolution, rows))
+    }
+
     pub fn new(config: ModelConfig, resolution: i64, layers: Vec<LayerRow>) -> Summary {
         let total_parameters = layers.iter().map(|r| r.parameters).sum();
         let total_mult_adds = layers.iter().map(|r| r.mult_adds).sum();

@@ -6,9 +6,10 @@
 //! It computes the same convolution as `conv2d` (within float rounding: about 3e-7 of the
 //! largest logit on MobileNetV2); `tests/optimizations.rs` holds it to the plain model.
 
-use crate::ffi::{self, ConvGeometry, PostOp};
-use crate::nn::conv::Activation;
+use super::activation::Activation;
+use crate::ffi::{self, ConvGeometry};
 use crate::{Error, Result};
+use std::ffi::CStr;
 use std::sync::Mutex;
 use tch::Tensor;
 
@@ -20,6 +21,8 @@ const PACKED_SIZES: usize = 4;
 pub struct Accel {
     geometry: ConvGeometry,
     activation: Activation,
+    /// The activation as oneDNN's post-op (`attr`, scalars).
+    post_op: (&'static CStr, &'static [f64]),
     /// Folded weight `[O, I/groups, k, k]` (contiguous) and bias `[O]`.
     weight: Tensor,
     bias: Tensor,
@@ -29,29 +32,28 @@ pub struct Accel {
 }
 
 impl Accel {
-    /// Prepares the fused kernel for `weight`/`bias` (fp32, CPU).
+    /// Prepares the fused kernel for `weight`/`bias` (fp32, CPU); an error for an activation
+    /// oneDNN cannot fuse ([`Activation::onednn_post_op`]).
     pub fn new(
         weight: &Tensor,
         bias: &Tensor,
         geometry: ConvGeometry,
         activation: Activation,
     ) -> Result<Accel> {
+        let post_op = activation.onednn_post_op().ok_or_else(|| {
+            Error::config(
+                "fused convolution",
+                format!("oneDNN has no {} post-op", activation.name()),
+            )
+        })?;
         Ok(Accel {
             geometry,
             activation,
+            post_op,
             weight: weight.f_contiguous()?.f_detach()?,
             bias: bias.f_contiguous()?.f_detach()?,
             packed: Mutex::new(Vec::new()),
         })
-    }
-
-    fn post_op(&self) -> PostOp {
-        match self.activation {
-            Activation::Identity => PostOp::None,
-            Activation::Relu => PostOp::Relu,
-            Activation::Relu6 => PostOp::Clamp(0.0, 6.0),
-            Activation::Hardswish => PostOp::Hardswish,
-        }
     }
 
     /// The oneDNN weight for inputs shaped like `xs`, reordered on first use of that shape.
@@ -79,7 +81,7 @@ impl Accel {
     /// `activation(conv2d(xs))`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let w = self.packed_weight(xs)?;
-        ffi::conv_pointwise(xs, &w, Some(&self.bias), self.geometry, self.post_op())
+        ffi::conv_pointwise(xs, &w, Some(&self.bias), self.geometry, self.post_op)
     }
 
     /// `conv2d(xs) + shortcut`, the add fused (the convolution has no activation).

@@ -5,47 +5,13 @@
 //! weight and bias ([`ConvNormAct::fold_batch_norm`]):
 //! `w' = w * gamma / sqrt(var + eps)`, `b' = beta + (b - mean) * gamma / sqrt(var + eps)`.
 
+use super::accel::Accel;
+use super::activation::Activation;
+use super::block::add_shortcut;
+use super::{BatchNormConfig, Norm2d, NormKind};
 use crate::ffi::ConvGeometry;
-use crate::nn::accel::Accel;
-use crate::nn::{BatchNormConfig, Norm2d, NormKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};
-
-/// The activation after a normalization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// No activation: V2's linear bottleneck projection.
-    Identity,
-    Relu,
-    /// `min(max(x, 0), 6)`: bounded, robust in low precision (MobileNet V1/V2).
-    Relu6,
-    /// `x * relu6(x + 3) / 6` (MobileNet V3).
-    Hardswish,
-}
-
-impl Activation {
-    /// Applies the activation; `inplace` reuses `xs`'s storage (only when nothing else reads it).
-    pub fn apply(self, mut xs: Tensor, inplace: bool) -> Result<Tensor> {
-        Ok(match (self, inplace) {
-            (Activation::Identity, _) => xs,
-            (Activation::Relu, true) => xs.f_relu_()?,
-            (Activation::Relu, false) => xs.f_relu()?,
-            (Activation::Relu6, true) => xs.f_clamp_(0.0, 6.0)?,
-            (Activation::Relu6, false) => xs.f_clamp(0.0, 6.0)?,
-            (Activation::Hardswish, true) => xs.f_hardswish_()?,
-            (Activation::Hardswish, false) => xs.f_hardswish()?,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Identity => "identity",
-            Activation::Relu => "relu",
-            Activation::Relu6 => "relu6",
-            Activation::Hardswish => "hardswish",
-        }
-    }
-}
 
 /// What a convolution is, for summaries: a dense conv, a depthwise one (one filter per channel)
 /// or a pointwise (1x1) one.
@@ -124,6 +90,34 @@ impl ConvSpec {
     pub fn weight_count(&self) -> i64 {
         self.out_channels * (self.in_channels / self.groups) * self.kernel * self.kernel
     }
+
+    /// The geometry the fused kernel takes.
+    pub fn geometry(&self) -> ConvGeometry {
+        ConvGeometry {
+            padding: self.padding(),
+            stride: self.stride,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+}
+
+/// A convolution's weight and bias with an eval-mode BatchNorm folded in.
+#[derive(Debug)]
+pub struct Folded {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// How a [`ConvNormAct`] runs in eval mode. Training always runs conv → norm → activation.
+#[derive(Debug)]
+enum ConvState {
+    /// conv → norm → activation.
+    Plain,
+    /// The BatchNorm folded into the conv's weight and bias: conv → activation.
+    Folded(Folded),
+    /// Folded, and run by oneDNN's fused kernel ([`Accel`]; CPU fp32).
+    Fused(Folded, Accel),
 }
 
 /// `Conv2d(bias=False)` → norm → activation, with the weight at `{conv}.weight` and the norm
@@ -132,16 +126,13 @@ impl ConvSpec {
 /// Input `[N, in_channels, H, W]`, output `[N, out_channels, H', W']`.
 #[derive(Debug)]
 pub struct ConvNormAct {
-    pub spec: ConvSpec,
+    spec: ConvSpec,
     /// `[out_channels, in_channels / groups, k, k]`.
-    pub weight: Tensor,
-    pub norm: Norm2d,
-    /// Weight and bias with the BatchNorm folded in, used in eval mode when present.
-    pub folded: Option<(Tensor, Tensor)>,
-    /// Fused CPU kernels for the folded weights ([`ConvNormAct::accelerate`]), used in eval mode.
-    pub accel: Option<Accel>,
+    weight: Tensor,
+    norm: Norm2d,
+    state: ConvState,
     /// Dotted var-store path of the convolution, for summaries and errors.
-    pub name: String,
+    name: String,
 }
 
 impl ConvNormAct {
@@ -174,89 +165,109 @@ impl ConvNormAct {
             spec,
             weight,
             norm,
-            folded: None,
-            accel: None,
+            state: ConvState::Plain,
             name,
         })
     }
 
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    /// The convolution's own weight (before any folding).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn norm(&self) -> &Norm2d {
+        &self.norm
+    }
+
+    /// The dotted var-store path of the convolution, e.g. `features.1.conv.0.0`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The folded weight and bias, when the BatchNorm is folded.
+    pub fn folded(&self) -> Option<&Folded> {
+        match &self.state {
+            ConvState::Plain => None,
+            ConvState::Folded(f) | ConvState::Fused(f, _) => Some(f),
+        }
+    }
+
+    /// Whether eval-mode forwards run the fused oneDNN kernel.
+    pub fn is_fused(&self) -> bool {
+        matches!(self.state, ConvState::Fused(..))
+    }
+
     /// Runs conv → norm → activation. `train` selects batch statistics in the norm; the folded
-    /// weights are used only in eval mode.
+    /// weights and the fused kernel are used only in eval mode.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let s = &self.spec;
         check_channels(&self.name, xs, s.in_channels)?;
-        if let (Some(accel), false) = (&self.accel, train) {
-            return accel.forward(xs);
-        }
-        let ys = match (&self.folded, train) {
-            (Some((w, b)), false) => xs.f_conv2d(
-                w,
-                Some(b),
-                [s.stride, s.stride],
-                [s.padding(), s.padding()],
-                [s.dilation, s.dilation],
-                s.groups,
-            )?,
-            _ => {
-                let ys = xs.f_conv2d::<&Tensor>(
-                    &self.weight,
-                    None,
-                    [s.stride, s.stride],
-                    [s.padding(), s.padding()],
-                    [s.dilation, s.dilation],
-                    s.groups,
-                )?;
-                self.norm.f_forward_t(&ys, train)?
-            }
+        let ys = match (&self.state, train) {
+            (ConvState::Fused(_, accel), false) => return accel.forward(xs),
+            (ConvState::Folded(f), false) => conv2d(xs, &f.weight, Some(&f.bias), s)?,
+            _ => self
+                .norm
+                .f_forward_t(&conv2d(xs, &self.weight, None, s)?, train)?,
         };
-        // The conv (or norm) output is a fresh tensor that nothing else holds: clamp in place,
-        // unless autograd records the graph.
-        let inplace = !ys.requires_grad();
-        s.activation.apply(ys, inplace)
+        // The conv (or norm) output is a fresh tensor that nothing else holds.
+        s.activation.apply_fresh(ys)
     }
 
     /// `forward(xs) + shortcut`: a residual block's last unit (no activation). The add is fused
-    /// into the convolution on the accelerated path.
+    /// into the convolution on the fused path.
     pub fn f_forward_add(&self, xs: &Tensor, shortcut: &Tensor, train: bool) -> Result<Tensor> {
-        if let (Some(accel), false) = (&self.accel, train) {
+        if let (ConvState::Fused(_, accel), false) = (&self.state, train) {
             check_channels(&self.name, xs, self.spec.in_channels)?;
             return accel.forward_add(xs, shortcut);
         }
-        let ys = self.f_forward_t(xs, train)?;
-        crate::models::add_shortcut(ys, shortcut)
+        add_shortcut(self.f_forward_t(xs, train)?, shortcut)
     }
 
     /// Switches the folded weights to the fused oneDNN kernel ([`crate::nn::accel`]). Only for
-    /// folded fp32 weights on the CPU, with a libtorch that has the kernel; returns whether it
-    /// did.
+    /// folded fp32 weights on the CPU, an activation oneDNN fuses, and a libtorch that has the
+    /// kernel; returns whether it did.
     pub fn accelerate(&mut self) -> Result<bool> {
-        let Some((w, b)) = &self.folded else {
+        let Some(f) = self.folded() else {
             return Ok(false);
         };
-        if w.device() != tch::Device::Cpu
-            || w.kind() != tch::Kind::Float
+        let activation = self.spec.activation;
+        if f.weight.device() != tch::Device::Cpu
+            || f.weight.kind() != tch::Kind::Float
+            || activation.onednn_post_op().is_none()
             || !crate::ffi::conv_pointwise_available()
         {
             return Ok(false);
         }
-        let s = &self.spec;
-        let geometry = ConvGeometry {
-            padding: s.padding(),
-            stride: s.stride,
-            dilation: s.dilation,
-            groups: s.groups,
-        };
-        self.accel = Some(Accel::new(w, b, geometry, s.activation)?);
+        let accel = Accel::new(&f.weight, &f.bias, self.spec.geometry(), activation)?;
+        if let Some(f) = self.take_folded() {
+            self.state = ConvState::Fused(f, accel);
+        }
         Ok(true)
     }
 
-    /// Drops the fused kernels (back to libtorch's `conv2d`).
+    /// Drops the fused kernel (back to libtorch's `conv2d` with the folded weights).
     pub fn deaccelerate(&mut self) {
-        self.accel = None;
+        if self.is_fused() {
+            if let Some(f) = self.take_folded() {
+                self.state = ConvState::Folded(f);
+            }
+        }
+    }
+
+    /// The folded weights, leaving the unit plain.
+    fn take_folded(&mut self) -> Option<Folded> {
+        match std::mem::replace(&mut self.state, ConvState::Plain) {
+            ConvState::Plain => None,
+            ConvState::Folded(f) | ConvState::Fused(f, _) => Some(f),
+        }
     }
 
     /// Folds an eval-mode BatchNorm into the convolution (no-op for other norms, or a BatchNorm
-    /// without running statistics). Returns whether it folded.
+    /// without running statistics); drops the fused kernel. Returns whether it folded.
     pub fn fold_batch_norm(&mut self) -> Result<bool> {
         let Some(bn) = self.norm.as_batch_norm() else {
             return Ok(false);
@@ -265,7 +276,6 @@ impl ConvNormAct {
             return Ok(false);
         }
         let _guard = tch::no_grad_guard();
-        self.accel = None;
         let kind = self.weight.kind();
         // The BatchNorm's eval map y = x * scale + shift, applied to the conv's output channels.
         let (scale, bias) = bn.eval_scale_shift()?;
@@ -273,26 +283,31 @@ impl ConvNormAct {
             .f_to_kind(tch::Kind::Double)?
             .f_reshape([-1, 1, 1, 1])?;
         let w = self.weight.f_to_kind(tch::Kind::Double)? * scale;
-        self.folded = Some((w.f_to_kind(kind)?, bias.f_to_kind(kind)?));
+        self.state = ConvState::Folded(Folded {
+            weight: w.f_to_kind(kind)?,
+            bias: bias.f_to_kind(kind)?,
+        });
         Ok(true)
     }
 
-    /// Moves and casts the folded weights (when present) to `device` and `kind`.
+    /// Moves and casts the folded weights (when present) to `device` and `kind`; drops the
+    /// fused kernel.
     pub fn cast_folded(&mut self, device: tch::Device, kind: tch::Kind) -> Result<()> {
-        self.accel = None;
-        if let Some((w, b)) = &self.folded {
-            self.folded = Some((
-                w.f_to_device(device)?.f_to_kind(kind)?,
-                b.f_to_device(device)?.f_to_kind(kind)?,
-            ));
+        self.deaccelerate();
+        if let ConvState::Folded(f) = &self.state {
+            let cast =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.f_to_device(device)?.f_to_kind(kind)?) };
+            self.state = ConvState::Folded(Folded {
+                weight: cast(&f.weight)?,
+                bias: cast(&f.bias)?,
+            });
         }
         Ok(())
     }
 
     /// Drops the folded weights (back to conv → norm).
     pub fn unfold(&mut self) {
-        self.folded = None;
-        self.accel = None;
+        self.state = ConvState::Plain;
     }
 
     /// Trainable parameters of the conv and its norm.
@@ -307,7 +322,7 @@ impl ConvNormAct {
 
     /// Converts the weights (and folded weights) to a memory format: channels-last when
     /// `channels_last`, contiguous NCHW otherwise. libtorch's conv kernels follow the weight's
-    /// and input's strides.
+    /// and input's strides; the fused kernel keeps its own reordered copy.
     pub fn set_channels_last(&mut self, channels_last: bool) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let convert = |t: &Tensor| -> Result<Tensor> {
@@ -317,13 +332,25 @@ impl ConvNormAct {
                 t.f_contiguous()?
             })
         };
-        if let Some((w, b)) = &self.folded {
-            self.folded = Some((convert(w)?, b.shallow_clone()));
+        if let ConvState::Folded(f) | ConvState::Fused(f, _) = &mut self.state {
+            f.weight = convert(&f.weight)?;
         }
         let w = convert(&self.weight)?;
         self.weight.f_set_data(&w)?;
         Ok(())
     }
+}
+
+/// `conv2d(xs, weight, bias)` with the spec's stride, padding, dilation and groups.
+fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, s: &ConvSpec) -> Result<Tensor> {
+    Ok(xs.f_conv2d(
+        weight,
+        bias,
+        [s.stride, s.stride],
+        [s.padding(), s.padding()],
+        [s.dilation, s.dilation],
+        s.groups,
+    )?)
 }
 
 /// An NCHW tensor with NHWC strides (tch 0.24 has no memory-format API).
@@ -336,6 +363,22 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
 /// The var-store path as a dotted key, e.g. `features.1.conv.0.0`.
 pub fn dotted(p: &nn::Path) -> String {
     p.components().collect::<Vec<_>>().join(".")
+}
+
+/// `p` followed by the components of the dotted `path` (`""`: `p` itself).
+pub fn join_path<'a>(p: &nn::Path<'a>, path: &str) -> nn::Path<'a> {
+    path.split('.')
+        .filter(|c| !c.is_empty())
+        .fold(p.clone(), |p, c| &p / c)
+}
+
+/// `{prefix}.{path}`, or either alone when the other is empty.
+pub fn join_dotted(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{path}"),
+    }
 }
 
 /// Errors unless `xs` is `[N, channels, H, W]`.

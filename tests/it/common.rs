@@ -20,7 +20,6 @@ pub fn model_fixture(name: &str) -> PathBuf {
 }
 
 /// Runs `cmd`, failing the test with its stderr unless it exits with success.
-
 pub fn output_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(

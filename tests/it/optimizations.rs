@@ -107,7 +107,10 @@ fn fused_kernel_is_exact() {
         for channels_last in [true, false] {
             model.set_channels_last(channels_last).unwrap();
             let n = model.accelerate().unwrap();
-            assert!(n > 10 && model.accelerated, "{arch}: only {n} convs fused");
+            assert!(
+                n > 10 && model.is_accelerated(),
+                "{arch}: only {n} convs fused"
+            );
             tch::manual_seed(11);
             for (batch, size) in [(1, 224), (3, 160), (1, 224), (2, 192), (5, 128), (3, 160)] {
                 let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
@@ -125,7 +128,7 @@ fn fused_kernel_is_exact() {
             }
         }
         model.deaccelerate();
-        assert!(!model.accelerated);
+        assert!(!model.is_accelerated());
         let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
         let d = diff(
             "deaccelerated",
@@ -137,7 +140,7 @@ fn fused_kernel_is_exact() {
         // Casting (or refolding) drops the fused kernel, which holds fp32 CPU weights.
         model.accelerate().unwrap();
         model.to(Device::Cpu, Precision::Bf16).unwrap();
-        assert!(!model.accelerated);
+        assert!(!model.is_accelerated());
         let x = Tensor::randn([1, 3, 160, 160], (Kind::BFloat16, Device::Cpu));
         assert_eq!(logits(&model, &x).size(), [1, 1000]);
         // And a train-mode forward still goes through the plain layers.
@@ -145,7 +148,7 @@ fn fused_kernel_is_exact() {
         model.fold_batch_norm().unwrap();
         model.accelerate().unwrap();
         model.unfold_batch_norm();
-        assert!(!model.accelerated);
+        assert!(!model.is_accelerated());
         let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
         let d = diff("unfolded", &logits(&model, &x), &logits(&reference, &x)).unwrap();
         assert!(d.max_abs == 0.0, "{arch}: {d}");
@@ -167,8 +170,9 @@ fn graph_forward_is_exact() {
         model.fold_batch_norm().unwrap();
         model.set_channels_last(true).unwrap();
         model.accelerate().unwrap();
+        mobilenet::ffi::enable_onednn_fusion(true);
         assert!(model.compile_graph().unwrap(), "{arch}");
-        assert!(model.graph.is_some(), "{arch}");
+        assert!(model.has_graph(), "{arch}");
         tch::manual_seed(5);
         for (batch, size) in [
             (1, 224),
@@ -185,7 +189,7 @@ fn graph_forward_is_exact() {
         }
         // Refolding (new weights) drops the compiled graph.
         model.fold_batch_norm().unwrap();
-        assert!(model.graph.is_none());
+        assert!(!model.has_graph());
     }
 }
 
@@ -197,7 +201,7 @@ fn non_batch_norms_are_left_unfolded() {
     };
     let mut model = Model::new(cfg, Device::Cpu).unwrap();
     assert_eq!(model.fold_batch_norm().unwrap(), 0);
-    assert!(!model.folded);
+    assert!(!model.is_folded());
 }
 
 #[test]
@@ -271,7 +275,8 @@ fn cuda_fp16_within_tolerance_when_present() {
 /// A C++ exception inside the fused kernel comes back as an error naming the op, not an abort.
 #[test]
 fn fused_kernel_errors_are_errors() {
-    use mobilenet::ffi::{conv_pointwise, conv_pointwise_add, ConvGeometry, PostOp};
+    use mobilenet::ffi::{conv_pointwise, conv_pointwise_add, ConvGeometry};
+    let relu6 = mobilenet::nn::Activation::Relu6.onednn_post_op().unwrap();
     // The pinned PyTorch wheel is built with oneDNN.
     assert!(mobilenet::ffi::conv_pointwise_available());
     let g = ConvGeometry {
@@ -284,7 +289,7 @@ fn fused_kernel_errors_are_errors() {
     let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
     // 5 input channels against a weight made for 4.
     let x = Tensor::randn([1, 5, 16, 16], (Kind::Float, Device::Cpu));
-    let err = tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, PostOp::Clamp(0.0, 6.0)))
+    let err = tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, relu6))
         .unwrap_err()
         .to_string();
     assert!(err.contains("mkldnn::_convolution_pointwise"), "{err}");
@@ -296,8 +301,7 @@ fn fused_kernel_errors_are_errors() {
         .to_string();
     assert!(err.contains("_convolution_pointwise.binary"), "{err}");
     // The right shapes work and match conv2d + clamp.
-    let ours =
-        tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, PostOp::Clamp(0.0, 6.0))).unwrap();
+    let ours = tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, relu6)).unwrap();
     let plain = x
         .conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1)
         .clamp(0.0, 6.0);
