@@ -261,7 +261,7 @@ fn model_config(
     path: &Path,
 ) -> anyhow::Result<ModelConfig> {
     let guess = weights::detect_architecture(sd);
-    let found = guess.as_ref().and_then(|g| arch_of(&g.arch));
+    let found = guess.as_ref().map(|g| g.arch);
     let arch = match (arch, found) {
         (Some(asked), Some(held)) if asked != held => bail!(
             "{}: holds {held} weights, not {asked}; pass --arch {held} (or leave --arch out)",
@@ -278,11 +278,6 @@ fn model_config(
         config.num_classes = g.num_classes;
     }
     Ok(config)
-}
-
-/// Our architecture for a detected one (`mobilenet_v2`, timm's `mobilenetv1_100`, ...).
-fn arch_of(name: &str) -> Option<Arch> {
-    Arch::from_name(name).or_else(|| name.starts_with("mobilenetv1").then_some(Arch::MobilenetV1))
 }
 
 /// The published weights of `arch` under `weights/` (the current folder's, then this source

@@ -125,7 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match &arch {
         Some(a) => println!(
             "arch        {} (width {}, {} classes)",
-            a.arch, a.width_mult, a.num_classes
+            a.reference_name(),
+            a.width_mult,
+            a.num_classes
         ),
         None => println!("arch        unknown (no MobileNet key/shape signature matched)"),
     }

@@ -1,25 +1,57 @@
-//! Which architecture a state dict belongs to, from its key/shape signature alone.
+//! Which architecture a state dict belongs to, from its key/shape signature alone: the channels
+//! each layer holds are compared with what the models' own tables give at each width.
 
 use super::StateDict;
+use crate::models::{make_divisible, mobilenet_v1, mobilenet_v2, mobilenet_v3, Arch};
 
 /// An architecture a state dict matches.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ArchGuess {
-    /// `mobilenet_v2`, `mobilenet_v3_large`, `mobilenet_v3_small` (torchvision) or
-    /// `mobilenetv1_100`, `mobilenetv1_125`, `mobilenetv1_100h` (timm).
-    pub arch: String,
+    pub arch: Arch,
     pub width_mult: f64,
     pub num_classes: i64,
+    /// timm's `h` variants of MobileNet V1 (`mobilenetv1_100h`): a 1x1 `conv_head` before the
+    /// classifier, which [`Arch::MobilenetV1`] does not build.
+    pub conv_head: bool,
 }
 
-/// torchvision's `_make_divisible` (timm's `make_divisible` with `round_limit=0.9`).
-fn make_divisible(v: f64, divisor: i64) -> i64 {
-    let d = divisor as f64;
-    let mut new_v = divisor.max(((v + d / 2.0) as i64) / divisor * divisor);
-    if (new_v as f64) < 0.9 * v {
-        new_v += divisor;
+impl ArchGuess {
+    /// The reference implementation's name for it: torchvision's (`mobilenet_v2`,
+    /// `mobilenet_v3_large`, `mobilenet_v3_small`) or timm's (`mobilenetv1_100`,
+    /// `mobilenetv1_125`, `mobilenetv1_100h`).
+    pub fn reference_name(&self) -> String {
+        match self.arch {
+            Arch::MobilenetV1 => format!(
+                "mobilenetv1_{:03}{}",
+                (self.width_mult * 100.0).round() as i64,
+                if self.conv_head { "h" } else { "" }
+            ),
+            arch => arch.name().to_string(),
+        }
     }
-    new_v
+}
+
+impl serde::Serialize for ArchGuess {
+    /// `{"arch": reference name, "width_mult", "num_classes"}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ArchGuess", 3)?;
+        st.serialize_field("arch", &self.reference_name())?;
+        st.serialize_field("width_mult", &self.width_mult)?;
+        st.serialize_field("num_classes", &self.num_classes)?;
+        st.end()
+    }
+}
+
+/// Stem channels at width 1 (V1 and V2: the first conv's output).
+const STEM_CHANNELS: f64 = 32.0;
+/// V2's last conv at width 1 (torchvision's `last_channel`; never narrowed below it).
+const V2_LAST_CHANNEL: f64 = 1280.0;
+/// Channels are rounded to multiples of this (torchvision's `round_nearest`, timm's divisor).
+const DIVISOR: i64 = 8;
+
+fn channels(c: f64, width: f64) -> i64 {
+    make_divisible(c * width, DIVISOR)
 }
 
 /// Widths tried first (published ones), then a fine grid.
@@ -38,81 +70,98 @@ fn out_channels(sd: &StateDict, key: &str) -> Option<i64> {
     size(sd, key).filter(|s| s.len() == 4).map(|s| s[0])
 }
 
-/// The architecture `sd` matches, if any (see [`ArchGuess`]).
-pub fn detect_architecture(sd: &StateDict) -> Option<ArchGuess> {
-    mobilenet_v2(sd)
-        .or_else(|| mobilenet_v3(sd))
-        .or_else(|| timm_mobilenet_v1(sd))
+/// Rows of a linear layer's weight `[classes, features]`.
+fn linear_rows(sd: &StateDict, key: &str) -> Option<i64> {
+    size(sd, key).filter(|s| s.len() == 2).map(|s| s[0])
 }
 
-fn guess(arch: &str, width_mult: f64, num_classes: i64) -> Option<ArchGuess> {
+/// The architecture `sd` matches, if any (see [`ArchGuess`]).
+pub fn detect_architecture(sd: &StateDict) -> Option<ArchGuess> {
+    detect_v2(sd)
+        .or_else(|| detect_v3(sd))
+        .or_else(|| detect_v1(sd))
+}
+
+fn guess(arch: Arch, width_mult: f64, num_classes: i64) -> Option<ArchGuess> {
     Some(ArchGuess {
-        arch: arch.to_string(),
+        arch,
         width_mult,
         num_classes,
+        conv_head: false,
     })
 }
 
-/// torchvision `mobilenet_v2`: `features.0` stem, `features.1..=17` inverted residuals,
-/// `features.18` last conv, `classifier.1` linear.
-fn mobilenet_v2(sd: &StateDict) -> Option<ArchGuess> {
-    let num_classes = size(sd, "classifier.1.weight").filter(|s| s.len() == 2)?[0];
-    let last = out_channels(sd, "features.18.0.weight")?;
-    if sd.get("features.19.0.weight").is_some() {
+/// torchvision `mobilenet_v2`: `features.0` stem, one inverted residual per repeat of
+/// [`mobilenet_v2::INVERTED_RESIDUAL_SETTING`], the last conv, `classifier.1` linear.
+fn detect_v2(sd: &StateDict) -> Option<ArchGuess> {
+    let setting = mobilenet_v2::INVERTED_RESIDUAL_SETTING;
+    let blocks = setting
+        .iter()
+        .map(|&[_, _, n, _]| n as usize)
+        .sum::<usize>();
+    let num_classes = linear_rows(sd, "classifier.1.weight")?;
+    let last = out_channels(sd, &format!("features.{}.0.weight", blocks + 1))?;
+    if sd
+        .get(&format!("features.{}.0.weight", blocks + 2))
+        .is_some()
+    {
         return None;
     }
     let mut got = vec![out_channels(sd, "features.0.0.weight")?];
-    for i in 1..=17 {
+    for i in 1..=blocks {
         let c = out_channels(sd, &format!("features.{i}.conv.2.weight"))
             .or_else(|| out_channels(sd, &format!("features.{i}.conv.1.weight")))?;
         got.push(c);
     }
     got.push(last);
-    const SETTING: [(i64, usize); 7] = [
-        (16, 1),
-        (24, 2),
-        (32, 3),
-        (64, 4),
-        (96, 3),
-        (160, 3),
-        (320, 1),
-    ];
     let width = candidate_widths().find(|&w| {
-        let mut want = vec![make_divisible(32.0 * w, 8)];
-        for (c, n) in SETTING {
-            want.extend(std::iter::repeat_n(make_divisible(c as f64 * w, 8), n));
+        let mut want = vec![channels(STEM_CHANNELS, w)];
+        for [_, c, n, _] in setting {
+            want.extend(std::iter::repeat_n(channels(c as f64, w), n as usize));
         }
-        want.push(make_divisible(1280.0 * w.max(1.0), 8));
+        want.push(channels(V2_LAST_CHANNEL, w.max(1.0)));
         want == got
     })?;
-    guess("mobilenet_v2", width, num_classes)
+    guess(Arch::MobilenetV2, width, num_classes)
 }
 
-/// torchvision `mobilenet_v3_large` (features 0..=16, classifier [md(1280w), 6*md(160w)]) and
-/// `mobilenet_v3_small` (features 0..=12, classifier [md(1024w), 6*md(96w)]).
-fn mobilenet_v3(sd: &StateDict) -> Option<ArchGuess> {
+/// torchvision `mobilenet_v3_large` / `_small`: the stem, one feature per row of
+/// [`mobilenet_v3::LARGE`] / [`mobilenet_v3::SMALL`], the last conv; classifier
+/// `[md(last_channel * w), 6 * md(last block's channels * w)]`.
+fn detect_v3(sd: &StateDict) -> Option<ArchGuess> {
     let head = size(sd, "classifier.0.weight").filter(|s| s.len() == 2)?;
-    let num_classes = size(sd, "classifier.3.weight").filter(|s| s.len() == 2)?[0];
+    let num_classes = linear_rows(sd, "classifier.3.weight")?;
     let last_feature = (0..32)
         .rev()
         .find(|i| out_channels(sd, &format!("features.{i}.0.weight")).is_some())?;
-    let (arch, hidden, last_block) = match last_feature {
-        16 => ("mobilenet_v3_large", 1280.0, 160.0),
-        12 => ("mobilenet_v3_small", 1024.0, 96.0),
-        _ => return None,
-    };
+    let (arch, table, last_channel) = [
+        (
+            Arch::MobilenetV3Large,
+            &mobilenet_v3::LARGE[..],
+            mobilenet_v3::LARGE_LAST_CHANNEL,
+        ),
+        (
+            Arch::MobilenetV3Small,
+            &mobilenet_v3::SMALL[..],
+            mobilenet_v3::SMALL_LAST_CHANNEL,
+        ),
+    ]
+    .into_iter()
+    .find(|(_, table, _)| table.len() + 1 == last_feature)?;
+    let last_block = table.last()?.out_channels as f64;
     let width = candidate_widths().find(|&w| {
         head == [
-            make_divisible(hidden * w, 8),
-            6 * make_divisible(last_block * w, 8),
+            channels(last_channel as f64, w),
+            6 * channels(last_block, w),
         ]
     })?;
     guess(arch, width, num_classes)
 }
 
-/// timm `mobilenetv1_*`: `conv_stem`, `blocks.*.*.conv_dw` + `conv_pw` (no `conv_pwl`), and
-/// `conv_head` for the `h` variants.
-fn timm_mobilenet_v1(sd: &StateDict) -> Option<ArchGuess> {
+/// timm `mobilenetv1_*`: `conv_stem`, `blocks.{stage}.{i}.conv_dw` + `conv_pw` per row of
+/// [`mobilenet_v1::STAGES`] (no `conv_pwl`, no squeeze-excitation), and `conv_head` for the `h`
+/// variants.
+fn detect_v1(sd: &StateDict) -> Option<ArchGuess> {
     let stem = out_channels(sd, "conv_stem.weight")?;
     out_channels(sd, "blocks.0.0.conv_dw.weight")?;
     if sd
@@ -122,25 +171,25 @@ fn timm_mobilenet_v1(sd: &StateDict) -> Option<ArchGuess> {
     {
         return None;
     }
-    let num_classes = size(sd, "classifier.weight").filter(|s| s.len() == 2)?[0];
-    let last_pw = sd
-        .tensors
-        .iter()
-        .rev()
-        .find(|(k, t)| k.starts_with("blocks.") && k.ends_with(".conv_pw.weight") && t.dim() == 4)?
-        .1
-        .size()[0];
+    let num_classes = linear_rows(sd, "classifier.weight")?;
+    let mut got = vec![stem];
+    for (stage, &(repeats, _, _)) in mobilenet_v1::STAGES.iter().enumerate() {
+        for i in 0..repeats {
+            got.push(out_channels(
+                sd,
+                &format!("blocks.{stage}.{i}.conv_pw.weight"),
+            )?);
+        }
+    }
     let width = candidate_widths().find(|&w| {
-        make_divisible(32.0 * w, 8) == stem && make_divisible(1024.0 * w, 8) == last_pw
+        let mut want = vec![channels(STEM_CHANNELS, w)];
+        for (repeats, _, c) in mobilenet_v1::STAGES {
+            want.extend(std::iter::repeat_n(channels(c as f64, w), repeats as usize));
+        }
+        want == got
     })?;
-    let head = if sd.get("conv_head.weight").is_some() {
-        "h"
-    } else {
-        ""
-    };
-    guess(
-        &format!("mobilenetv1_{:03}{head}", (width * 100.0).round() as i64),
-        width,
-        num_classes,
-    )
+    Some(ArchGuess {
+        conv_head: sd.get("conv_head.weight").is_some(),
+        ..guess(Arch::MobilenetV1, width, num_classes)?
+    })
 }

@@ -1,9 +1,12 @@
 //! Format detection by content, safetensors (read and write) and tch's `.ot` (write).
 
+use super::fault::{Fault, Res, Within};
 use super::pickle::DType;
 use super::torch_file::{pack, Part, LEGACY_MAGIC, LEGACY_PREFIX};
 use super::Format;
+use crate::{Error, Result};
 use std::io::Write;
+use std::path::Path;
 use tch::{Device, Tensor};
 
 /// The format of a weight file from its first bytes (`None`: not a weight file we know).
@@ -77,8 +80,8 @@ struct RawEntry {
 }
 
 /// Checks one header entry; `data_len` is the length of the data after the header.
-fn st_entry(name: String, v: RawEntry, data_len: u64) -> Result<StEntry, String> {
-    let bad = |what: &str| format!("safetensors entry {name:?}: {what}");
+fn st_entry(name: String, v: RawEntry, data_len: u64) -> Res<StEntry> {
+    let bad = |what: &str| Fault::malformed(format!("safetensors entry {name:?}: {what}"));
     let dtype_name = v.dtype.as_deref().ok_or_else(|| bad("no dtype"))?;
     let dtype = DType::from_safetensors_name(dtype_name)
         .ok_or_else(|| bad(&format!("unsupported dtype {dtype_name}")))?;
@@ -120,10 +123,10 @@ fn st_entry(name: String, v: RawEntry, data_len: u64) -> Result<StEntry, String>
 /// Parses a safetensors header into checked entries, each as it is read: `__metadata__` and
 /// unknown fields are skipped without being stored, so memory stays proportional to the tensors
 /// (not to whatever JSON the header holds).
-fn parse_header(header: &str, data_len: u64) -> Result<Vec<StEntry>, String> {
+fn parse_header(header: &str, data_len: u64) -> Res<Vec<StEntry>> {
     struct V(u64);
     impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Result<Vec<StEntry>, String>;
+        type Value = Res<Vec<StEntry>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
@@ -142,7 +145,8 @@ fn parse_header(header: &str, data_len: u64) -> Result<Vec<StEntry>, String> {
                     .next_value()
                     .map_err(|e| serde::de::Error::custom(format!("entry {name:?}: {e}")))?;
                 if !names.insert(name.clone()) {
-                    return Ok(Err(format!("safetensors entry {name:?} appears twice")));
+                    let msg = format!("safetensors entry {name:?} appears twice");
+                    return Ok(Err(Fault::malformed(msg)));
                 }
                 match st_entry(name, raw, self.0) {
                     Ok(e) => entries.push(e),
@@ -155,7 +159,7 @@ fn parse_header(header: &str, data_len: u64) -> Result<Vec<StEntry>, String> {
     let mut de = serde_json::Deserializer::from_str(header);
     let entries = serde::Deserializer::deserialize_map(&mut de, V(data_len))
         .and_then(|r| de.end().map(|()| r))
-        .map_err(|e| format!("safetensors header: {e}"))?;
+        .map_err(|e| Fault::malformed(format!("safetensors header: {e}")))?;
     entries
 }
 
@@ -165,47 +169,11 @@ fn parse_header(header: &str, data_len: u64) -> Result<Vec<StEntry>, String> {
 /// sorted by offset, each begins where the previous one ends, from 0 to the end of the file.
 /// (Overlapping entries would each be copied: 3,000 entries on one 1 MiB range would turn a
 /// 1.3 MB file into 3 GB.)
-pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
-    let n = u64::from_le_bytes(
-        bytes
-            .get(..8)
-            .ok_or("safetensors file shorter than 8 bytes")?
-            .try_into()
-            .unwrap(),
-    );
-    if n > MAX_HEADER || n > (bytes.len() - 8) as u64 {
-        return Err(format!(
-            "safetensors header of {n} bytes runs past the end of the file ({} bytes): truncated or not safetensors",
-            bytes.len()
-        ));
-    }
-    let header = std::str::from_utf8(&bytes[8..8 + n as usize])
-        .map_err(|_| "safetensors header is not UTF-8".to_string())?;
-    let data = &bytes[8 + n as usize..];
+pub fn read_safetensors(bytes: &[u8]) -> Res<Vec<(String, Tensor)>> {
+    let (header, data) = split_header(bytes)?;
     let mut entries = parse_header(header.trim_end(), data.len() as u64)?;
     entries.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-    let mut at = 0u64;
-    for (begin, end, name, _, _) in &entries {
-        if *begin != at {
-            return Err(format!(
-                "safetensors entry {name:?}: data_offsets [{begin}, {end}] {} (the data of \
-                 the tensors must follow one another without gaps or overlaps)",
-                if *begin < at {
-                    format!("overlap the previous tensor's data, which ends at {at}")
-                } else {
-                    format!("leave a gap after the previous tensor's data, which ends at {at}")
-                }
-            ));
-        }
-        at = *end;
-    }
-    if at != data.len() as u64 {
-        return Err(format!(
-            "the tensors' data ends at byte {at} of the {} bytes of data \
-             (trailing bytes: corrupt or not written by safetensors)",
-            data.len()
-        ));
-    }
+    check_tiling(&entries, data.len() as u64)?;
     let parts: Vec<Part> = entries
         .iter()
         .map(|(begin, end, _, dtype, _)| Part {
@@ -213,54 +181,117 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
             dtype: *dtype,
         })
         .collect();
-    let packed = pack(&parts, false)
-        .map_err(|(i, e)| format!("safetensors entry {:?}: {e}", entries[i].2))?;
+    let entry = |name: &str| format!("safetensors entry {name:?}");
+    let packed = pack(&parts, false).map_err(|(i, e)| e.within(entry(&entries[i].2)))?;
     let mut out = Vec::with_capacity(entries.len());
     for (i, (_, _, name, dtype, shape)) in entries.into_iter().enumerate() {
-        let mut stride = vec![1i64; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
-        }
         let t = packed
-            .view(i, dtype, 0, &shape, &stride)
-            .map_err(|e| format!("safetensors entry {name:?}: {e}"))?;
+            .view(i, dtype, 0, &shape, &contiguous_strides(&shape))
+            .within(|| entry(&name))?;
         out.push((name, t));
     }
     Ok(out)
 }
 
-/// A contiguous CPU copy of `t` if needed, and its dtype.
-fn contiguous_cpu(name: &str, t: &Tensor) -> Result<(Tensor, DType), String> {
+/// The header (UTF-8 JSON) and the data after it.
+fn split_header(bytes: &[u8]) -> Res<(&str, &[u8])> {
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(|| Fault::malformed("safetensors file shorter than 8 bytes"))?
+            .try_into()
+            .unwrap(),
+    );
+    if n > MAX_HEADER || n > (bytes.len() - 8) as u64 {
+        return Err(Fault::malformed(format!(
+            "safetensors header of {n} bytes runs past the end of the file ({} bytes): truncated or not safetensors",
+            bytes.len()
+        )));
+    }
+    let header = std::str::from_utf8(&bytes[8..8 + n as usize])
+        .map_err(|_| Fault::malformed("safetensors header is not UTF-8"))?;
+    Ok((header, &bytes[8 + n as usize..]))
+}
+
+/// Checks that `entries`, sorted by offset, tile the `data_len` bytes of data exactly.
+fn check_tiling(entries: &[StEntry], data_len: u64) -> Res<()> {
+    let mut at = 0u64;
+    for (begin, end, name, _, _) in entries {
+        if *begin != at {
+            let (fault, how): (fn(String) -> Fault, _) = if *begin < at {
+                let how = format!("overlap the previous tensor's data, which ends at {at}");
+                (Fault::over_limit, how)
+            } else {
+                let how =
+                    format!("leave a gap after the previous tensor's data, which ends at {at}");
+                (Fault::malformed, how)
+            };
+            return Err(fault(format!(
+                "safetensors entry {name:?}: data_offsets [{begin}, {end}] {how} (the data of \
+                 the tensors must follow one another without gaps or overlaps)"
+            )));
+        }
+        at = *end;
+    }
+    if at != data_len {
+        return Err(Fault::malformed(format!(
+            "the tensors' data ends at byte {at} of the {data_len} bytes of data \
+             (trailing bytes: corrupt or not written by safetensors)"
+        )));
+    }
+    Ok(())
+}
+
+/// Row-major strides of a contiguous tensor of `shape`.
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut stride = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
+    }
+    stride
+}
+
+/// A contiguous CPU copy of `t` if needed, and its dtype (`path`: the file being written).
+fn contiguous_cpu(path: &Path, name: &str, t: &Tensor) -> Result<(Tensor, DType)> {
+    let fail = |msg: String| Error::Unwritable {
+        path: path.to_path_buf(),
+        msg: format!("{name}: {msg}"),
+    };
     let dtype = DType::from_kind(t.kind())
-        .ok_or_else(|| format!("{name}: dtype {:?} cannot be written", t.kind()))?;
+        .ok_or_else(|| fail(format!("dtype {:?} cannot be written", t.kind())))?;
     let t = t
         .f_to_device(Device::Cpu)
         .and_then(|t| t.f_contiguous())
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|e| fail(e.to_string()))?;
     Ok((t, dtype))
 }
 
-/// Writes tensors as safetensors, in the given order, with `{"format": "pt"}` metadata.
+/// Writes tensors as safetensors to `out`, in the given order, with `{"format": "pt"}`
+/// metadata (`path`: the file `out` writes, for errors).
 pub fn write_safetensors<W: Write>(
+    path: &Path,
     out: &mut W,
     tensors: &[(String, Tensor)],
-) -> Result<(), String> {
+) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     let mut prepared = Vec::with_capacity(tensors.len());
     let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
     let mut offset = 0u64;
     for (name, t) in tensors {
         if name == "__metadata__" || !seen.insert(name.as_str()) {
-            return Err(format!("duplicate or reserved tensor name {name:?}"));
+            return Err(Error::Unwritable {
+                path: path.to_path_buf(),
+                msg: format!("duplicate or reserved tensor name {name:?}"),
+            });
         }
-        let (t, dtype) = contiguous_cpu(name, t)?;
+        let (t, dtype) = contiguous_cpu(path, name, t)?;
         let nbytes = t.numel() as u64 * dtype.size() as u64;
-        let shape = t.size();
+        // (Strings and integer lists always serialize.)
         header.push_str(&format!(
             r#",{}:{{"dtype":"{}","shape":{},"data_offsets":[{},{}]}}"#,
-            serde_json::to_string(name).map_err(|e| e.to_string())?,
+            serde_json::Value::from(name.as_str()),
             dtype.safetensors_name(),
-            serde_json::to_string(&shape).map_err(|e| e.to_string())?,
+            serde_json::Value::from(t.size()),
             offset,
             offset + nbytes
         ));
@@ -271,7 +302,7 @@ pub fn write_safetensors<W: Write>(
     while header.len() % 8 != 0 {
         header.push(' ');
     }
-    let io = |e: std::io::Error| e.to_string();
+    let io = |e: std::io::Error| Error::io(path, e);
     out.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
     out.write_all(header.as_bytes()).map_err(io)?;
@@ -287,15 +318,19 @@ pub fn write_safetensors<W: Write>(
 }
 
 /// Writes tensors in tch's `.ot` format (a TorchScript archive, `Tensor::save_multi`).
-pub fn write_ot(path: &std::path::Path, tensors: &[(String, Tensor)]) -> Result<(), String> {
+pub fn write_ot(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let fail = |msg: String| Error::Unwritable {
+        path: path.to_path_buf(),
+        msg,
+    };
     let mut prepared = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if name.contains('|') {
-            return Err(format!("{name:?}: `|` cannot be stored in .ot names"));
+            return Err(fail(format!("{name:?}: `|` cannot be stored in .ot names")));
         }
         // An own copy each: tensors from `read` are views into one shared buffer, and the
         // TorchScript writer would store that whole buffer under every dtype.
-        prepared.push((name.as_str(), contiguous_cpu(name, t)?.0.copy()));
+        prepared.push((name.as_str(), contiguous_cpu(path, name, t)?.0.copy()));
     }
-    Tensor::save_multi(&prepared, path).map_err(|e| e.to_string())
+    Tensor::save_multi(&prepared, path).map_err(|e| fail(e.to_string()))
 }

@@ -40,9 +40,17 @@
 //! (memoized values expanded over and over are refused), zip entries may not share bytes,
 //! safetensors entries must tile the data exactly (as the reference reader requires), a storage
 //! is copied once whatever dtypes its tensors read it as, and the storages copied never add up
-//! to more than the file (`tests/weights_limits.rs`).
+//! to more than the file (`tests/it/weights_limits.rs`).
+//!
+//! **Errors** name the file and say where in it: [`Error::UnknownFormat`],
+//! [`Error::RefusedGlobal`] (the global and the pickle's byte offset), [`Error::Malformed`]
+//! (truncated or corrupt, at a byte offset where a pickle says one), [`Error::OverLimit`] (more
+//! memory than the file's size allows), [`Error::StateDictMismatch`] (every problem of
+//! [`load_into`] at once), [`Error::Io`] and [`Error::Unwritable`]. The byte-level readers
+//! return an internal `Fault` (no path); [`read_bytes`] and the writers attach the file.
 
 mod arch;
+mod fault;
 mod formats;
 mod pickle;
 mod strict;
@@ -54,7 +62,7 @@ pub use pickle::DType;
 pub use strict::{load_into, LoadOptions};
 
 use crate::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// The format of a weight file.
@@ -84,6 +92,8 @@ impl std::fmt::Display for Format {
 /// The tensors of a weight file, on the CPU.
 #[derive(Debug)]
 pub struct StateDict {
+    /// The file read (named in [`load_into`]'s errors).
+    pub path: PathBuf,
     pub format: Format,
     /// In file order; checkpoint wrappers (`state_dict`, `model`, `model_state_dict`, ...)
     /// unwrapped and the DataParallel/DDP `module.` prefix stripped (safetensors: in the order
@@ -121,7 +131,7 @@ pub fn detect_format(bytes: &[u8]) -> Option<Format> {
 }
 
 /// Reads a weight file of any supported format (chosen by content, not extension).
-/// Errors name the file and the problem.
+/// Errors name the file and the problem (see the module's **Errors**).
 pub fn read(path: &Path) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     read_bytes(&bytes, path)
@@ -130,16 +140,14 @@ pub fn read(path: &Path) -> Result<StateDict> {
 /// [`read`] from bytes already in memory; `path` is only used in messages. Never panics on
 /// any input: every size and offset is validated before libtorch sees it.
 pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
-    let fail = |msg: String| Error::file(path, msg);
     if bytes.is_empty() {
-        return Err(fail("file is empty".into()));
+        return Err(fault::Fault::malformed("file is empty").in_file(path));
     }
     let Some(mut format) = formats::detect(bytes) else {
-        let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        return Err(fail(format!(
-            "not a recognised weight file (starts with {head}): expected a torch.save file \
-             (zip or legacy), safetensors or tch .ot"
-        )));
+        return Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+            head: bytes.iter().take(8).copied().collect(),
+        });
     };
     let tensors = match format {
         Format::TorchZip | Format::TchOt => torch_file::read_zip(bytes).map(|(t, script)| {
@@ -151,11 +159,13 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
         Format::TorchLegacy => torch_file::read_legacy(bytes),
         Format::Safetensors => formats::read_safetensors(bytes),
     }
-    .map_err(|msg| fail(format!("{format}: {msg}")))?;
-    if tensors.is_empty() {
-        return Err(fail(format!("{format}: the file holds no tensors")));
-    }
+    .and_then(|t| match t.is_empty() {
+        true => Err(fault::Fault::malformed("the file holds no tensors")),
+        false => Ok(t),
+    })
+    .map_err(|e| e.within(format.to_string()).in_file(path))?;
     Ok(StateDict {
+        path: path.to_path_buf(),
         format,
         tensors: torch_file::strip_module_prefix(tensors),
     })
@@ -166,10 +176,10 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    formats::write_safetensors(&mut out, tensors).map_err(|msg| Error::file(path, msg))
+    formats::write_safetensors(path, &mut out, tensors)
 }
 
 /// Writes tensors in tch's `.ot` format (`Tensor::save_multi`).
 pub fn write_ot(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    formats::write_ot(path, tensors).map_err(|msg| Error::file(path, msg))
+    formats::write_ot(path, tensors)
 }

@@ -22,6 +22,7 @@
 //! value and expands it again and again (quadratic growth: a 52 KB file could otherwise build a
 //! gigabyte of dicts) is refused with an error once it runs out, in time linear in its length.
 
+use super::fault::{Fault, Res};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -298,8 +299,8 @@ pub struct Options {
     pub torchscript: bool,
 }
 
-/// Resolves `module.name` against the allow-list; `Err` holds the refused dotted name.
-pub fn resolve_global(module: &str, name: &str, opts: Options) -> Result<Global, String> {
+/// Resolves `module.name` against the allow-list; `None`: refused.
+pub fn resolve_global(module: &str, name: &str, opts: Options) -> Option<Global> {
     let g = match (module, name) {
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
@@ -327,7 +328,7 @@ pub fn resolve_global(module: &str, name: &str, opts: Options) -> Result<Global,
                 "CharStorage" => DType::I8,
                 "ByteStorage" => DType::U8,
                 "BoolStorage" => DType::Bool,
-                _ => return Err(format!("{module}.{name}")),
+                _ => return None,
             };
             Global::StorageType(dtype)
         }
@@ -342,14 +343,14 @@ pub fn resolve_global(module: &str, name: &str, opts: Options) -> Result<Global,
             "int8" => DType::I8,
             "uint8" => DType::U8,
             "bool" => DType::Bool,
-            _ => return Err(format!("{module}.{name}")),
+            _ => return None,
         }),
         (m, n) if opts.torchscript && (m == "__torch__" || m.starts_with("__torch__.")) => {
             Global::ScriptClass(format!("{m}.{n}"))
         }
-        _ => return Err(format!("{module}.{name}")),
+        _ => return None,
     };
-    Ok(g)
+    Some(g)
 }
 
 /// The most dimensions a tensor may have (torch's own limit is 64).
@@ -385,9 +386,9 @@ struct Machine<'a> {
 
 /// Runs the restricted pickle machine on `data[start..]` up to its `STOP`.
 ///
-/// Errors are plain messages (the caller adds the file name); they name the byte offset and,
-/// for a refused global, its dotted name.
-pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, String> {
+/// Errors name the byte offset and, for a refused global, the global (the caller adds the
+/// file's name and the pickle's place in it).
+pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Res<Pickle> {
     let input_len = data.len().saturating_sub(start);
     let mut m = Machine {
         data,
@@ -411,62 +412,62 @@ pub fn unpickle(data: &[u8], start: usize, opts: Options) -> Result<Pickle, Stri
 }
 
 impl<'a> Machine<'a> {
-    fn err<T>(&self, msg: impl std::fmt::Display) -> Result<T, String> {
-        Err(format!("pickle at byte {}: {msg}", self.op_pos))
+    fn err<T>(&self, msg: impl std::fmt::Display) -> Res<T> {
+        Err(Fault::malformed(msg.to_string()).in_pickle_at(self.op_pos))
     }
 
     /// Charges `items` copied items against the copy budget (see [`COPY_FACTOR`]).
-    fn charge(&self, items: usize) -> Result<(), String> {
+    fn charge(&self, items: usize) -> Res<()> {
         let total = self.copied.get().saturating_add(items);
         self.copied.set(total);
         if total > self.copy_limit {
-            return self.err(format!(
+            let msg = format!(
                 "the pickle copies more than {} items from {} bytes of input (memoized values \
                  expanded over and over): refused, a real checkpoint copies a fraction of that",
                 self.copy_limit, self.input_len
-            ));
+            );
+            return Err(Fault::over_limit(msg).in_pickle_at(self.op_pos));
         }
         Ok(())
     }
 
     /// Charges a copy of `bytes` bytes of text (8 bytes an item).
-    fn charge_text(&self, bytes: usize) -> Result<(), String> {
+    fn charge_text(&self, bytes: usize) -> Res<()> {
         self.charge(1 + bytes / 8)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
         match self.pos.checked_add(n) {
             Some(end) if end <= self.data.len() => {
                 let s = &self.data[self.pos..end];
                 self.pos = end;
                 Ok(s)
             }
-            _ => Err(format!(
-                "pickle at byte {}: truncated (needs {n} more bytes, {} left)",
-                self.op_pos,
+            _ => self.err(format!(
+                "truncated (needs {n} more bytes, {} left)",
                 self.data.len().saturating_sub(self.pos)
             )),
         }
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Res<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Res<u16> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Res<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Res<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn len_u64(&mut self) -> Result<usize, String> {
+    fn len_u64(&mut self) -> Res<usize> {
         let n = self.u64()?;
         usize::try_from(n).or_else(|_| self.err(format!("length {n} too large")))
     }
 
-    fn line(&mut self) -> Result<&'a str, String> {
+    fn line(&mut self) -> Res<&'a str> {
         let rest = &self.data[self.pos.min(self.data.len())..];
         let Some(nl) = rest.iter().take(1024).position(|&b| b == b'\n') else {
             return self.err("GLOBAL name not terminated by a newline within 1024 bytes");
@@ -482,34 +483,34 @@ impl<'a> Machine<'a> {
         self.stack.push(self.nodes.len() - 1);
     }
 
-    fn pop(&mut self) -> Result<Id, String> {
+    fn pop(&mut self) -> Res<Id> {
         match self.stack.pop() {
             Some(id) => Ok(id),
             None => self.err("stack underflow"),
         }
     }
 
-    fn top(&self) -> Result<Id, String> {
+    fn top(&self) -> Res<Id> {
         match self.stack.last() {
             Some(&id) => Ok(id),
             None => self.err("stack underflow"),
         }
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Id>, String> {
+    fn pop_mark(&mut self) -> Res<Vec<Id>> {
         match self.metastack.pop() {
             Some(prev) => Ok(std::mem::replace(&mut self.stack, prev)),
             None => self.err("no MARK on the stack"),
         }
     }
 
-    fn string(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn string(&mut self, bytes: &[u8]) -> Res<()> {
         let s = std::str::from_utf8(bytes).or_else(|_| self.err("string is not valid UTF-8"))?;
         self.push(Node::Str(s.to_string()));
         Ok(())
     }
 
-    fn global(&mut self, module: &str, name: &str) -> Result<(), String> {
+    fn global(&mut self, module: &str, name: &str) -> Res<()> {
         // Protocol-2 pickles name Python 3's `builtins` by its Python 2 name.
         let module = if module == "__builtin__" {
             "builtins"
@@ -517,19 +518,15 @@ impl<'a> Machine<'a> {
             module
         };
         match resolve_global(module, name, self.opts) {
-            Ok(g) => {
+            Some(g) => {
                 self.push(Node::Global(g));
                 Ok(())
             }
-            Err(dotted) => self.err(format!(
-                "refused global `{dotted}`: only the globals of a plain tensor checkpoint are \
-                 allowed (the promise of torch.load(weights_only=True)); nothing was executed. \
-                 A file from torch.save(model) must be re-saved as torch.save(model.state_dict())"
-            )),
+            None => Err(Fault::refused_global(module, name).in_pickle_at(self.op_pos)),
         }
     }
 
-    fn run(&mut self) -> Result<Id, String> {
+    fn run(&mut self) -> Res<Id> {
         loop {
             self.op_pos = self.pos;
             let op = self.u8()?;
@@ -819,7 +816,7 @@ impl<'a> Machine<'a> {
     }
 
     /// The items of a tuple (or list), copied: charged against the copy budget.
-    fn tuple(&self, id: Id, what: &str) -> Result<Vec<Id>, String> {
+    fn tuple(&self, id: Id, what: &str) -> Res<Vec<Id>> {
         match &self.nodes[id] {
             Node::Tuple(items) | Node::List(items) => {
                 self.charge(items.len())?;
@@ -832,7 +829,7 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn int(&self, id: Id, what: &str) -> Result<i64, String> {
+    fn int(&self, id: Id, what: &str) -> Res<i64> {
         match &self.nodes[id] {
             Node::Int(v) => Ok(*v),
             Node::Bool(b) => Ok(*b as i64),
@@ -843,7 +840,7 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn ints(&self, id: Id, what: &str) -> Result<Vec<i64>, String> {
+    fn ints(&self, id: Id, what: &str) -> Res<Vec<i64>> {
         if let Node::Tuple(items) | Node::List(items) = &self.nodes[id] {
             if items.len() > MAX_DIMS {
                 return self.err(format!(
@@ -857,7 +854,7 @@ impl<'a> Machine<'a> {
         items.iter().map(|&i| self.int(i, what)).collect()
     }
 
-    fn persistent_load(&self, pid: Id) -> Result<StorageRef, String> {
+    fn persistent_load(&self, pid: Id) -> Res<StorageRef> {
         if let Node::Tuple(items) | Node::List(items) = &self.nodes[pid] {
             if !(5..=6).contains(&items.len()) {
                 return self
@@ -926,7 +923,7 @@ impl<'a> Machine<'a> {
     }
 
     /// `func(*args)` for the allowed callables.
-    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Node, String> {
+    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Res<Node> {
         let g = match &self.nodes[func] {
             // (A TorchScript class cannot be called; its name is not copied.)
             Node::Global(Global::ScriptClass(name)) => {
@@ -940,71 +937,9 @@ impl<'a> Machine<'a> {
         };
         let a = self.tuple(args, "REDUCE arguments")?;
         let node = match g {
-            Global::OrderedDict => {
-                let mut items = Vec::new();
-                if let Some(&pairs) = a.first() {
-                    // Each pair copied is charged (twice: the pair's tuple, then the entry).
-                    for p in self.tuple(pairs, "OrderedDict items")? {
-                        let kv = self.tuple(p, "OrderedDict item")?;
-                        if kv.len() != 2 {
-                            return self.err("OrderedDict item is not a pair");
-                        }
-                        self.charge(2)?;
-                        items.push((kv[0], kv[1]));
-                    }
-                }
-                Node::Dict(items)
-            }
+            Global::OrderedDict => self.ordered_dict(&a)?,
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
-                let (min, max) = match g {
-                    Global::RebuildTensor => (4, 4),
-                    Global::RebuildTensorV2 => (6, 7),
-                    _ => (7, 8),
-                };
-                if a.len() < min || a.len() > max {
-                    return self.err(format!("tensor rebuild with {} arguments", a.len()));
-                }
-                let storage = match &self.nodes[a[0]] {
-                    Node::Storage(s) => Rc::clone(s),
-                    other => {
-                        return self.err(format!(
-                            "tensor rebuild from a {}, not a storage",
-                            other.type_name()
-                        ))
-                    }
-                };
-                let offset = self.int(a[1], "storage offset")?;
-                let shape = self.ints(a[2], "tensor shape")?;
-                let stride = self.ints(a[3], "tensor stride")?;
-                if shape.len() != stride.len() {
-                    return self.err(format!(
-                        "shape {shape:?} and stride {stride:?} differ in length"
-                    ));
-                }
-                let mut dtype = storage.dtype;
-                if g == Global::RebuildTensorV3 {
-                    dtype = match &self.nodes[a[6]] {
-                        Node::Global(Global::Dtype(d)) => *d,
-                        other => {
-                            return self.err(format!("tensor dtype is a {}", other.type_name()))
-                        }
-                    };
-                }
-                let metadata = match g {
-                    Global::RebuildTensorV2 => a.get(6),
-                    Global::RebuildTensorV3 => a.get(7),
-                    _ => None,
-                };
-                if let Some(&md) = metadata {
-                    self.check_metadata(md)?;
-                }
-                Node::Tensor(Rc::new(TensorRef {
-                    storage,
-                    dtype,
-                    offset,
-                    shape,
-                    stride,
-                }))
+                self.rebuild_tensor(&g, &a)?
             }
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 match a.first().map(|&i| &self.nodes[i]) {
@@ -1023,28 +958,7 @@ impl<'a> Machine<'a> {
                 }
                 self.reduce(a[0], a[2], depth + 1)?
             }
-            Global::CodecsEncode => {
-                // Protocol-2 bytes: _codecs.encode(text, 'latin1').
-                let (Some(text), enc) = (a.first().and_then(|&i| self.str_of(i)), a.get(1)) else {
-                    return self.err("_codecs.encode without text");
-                };
-                let enc = enc
-                    .and_then(|&i| self.str_of(i))
-                    .unwrap_or("utf-8")
-                    .to_ascii_lowercase();
-                self.charge_text(text.len())?;
-                let bytes = match enc.as_str() {
-                    "latin1" | "latin-1" | "iso-8859-1" => {
-                        if text.chars().any(|c| c as u32 > 255) {
-                            return self.err("_codecs.encode: text is not latin-1");
-                        }
-                        text.chars().map(|c| c as u8).collect()
-                    }
-                    "utf-8" | "utf8" | "ascii" => text.as_bytes().to_vec(),
-                    _ => return self.err(format!("_codecs.encode to {enc}")),
-                };
-                Node::Bytes(bytes)
-            }
+            Global::CodecsEncode => self.codecs_encode(&a)?,
             Global::TorchSize => match a.first() {
                 Some(&t) => {
                     let dims = self.tuple(t, "torch.Size")?;
@@ -1059,6 +973,97 @@ impl<'a> Machine<'a> {
         Ok(node)
     }
 
+    /// `collections.OrderedDict(pairs)`.
+    fn ordered_dict(&self, a: &[Id]) -> Res<Node> {
+        let mut items = Vec::new();
+        if let Some(&pairs) = a.first() {
+            // Each pair copied is charged (twice: the pair's tuple, then the entry).
+            for p in self.tuple(pairs, "OrderedDict items")? {
+                let kv = self.tuple(p, "OrderedDict item")?;
+                if kv.len() != 2 {
+                    return self.err("OrderedDict item is not a pair");
+                }
+                self.charge(2)?;
+                items.push((kv[0], kv[1]));
+            }
+        }
+        Ok(Node::Dict(items))
+    }
+
+    /// `torch._utils._rebuild_tensor{,_v2,_v3}(storage, offset, size, stride, ...)`.
+    fn rebuild_tensor(&self, g: &Global, a: &[Id]) -> Res<Node> {
+        let (min, max) = match g {
+            Global::RebuildTensor => (4, 4),
+            Global::RebuildTensorV2 => (6, 7),
+            _ => (7, 8),
+        };
+        if a.len() < min || a.len() > max {
+            return self.err(format!("tensor rebuild with {} arguments", a.len()));
+        }
+        let storage = match &self.nodes[a[0]] {
+            Node::Storage(s) => Rc::clone(s),
+            other => {
+                return self.err(format!(
+                    "tensor rebuild from a {}, not a storage",
+                    other.type_name()
+                ))
+            }
+        };
+        let offset = self.int(a[1], "storage offset")?;
+        let shape = self.ints(a[2], "tensor shape")?;
+        let stride = self.ints(a[3], "tensor stride")?;
+        if shape.len() != stride.len() {
+            return self.err(format!(
+                "shape {shape:?} and stride {stride:?} differ in length"
+            ));
+        }
+        let mut dtype = storage.dtype;
+        if *g == Global::RebuildTensorV3 {
+            dtype = match &self.nodes[a[6]] {
+                Node::Global(Global::Dtype(d)) => *d,
+                other => return self.err(format!("tensor dtype is a {}", other.type_name())),
+            };
+        }
+        let metadata = match g {
+            Global::RebuildTensorV2 => a.get(6),
+            Global::RebuildTensorV3 => a.get(7),
+            _ => None,
+        };
+        if let Some(&md) = metadata {
+            self.check_metadata(md)?;
+        }
+        Ok(Node::Tensor(Rc::new(TensorRef {
+            storage,
+            dtype,
+            offset,
+            shape,
+            stride,
+        })))
+    }
+
+    /// Protocol-2 bytes: `_codecs.encode(text, 'latin1')`.
+    fn codecs_encode(&self, a: &[Id]) -> Res<Node> {
+        let (Some(text), enc) = (a.first().and_then(|&i| self.str_of(i)), a.get(1)) else {
+            return self.err("_codecs.encode without text");
+        };
+        let enc = enc
+            .and_then(|&i| self.str_of(i))
+            .unwrap_or("utf-8")
+            .to_ascii_lowercase();
+        self.charge_text(text.len())?;
+        let bytes = match enc.as_str() {
+            "latin1" | "latin-1" | "iso-8859-1" => {
+                if text.chars().any(|c| c as u32 > 255) {
+                    return self.err("_codecs.encode: text is not latin-1");
+                }
+                text.chars().map(|c| c as u8).collect()
+            }
+            "utf-8" | "utf8" | "ascii" => text.as_bytes().to_vec(),
+            _ => return self.err(format!("_codecs.encode to {enc}")),
+        };
+        Ok(Node::Bytes(bytes))
+    }
+
     fn str_of(&self, id: Id) -> Option<&str> {
         match &self.nodes[id] {
             Node::Str(s) => Some(s),
@@ -1067,7 +1072,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Tensor metadata (`{'conj': True}`, `{'neg': True}`): only an empty or all-false dict.
-    fn check_metadata(&self, md: Id) -> Result<(), String> {
+    fn check_metadata(&self, md: Id) -> Res<()> {
         match &self.nodes[md] {
             Node::None => Ok(()),
             Node::Dict(items) => {
@@ -1089,11 +1094,18 @@ impl<'a> Machine<'a> {
 mod tests {
     use super::*;
 
+    use crate::weights::fault::What;
+
     #[test]
     fn refuses_os_system() {
         let p = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
         let e = unpickle(p, 0, Options::default()).unwrap_err();
-        assert!(e.contains("`os.system`"), "{e}");
+        let refused = What::RefusedGlobal {
+            module: "os".into(),
+            name: "system".into(),
+        };
+        assert_eq!((e.what.clone(), e.offset), (refused, Some(2)), "{e}");
+        assert!(e.to_string().contains("`os.system`"), "{e}");
     }
 
     #[test]
@@ -1146,20 +1158,21 @@ mod tests {
         // input, 50 million items) do not fit in 4 items per byte.
         unpickle(&pickle(12), 0, Options::default()).unwrap();
         let e = unpickle(&pickle(10_000), 0, Options::default()).unwrap_err();
-        assert!(e.contains("copies more than 300"), "{e}");
+        assert!(matches!(e.what, What::OverLimit(_)), "{e}");
+        assert!(e.to_string().contains("copies more than 300"), "{e}");
     }
 
     #[test]
     fn truncated_and_unknown() {
-        assert!(unpickle(b"\x80\x02]", 0, Options::default())
-            .unwrap_err()
-            .contains("truncated"));
-        assert!(unpickle(b"\x80\x02\xff", 0, Options::default())
-            .unwrap_err()
-            .contains("0xff"));
-        assert!(unpickle(b"", 0, Options::default()).is_err());
-        assert!(unpickle(b"e.", 0, Options::default())
-            .unwrap_err()
-            .contains("MARK"));
+        let malformed = |p: &[u8], offset: u64, want: &str| {
+            let e = unpickle(p, 0, Options::default()).unwrap_err();
+            assert!(matches!(e.what, What::Malformed(_)), "{e}");
+            assert_eq!(e.offset, Some(offset), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        };
+        malformed(b"\x80\x02]", 3, "truncated");
+        malformed(b"\x80\x02\xff", 2, "0xff");
+        malformed(b"", 0, "truncated");
+        malformed(b"e.", 0, "MARK");
     }
 }

@@ -3,6 +3,7 @@
 
 use super::pickle::DType;
 use super::StateDict;
+use crate::error::{DtypeMismatch, ShapeMismatch};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use tch::nn::VarStore;
@@ -33,78 +34,12 @@ fn dtype_name(t: &Tensor) -> String {
 }
 
 /// Loads `sd` into `vs` strictly: every variable must be in the state dict with the same
-/// shape, and every entry must be a variable (see [`LoadOptions`]). One error lists every
-/// missing key, unexpected key, shape mismatch and unsupported dtype; on error nothing has been
-/// copied. float16/bfloat16 checkpoints load into a float32 model (converted) unless
-/// `keep_dtype`.
+/// shape, and every entry must be a variable (see [`LoadOptions`]). One error,
+/// [`Error::StateDictMismatch`], lists every missing key, unexpected key, shape mismatch and
+/// unsupported dtype; on error nothing has been copied. float16/bfloat16 checkpoints load into
+/// a float32 model (converted) unless `keep_dtype`.
 pub fn load_into(vs: &VarStore, sd: &StateDict, opts: &LoadOptions) -> Result<()> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let entries: HashMap<&str, &Tensor> = sd.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    let mut missing = Vec::new();
-    let mut shapes = Vec::new();
-    let mut dtypes = Vec::new();
-    let mut plan = Vec::new();
-    for (name, var) in vars {
-        let Some(&src) = entries.get(name.as_str()) else {
-            if !tolerated(&name) && !opts.allow_missing {
-                missing.push(name);
-            }
-            continue;
-        };
-        let (want, got) = (var.size(), src.size());
-        if want != got {
-            shapes.push(format!("{name}: expected {want:?}, got {got:?}"));
-            continue;
-        }
-        let (vk, sk) = (DType::from_kind(var.kind()), DType::from_kind(src.kind()));
-        let int = |d: DType| !d.is_float() && d != DType::Bool;
-        let ok = match (vk, sk) {
-            (Some(v), Some(s)) => v == s || (v.is_float() && s.is_float()) || (int(v) && int(s)),
-            _ => false,
-        };
-        if !ok {
-            dtypes.push(format!(
-                "{name}: a {} tensor cannot load into a {} variable",
-                dtype_name(src),
-                dtype_name(&var)
-            ));
-            continue;
-        }
-        plan.push((var, src));
-    }
-    let mut unexpected = Vec::new();
-    if !opts.allow_unexpected {
-        let names: std::collections::HashSet<String> = vs.variables().into_keys().collect();
-        for (k, _) in &sd.tensors {
-            if !names.contains(k) && !tolerated(k) {
-                unexpected.push(k.clone());
-            }
-        }
-    }
-    let count = missing.len() + unexpected.len() + shapes.len() + dtypes.len();
-    if count > 0 {
-        let mut msg = format!(
-            "{} ({}) does not match the model: {count} problem{}",
-            sd.format,
-            plural(sd.tensors.len(), "tensor"),
-            if count == 1 { "" } else { "s" }
-        );
-        let mut section = |title: &str, items: &[String]| {
-            if !items.is_empty() {
-                msg.push_str(&format!(
-                    "\n  {title} ({}): {}",
-                    items.len(),
-                    items.join(", ")
-                ));
-            }
-        };
-        section("missing keys", &missing);
-        section("unexpected keys", &unexpected);
-        section("shape mismatches", &shapes);
-        section("unsupported dtypes", &dtypes);
-        return Err(Error::config("state dict", msg));
-    }
+    let plan = plan(vs, sd, opts)?;
     tch::no_grad(|| -> Result<()> {
         for (mut var, src) in plan {
             if opts.keep_dtype && var.kind() != src.kind() {
@@ -118,6 +53,69 @@ pub fn load_into(vs: &VarStore, sd: &StateDict, opts: &LoadOptions) -> Result<()
     })
 }
 
-fn plural(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+/// Whether a `src` tensor may load into a `var` variable: same dtype, or both floating point,
+/// or both integers.
+fn dtypes_agree(var: &Tensor, src: &Tensor) -> bool {
+    let int = |d: DType| !d.is_float() && d != DType::Bool;
+    match (DType::from_kind(var.kind()), DType::from_kind(src.kind())) {
+        (Some(v), Some(s)) => v == s || (v.is_float() && s.is_float()) || (int(v) && int(s)),
+        _ => false,
+    }
+}
+
+/// Each variable with the state dict entry it loads, or the error listing every problem.
+fn plan<'a>(
+    vs: &VarStore,
+    sd: &'a StateDict,
+    opts: &LoadOptions,
+) -> Result<Vec<(Tensor, &'a Tensor)>> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let entries: HashMap<&str, &Tensor> = sd.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let (mut missing, mut shapes, mut dtypes, mut plan) = (vec![], vec![], vec![], vec![]);
+    for (name, var) in vars {
+        let Some(&src) = entries.get(name.as_str()) else {
+            if !tolerated(&name) && !opts.allow_missing {
+                missing.push(name);
+            }
+            continue;
+        };
+        let (expected, got) = (var.size(), src.size());
+        if expected != got {
+            shapes.push(ShapeMismatch {
+                key: name,
+                expected,
+                got,
+            });
+        } else if !dtypes_agree(&var, src) {
+            dtypes.push(DtypeMismatch {
+                key: name,
+                tensor: dtype_name(src),
+                variable: dtype_name(&var),
+            });
+        } else {
+            plan.push((var, src));
+        }
+    }
+    let mut unexpected = Vec::new();
+    if !opts.allow_unexpected {
+        let names: std::collections::HashSet<String> = vs.variables().into_keys().collect();
+        for (k, _) in &sd.tensors {
+            if !names.contains(k) && !tolerated(k) {
+                unexpected.push(k.clone());
+            }
+        }
+    }
+    if missing.is_empty() && unexpected.is_empty() && shapes.is_empty() && dtypes.is_empty() {
+        return Ok(plan);
+    }
+    Err(Error::StateDictMismatch {
+        path: sd.path.clone(),
+        format: sd.format,
+        tensors: sd.tensors.len(),
+        missing: missing.into(),
+        unexpected: unexpected.into(),
+        shapes: shapes.into(),
+        dtypes: dtypes.into(),
+    })
 }

@@ -16,6 +16,7 @@
 //! dtypes its tensors read it as, and the storages copied may not add up to more bytes than the
 //! file holds (zip entries may not overlap, legacy storages follow one another).
 
+use super::fault::{Fault, Res, Within};
 use super::pickle::{self, DType, Id, Node, Pickle, TensorRef};
 use super::zip::Zip;
 use std::collections::HashMap;
@@ -60,29 +61,23 @@ pub fn is_torchscript(zip: &Zip) -> bool {
 
 /// Reads a torch zip archive or a TorchScript archive.
 /// The flag tells a TorchScript archive.
-pub fn read_zip(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, bool), String> {
+pub fn read_zip(bytes: &[u8]) -> Res<(Vec<(String, Tensor)>, bool)> {
     let zip = Zip::parse(bytes)?;
-    let first = zip.entries.first().ok_or("zip archive has no entries")?;
+    let first = zip
+        .entries
+        .first()
+        .ok_or_else(|| Fault::malformed("zip archive has no entries"))?;
     let top = first.name.split('/').next().unwrap_or("").to_string();
     let pkl_name = format!("{top}/data.pkl");
-    let pkl = zip
-        .find(&pkl_name)
-        .ok_or_else(|| format!("no {pkl_name} in the zip archive: not a torch.save file"))?;
+    let pkl = zip.find(&pkl_name).ok_or_else(|| {
+        Fault::malformed(format!(
+            "no {pkl_name} in the zip archive: not a torch.save file"
+        ))
+    })?;
     let pkl = zip.read(pkl)?;
     let torchscript = is_torchscript(&zip);
-    let big_endian = match zip.find(&format!("{top}/byteorder")) {
-        None => false,
-        Some(e) => match zip.read(e)? {
-            b"little" => false,
-            b"big" => true,
-            other => {
-                let s = String::from_utf8_lossy(&other[..other.len().min(16)]);
-                return Err(format!("{top}/byteorder is `{s}`, not `little` or `big`"));
-            }
-        },
-    };
-    let pk = pickle::unpickle(pkl, 0, pickle::Options { torchscript })
-        .map_err(|e| format!("{pkl_name}: {e}"))?;
+    let big_endian = zip_big_endian(&zip, &top)?;
+    let pk = pickle::unpickle(pkl, 0, pickle::Options { torchscript }).within(|| pkl_name)?;
     let named = if torchscript {
         script_tensors(&pk, pkl.len())?
     } else {
@@ -94,9 +89,9 @@ pub fn read_zip(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, bool), String> {
         let key = &t.storage.key;
         if !data.contains_key(key) {
             let name = format!("{top}/data/{key}");
-            let e = zip
-                .find(&name)
-                .ok_or_else(|| format!("storage {name} is missing from the archive"))?;
+            let e = zip.find(&name).ok_or_else(|| {
+                Fault::malformed(format!("storage {name} is missing from the archive"))
+            })?;
             data.insert(key.clone(), zip.read(e)?);
         }
     }
@@ -113,82 +108,42 @@ pub fn read_zip(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, bool), String> {
     Ok((tensors, torchscript))
 }
 
+/// Whether the archive's storages are big-endian (`<top>/byteorder`; absent means little).
+fn zip_big_endian(zip: &Zip, top: &str) -> Res<bool> {
+    let Some(e) = zip.find(&format!("{top}/byteorder")) else {
+        return Ok(false);
+    };
+    match zip.read(e)? {
+        b"little" => Ok(false),
+        b"big" => Ok(true),
+        other => {
+            let s = String::from_utf8_lossy(&other[..other.len().min(16)]);
+            Err(Fault::malformed(format!(
+                "{top}/byteorder is `{s}`, not `little` or `big`"
+            )))
+        }
+    }
+}
+
 /// Reads a legacy-format torch file.
-pub fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+pub fn read_legacy(bytes: &[u8]) -> Res<Vec<(String, Tensor)>> {
     let opts = pickle::Options::default();
-    let magic =
-        pickle::unpickle(bytes, 0, opts).map_err(|e| format!("legacy magic number: {e}"))?;
-    let ok = match magic.node(magic.root) {
-        Node::BigInt(b) if b.len() <= 16 => {
-            let mut v = [0u8; 16];
-            v[..b.len()].copy_from_slice(b);
-            u128::from_le_bytes(v) == LEGACY_MAGIC
-        }
-        _ => false,
-    };
-    if !ok {
-        return Err("bad magic number for a legacy torch file".into());
-    }
-    let proto = pickle::unpickle(bytes, magic.end, opts)
-        .map_err(|e| format!("legacy protocol version: {e}"))?;
-    if proto.node(proto.root) != &Node::Int(1001) {
-        return Err("legacy protocol version is not 1001".into());
-    }
-    let sys_info =
-        pickle::unpickle(bytes, proto.end, opts).map_err(|e| format!("legacy system info: {e}"))?;
-    let main = pickle::unpickle(bytes, sys_info.end, opts)?;
+    let header_end = legacy_header(bytes)?;
+    let main = pickle::unpickle(bytes, header_end, opts)?;
     let named = state_dict(&main)?;
-    let keys = pickle::unpickle(bytes, main.end, opts)
-        .map_err(|e| format!("legacy storage key list: {e}"))?;
+    let keys =
+        pickle::unpickle(bytes, main.end, opts).within(|| "legacy storage key list".into())?;
     let Node::List(key_ids) = keys.node(keys.root) else {
-        return Err("legacy storage key list is not a list".into());
+        return Err(Fault::malformed("legacy storage key list is not a list"));
     };
-    // Storage dtypes and sizes as the pickle declares them, for every storage in the file
-    // (a checkpoint's optimizer state has storages outside the state dict).
-    let mut declared: HashMap<&str, (DType, u64)> = HashMap::new();
-    for node in &main.nodes {
-        if let Node::Storage(s) = node {
-            // A (long obsolete) storage view does not tell its root's size.
-            let entry = declared
-                .entry(s.key.as_str())
-                .or_insert((s.dtype, u64::MAX));
-            if s.view.is_none() {
-                entry.1 = s.numel;
-            }
-        }
-    }
-    let mut data = HashMap::new();
-    let mut pos = keys.end;
+    let mut key_list = Vec::with_capacity(key_ids.len());
     for &k in key_ids {
-        let key = keys.str(k).ok_or("legacy storage key is not a string")?;
-        let Some(&(dtype, numel)) = declared.get(key) else {
-            return Err(format!(
-                "legacy storage {key} is listed but no tensor uses it"
-            ));
-        };
-        let elem_size = dtype.size() as u64;
-        let head = bytes.get(pos..pos + 8).ok_or_else(|| {
-            format!("legacy storage {key}: element count past the end of the file (truncated)")
-        })?;
-        let count = u64::from_le_bytes(head.try_into().unwrap());
-        pos += 8;
-        if count != numel && numel != u64::MAX {
-            return Err(format!(
-                "legacy storage {key}: element count {count} in the file, {numel} in the pickle"
-            ));
-        }
-        let len = count
-            .checked_mul(elem_size)
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n <= bytes.len() - pos)
-            .ok_or_else(|| {
-                format!(
-                    "legacy storage {key}: {count} elements past the end of the file (truncated)"
-                )
-            })?;
-        data.insert(key.to_string(), &bytes[pos..pos + len]);
-        pos += len;
+        let key = keys
+            .str(k)
+            .ok_or_else(|| Fault::malformed("legacy storage key is not a string"))?;
+        key_list.push(key);
     }
+    let data = legacy_storages(bytes, keys.end, &key_list, &declared_storages(&main))?;
     let origin = |key: &str| format!("legacy storage {key}");
     materialize(
         named,
@@ -199,6 +154,91 @@ pub fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
             file_len: bytes.len(),
         },
     )
+}
+
+/// Checks the three pickles before a legacy file's object (the magic number, protocol version
+/// 1001, system info); returns where the object's pickle begins.
+fn legacy_header(bytes: &[u8]) -> Res<usize> {
+    let opts = pickle::Options::default();
+    let magic = pickle::unpickle(bytes, 0, opts).within(|| "legacy magic number".into())?;
+    let ok = match magic.node(magic.root) {
+        Node::BigInt(b) if b.len() <= 16 => {
+            let mut v = [0u8; 16];
+            v[..b.len()].copy_from_slice(b);
+            u128::from_le_bytes(v) == LEGACY_MAGIC
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(Fault::malformed("bad magic number for a legacy torch file"));
+    }
+    let proto =
+        pickle::unpickle(bytes, magic.end, opts).within(|| "legacy protocol version".into())?;
+    if proto.node(proto.root) != &Node::Int(1001) {
+        return Err(Fault::malformed("legacy protocol version is not 1001"));
+    }
+    let sys_info =
+        pickle::unpickle(bytes, proto.end, opts).within(|| "legacy system info".into())?;
+    Ok(sys_info.end)
+}
+
+/// Storage dtypes and sizes as the pickle declares them, for every storage in the file (a
+/// checkpoint's optimizer state has storages outside the state dict); `u64::MAX` elements when
+/// only (long obsolete) views of a storage tell nothing of its root's size.
+fn declared_storages(main: &Pickle) -> HashMap<&str, (DType, u64)> {
+    let mut declared: HashMap<&str, (DType, u64)> = HashMap::new();
+    for node in &main.nodes {
+        if let Node::Storage(s) = node {
+            let entry = declared
+                .entry(s.key.as_str())
+                .or_insert((s.dtype, u64::MAX));
+            if s.view.is_none() {
+                entry.1 = s.numel;
+            }
+        }
+    }
+    declared
+}
+
+/// The bytes of a legacy file's storages, which follow one another from `pos` in the order of
+/// `keys`, each as an 8-byte little-endian element count and its elements.
+fn legacy_storages<'a>(
+    bytes: &'a [u8],
+    mut pos: usize,
+    keys: &[&str],
+    declared: &HashMap<&str, (DType, u64)>,
+) -> Res<HashMap<String, &'a [u8]>> {
+    let mut data = HashMap::new();
+    for &key in keys {
+        let bad = |msg: String| Fault::malformed(format!("legacy storage {key}: {msg}"));
+        let Some(&(dtype, numel)) = declared.get(key) else {
+            return Err(Fault::malformed(format!(
+                "legacy storage {key} is listed but no tensor uses it"
+            )));
+        };
+        let head = bytes
+            .get(pos..pos + 8)
+            .ok_or_else(|| bad("element count past the end of the file (truncated)".into()))?;
+        let count = u64::from_le_bytes(head.try_into().unwrap());
+        pos += 8;
+        if count != numel && numel != u64::MAX {
+            return Err(bad(format!(
+                "element count {count} in the file, {numel} in the pickle"
+            )));
+        }
+        let len = count
+            .checked_mul(dtype.size() as u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= bytes.len() - pos)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{count} elements past the end of the file (truncated)"
+                ))
+            })?;
+        data.insert(key.to_string(), &bytes[pos..pos + len]);
+        pos += len;
+    }
+    Ok(data)
 }
 
 fn describe(pk: &Pickle, id: Id) -> String {
@@ -225,14 +265,14 @@ fn describe(pk: &Pickle, id: Id) -> String {
 
 /// Finds the state dict in a checkpoint: the top-level dict, or one under a wrapper key
 /// ([`WRAPPER_KEYS`]).
-pub fn state_dict(pk: &Pickle) -> Result<Named, String> {
+pub fn state_dict(pk: &Pickle) -> Res<Named> {
     let mut id = pk.root;
     for _depth in 0..4 {
         let Some(entries) = pk.dict_entries(id) else {
-            return Err(format!(
+            return Err(Fault::malformed(format!(
                 "the file holds {}, not a state dict",
                 describe(pk, id)
-            ));
+            )));
         };
         let has_tensors = entries
             .iter()
@@ -249,34 +289,36 @@ pub fn state_dict(pk: &Pickle) -> Result<Named, String> {
                     let key = match pk.node(k) {
                         Node::Str(s) => s.clone(),
                         other => {
-                            return Err(format!(
+                            return Err(Fault::malformed(format!(
                                 "state dict key is a {} (keys must be strings)",
                                 other.type_name()
-                            ))
+                            )))
                         }
                     };
                     match pk.node(v) {
                         Node::Tensor(t) => out.push((key, Rc::clone(t))),
                         other => {
-                            return Err(format!(
+                            return Err(Fault::malformed(format!(
                                 "state dict entry {key:?} is a {}, not a tensor",
                                 other.type_name()
-                            ))
+                            )))
                         }
                     }
                 }
                 return Ok(out);
             }
             (false, None) => {
-                return Err(format!(
+                return Err(Fault::malformed(format!(
                     "no state dict found: the file holds {} (looked for tensors or one of the keys {:?})",
                     describe(pk, id),
                     WRAPPER_KEYS
-                ))
+                )))
             }
         }
     }
-    Err("no state dict found within 4 levels of wrapping".into())
+    Err(Fault::malformed(
+        "no state dict found within 4 levels of wrapping",
+    ))
 }
 
 /// Drops `module.` (DataParallel/DDP) when every key starts with it.
@@ -295,7 +337,7 @@ pub fn strip_module_prefix<T>(v: Vec<(String, T)>) -> Vec<(String, T)> {
 /// Objects and attribute dicts may be shared, and names grow with nesting, so the names built
 /// and entries walked are charged against a budget of `pickle::COPY_FACTOR` 8-byte words per
 /// byte of the pickle (`pkl_len`).
-fn script_tensors(pk: &Pickle, pkl_len: usize) -> Result<Named, String> {
+fn script_tensors(pk: &Pickle, pkl_len: usize) -> Res<Named> {
     let limit = pkl_len
         .saturating_mul(pickle::COPY_FACTOR)
         .max(pickle::COPY_FLOOR)
@@ -304,11 +346,11 @@ fn script_tensors(pk: &Pickle, pkl_len: usize) -> Result<Named, String> {
     let mut charge = |bytes: usize| {
         spent = spent.saturating_add(bytes);
         if spent > limit {
-            return Err(format!(
+            return Err(Fault::over_limit(format!(
                 "TorchScript archive: attribute names and entries add up to more than {limit} \
                  bytes from a pickle of {pkl_len} bytes (shared objects expanded over and over): \
                  refused"
-            ));
+            )));
         }
         Ok(())
     };
@@ -322,15 +364,24 @@ fn script_tensors(pk: &Pickle, pkl_len: usize) -> Result<Named, String> {
         let state = match pk.node(id) {
             Node::Object { state: Some(s), .. } => *s,
             Node::Object { state: None, class } => {
-                return Err(format!("TorchScript object {class} has no state"))
+                return Err(Fault::malformed(format!(
+                    "TorchScript object {class} has no state"
+                )))
             }
-            other => return Err(format!("TorchScript archive holds a {}", other.type_name())),
+            other => {
+                return Err(Fault::malformed(format!(
+                    "TorchScript archive holds a {}",
+                    other.type_name()
+                )))
+            }
         };
         if let Node::Dict(items) = pk.node(state) {
             charge(items.len().saturating_mul(16))?;
         }
         let Some(entries) = pk.dict_entries(state) else {
-            return Err("TorchScript object state is not a dict of attributes".into());
+            return Err(Fault::malformed(
+                "TorchScript object state is not a dict of attributes",
+            ));
         };
         // Children pushed in reverse so the output keeps the attribute order.
         let mut children = Vec::new();
@@ -353,31 +404,37 @@ fn script_tensors(pk: &Pickle, pkl_len: usize) -> Result<Named, String> {
         stack.extend(children.into_iter().rev());
     }
     if out.is_empty() {
-        return Err("TorchScript archive holds no tensors".into());
+        return Err(Fault::malformed("TorchScript archive holds no tensors"));
     }
     Ok(out)
 }
 
 /// Checks that a tensor view fits in `avail` elements; returns its element count.
-pub fn check_view(offset: i64, shape: &[i64], stride: &[i64], avail: u64) -> Result<u64, String> {
+pub fn check_view(offset: i64, shape: &[i64], stride: &[i64], avail: u64) -> Res<u64> {
     if offset < 0 {
-        return Err(format!("negative storage offset {offset}"));
+        return Err(Fault::malformed(format!(
+            "negative storage offset {offset}"
+        )));
     }
     if let Some(d) = shape.iter().find(|&&d| d < 0) {
-        return Err(format!("negative dimension {d} in shape {shape:?}"));
+        return Err(Fault::malformed(format!(
+            "negative dimension {d} in shape {shape:?}"
+        )));
     }
     if let Some(s) = stride.iter().find(|&&s| s < 0) {
-        return Err(format!("negative stride {s} in {stride:?}"));
+        return Err(Fault::malformed(format!(
+            "negative stride {s} in {stride:?}"
+        )));
     }
     let numel = shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .ok_or_else(|| format!("shape {shape:?} has too many elements"))?;
+        .ok_or_else(|| Fault::malformed(format!("shape {shape:?} has too many elements")))?;
     if numel == 0 {
         if offset as u64 > avail {
-            return Err(format!(
+            return Err(Fault::malformed(format!(
                 "storage offset {offset} past the end of a storage of {avail} elements"
-            ));
+            )));
         }
         return Ok(0);
     }
@@ -390,18 +447,18 @@ pub fn check_view(offset: i64, shape: &[i64], stride: &[i64], avail: u64) -> Res
     match last {
         Some(last) if last < avail as u128 => {}
         _ => {
-            return Err(format!(
+            return Err(Fault::malformed(format!(
                 "shape {shape:?} with stride {stride:?} at storage offset {offset} does not fit in \
                  a storage of {avail} elements"
-            ))
+            )))
         }
     }
     // A view may not hold more elements than its storage (stride-0 expansions would let a few
     // bytes of file turn into terabytes once made contiguous).
     if numel > avail {
-        return Err(format!(
+        return Err(Fault::over_limit(format!(
             "shape {shape:?} has {numel} elements, more than its storage's {avail}: overlapping views are not supported"
-        ));
+        )));
     }
     Ok(numel)
 }
@@ -425,7 +482,7 @@ pub struct Packed {
 /// Copies `parts` into one buffer, each at a 64-byte aligned offset (byte-swapped to native
 /// order if `big_endian`). Checks first that each part is whole elements and that bools are
 /// 0 or 1; the `Err` names the part's index.
-pub fn pack(parts: &[Part], big_endian: bool) -> Result<Packed, (usize, String)> {
+pub fn pack(parts: &[Part], big_endian: bool) -> Result<Packed, (usize, Fault)> {
     let mut offsets = Vec::with_capacity(parts.len());
     let mut total = 0usize;
     for (i, p) in parts.iter().enumerate() {
@@ -436,18 +493,16 @@ pub fn pack(parts: &[Part], big_endian: bool) -> Result<Packed, (usize, String)>
                 p.bytes.len(),
                 p.dtype.name()
             );
-            return Err((i, msg));
+            return Err((i, Fault::malformed(msg)));
         }
         if p.dtype == DType::Bool {
-            if let Some(b) = p.bytes.iter().find(|&&b| b > 1) {
-                return Err((i, format!("invalid bool value {b} (must be 0 or 1)")));
-            }
+            check_bools(p.bytes).map_err(|e| (i, e))?;
         }
         offsets.push(total);
         total = (total + p.bytes.len()).div_ceil(64) * 64;
     }
     let buf = Tensor::f_empty([total as i64], (tch::Kind::Uint8, Device::Cpu))
-        .map_err(|e| (0, e.to_string()))?;
+        .map_err(|e| (0, e.into()))?;
     if total > 0 {
         // SAFETY: `buf` is a freshly allocated contiguous CPU tensor of exactly `total` bytes,
         // not shared with anything yet; byte copies have no alignment requirement.
@@ -463,18 +518,30 @@ pub fn pack(parts: &[Part], big_endian: bool) -> Result<Packed, (usize, String)>
         }
     }
     let mut typed = HashMap::new();
-    let mut starts = Vec::with_capacity(parts.len());
-    for (p, &off) in parts.iter().zip(&offsets) {
+    for p in parts {
         if let std::collections::hash_map::Entry::Vacant(slot) = typed.entry(p.dtype) {
             // `total` is a multiple of 64, so every dtype view is whole.
             let t = buf
                 .f_view_dtype(p.dtype.kind())
-                .map_err(|e| (0, e.to_string()))?;
+                .map_err(|e| (0, e.into()))?;
             slot.insert(t);
         }
-        starts.push(off);
     }
-    Ok(Packed { buf, typed, starts })
+    Ok(Packed {
+        buf,
+        typed,
+        starts: offsets,
+    })
+}
+
+/// Bool storage bytes must be 0 or 1 (anything else is undefined behaviour in libtorch).
+fn check_bools(bytes: &[u8]) -> Res<()> {
+    match bytes.iter().find(|&&b| b > 1) {
+        Some(b) => Err(Fault::malformed(format!(
+            "invalid bool value {b} (must be 0 or 1)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl Packed {
@@ -486,105 +553,125 @@ impl Packed {
         offset: i64,
         shape: &[i64],
         stride: &[i64],
-    ) -> Result<Tensor, String> {
+    ) -> Res<Tensor> {
         // Parts start 64-byte aligned and `buf` is a multiple of 64 bytes: every dtype divides.
         let start = (self.starts[part] / dtype.size()) as i64 + offset;
-        match self.typed.get(&dtype) {
+        let t = match self.typed.get(&dtype) {
             Some(t) => t.f_as_strided(shape, stride, Some(start)),
             None => self
                 .buf
                 .f_view_dtype(dtype.kind())
                 .and_then(|t| t.f_as_strided(shape, stride, Some(start))),
-        }
-        .map_err(|e| e.to_string())
+        }?;
+        Ok(t)
     }
 }
 
-/// Builds the tensors: every storage copied once into one buffer, then strided views into it.
-fn materialize(named: Named, storages: Storages) -> Result<Vec<(String, Tensor)>, String> {
-    // Validate everything first.
+/// Builds the tensors: every storage checked, then copied once into one buffer, then strided
+/// views into it.
+fn materialize(named: Named, storages: Storages) -> Res<Vec<(String, Tensor)>> {
+    for (key, t) in &named {
+        check_tensor(key, t, &storages)?;
+    }
+    let uses = StorageUses::of(&named);
+    let parts = storage_parts(&uses, &storages)?;
+    let packed = pack(&parts, storages.big_endian)
+        .map_err(|(i, e)| e.within((storages.origin)(uses.keys[i].0)))?;
+    let mut out = Vec::with_capacity(named.len());
     for (key, t) in &named {
         let s = &t.storage;
-        let origin = || (storages.origin)(&s.key);
-        let bytes = storages
-            .data
-            .get(&s.key)
-            .ok_or_else(|| format!("storage {} is missing", origin()))?;
-        let declared = s.numel.checked_mul(s.dtype.size() as u64);
-        if declared != Some(bytes.len() as u64) && s.view.is_none() {
-            return Err(format!(
-                "{}: the pickle declares {} {} elements, the file holds {} bytes",
-                origin(),
-                s.numel,
-                s.dtype.name(),
-                bytes.len()
-            ));
-        }
-        let (mut offset, mut avail_bytes) = (0u64, bytes.len() as u64);
-        if let Some((voff, vsize)) = s.view {
-            let esize = s.dtype.size() as u64;
-            let end = voff.checked_add(vsize).and_then(|e| e.checked_mul(esize));
-            if !matches!(end, Some(e) if e <= bytes.len() as u64) {
-                return Err(format!("{}: storage view out of range", origin()));
-            }
-            offset = voff * esize;
-            avail_bytes = vsize * esize;
-        }
-        if offset % t.dtype.size() as u64 != 0 {
-            return Err(format!(
-                "{key}: storage view not aligned to {}",
-                t.dtype.name()
-            ));
-        }
-        let avail = avail_bytes / t.dtype.size() as u64;
-        check_view(t.offset, &t.shape, &t.stride, avail).map_err(|e| format!("{key}: {e}"))?;
+        let part = uses.index[s.key.as_str()];
+        let view_off = s
+            .view
+            .map(|(o, _)| o * s.dtype.size() as u64 / t.dtype.size() as u64);
+        let offset = t.offset + view_off.unwrap_or(0) as i64;
+        let v = packed
+            .view(part, t.dtype, offset, &t.shape, &t.stride)
+            .within(|| key.clone())?;
+        out.push((key.clone(), v));
     }
-    // One part per storage, whatever dtypes its tensors read it as (in first-use order), so a
-    // storage is copied once: the copies add up to no more than the file's bytes.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut used: Vec<(&str, Vec<DType>)> = Vec::new();
-    for (_, t) in &named {
-        let key = t.storage.key.as_str();
-        let i = *index.entry(key).or_insert_with(|| {
-            used.push((key, Vec::new()));
-            used.len() - 1
-        });
-        if !used[i].1.contains(&t.dtype) {
-            used[i].1.push(t.dtype);
-        }
+    Ok(out)
+}
+
+/// Checks that tensor `key` fits in the bytes of its storage: the storage is there with the
+/// size the pickle declares, a storage view lies within it, and the tensor's view within that.
+fn check_tensor(key: &str, t: &TensorRef, storages: &Storages) -> Res<()> {
+    let s = &t.storage;
+    let origin = || (storages.origin)(&s.key);
+    let bytes = storages
+        .data
+        .get(&s.key)
+        .ok_or_else(|| Fault::malformed(format!("storage {} is missing", origin())))?;
+    let declared = s.numel.checked_mul(s.dtype.size() as u64);
+    if declared != Some(bytes.len() as u64) && s.view.is_none() {
+        return Err(Fault::malformed(format!(
+            "{}: the pickle declares {} {} elements, the file holds {} bytes",
+            origin(),
+            s.numel,
+            s.dtype.name(),
+            bytes.len()
+        )));
     }
-    let mut parts = Vec::with_capacity(used.len());
-    let mut total = 0usize;
-    for (key, dtypes) in &used {
-        let bytes = storages.data[*key];
-        let origin = || (storages.origin)(key);
-        let dtype = if let [only] = dtypes[..] {
-            only
-        } else {
-            let other_size = dtypes.iter().find(|d| d.size() != dtypes[0].size());
-            if let (true, Some(other)) = (storages.big_endian, other_size) {
-                return Err(format!(
-                    "{}: read as {} and {} in a big-endian file: a storage viewed as dtypes of \
-                     different sizes cannot be byte-swapped",
-                    origin(),
-                    dtypes[0].name(),
-                    other.name()
-                ));
-            }
-            if dtypes.contains(&DType::Bool) {
-                if let Some(b) = bytes.iter().find(|&&b| b > 1) {
-                    return Err(format!(
-                        "{}: invalid bool value {b} (must be 0 or 1)",
-                        origin()
-                    ));
-                }
-            }
-            match storages.big_endian {
-                // Swapped by element size: any of them (the sizes agree).
-                true => *dtypes.iter().find(|&&d| d != DType::Bool).unwrap(),
-                false => DType::U8,
-            }
+    let (mut offset, mut avail_bytes) = (0u64, bytes.len() as u64);
+    if let Some((voff, vsize)) = s.view {
+        let esize = s.dtype.size() as u64;
+        let end = voff.checked_add(vsize).and_then(|e| e.checked_mul(esize));
+        if !matches!(end, Some(e) if e <= bytes.len() as u64) {
+            return Err(Fault::malformed(format!(
+                "{}: storage view out of range",
+                origin()
+            )));
+        }
+        offset = voff * esize;
+        avail_bytes = vsize * esize;
+    }
+    if offset % t.dtype.size() as u64 != 0 {
+        return Err(Fault::malformed(format!(
+            "{key}: storage view not aligned to {}",
+            t.dtype.name()
+        )));
+    }
+    let avail = avail_bytes / t.dtype.size() as u64;
+    check_view(t.offset, &t.shape, &t.stride, avail).within(|| key.to_string())?;
+    Ok(())
+}
+
+/// The storages the tensors use, in first-use order, with the dtypes each is read as.
+struct StorageUses<'a> {
+    keys: Vec<(&'a str, Vec<DType>)>,
+    /// Position in `keys` by storage key.
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> StorageUses<'a> {
+    fn of(named: &'a Named) -> StorageUses<'a> {
+        let mut uses = StorageUses {
+            keys: Vec::new(),
+            index: HashMap::new(),
         };
+        for (_, t) in named {
+            let key = t.storage.key.as_str();
+            let i = *uses.index.entry(key).or_insert_with(|| {
+                uses.keys.push((key, Vec::new()));
+                uses.keys.len() - 1
+            });
+            if !uses.keys[i].1.contains(&t.dtype) {
+                uses.keys[i].1.push(t.dtype);
+            }
+        }
+        uses
+    }
+}
+
+/// One part per storage, whatever dtypes its tensors read it as, so a storage is copied once:
+/// the copies add up to no more than the file's bytes (checked).
+fn storage_parts<'a>(uses: &StorageUses, storages: &Storages<'a>) -> Res<Vec<Part<'a>>> {
+    let mut parts = Vec::with_capacity(uses.keys.len());
+    let mut total = 0usize;
+    for (key, dtypes) in &uses.keys {
+        let bytes = storages.data[*key];
+        let dtype =
+            part_dtype(bytes, dtypes, storages.big_endian).within(|| (storages.origin)(key))?;
         let usable = bytes.len() - bytes.len() % dtype.size();
         total = total.saturating_add(usable);
         parts.push(Part {
@@ -593,26 +680,37 @@ fn materialize(named: Named, storages: Storages) -> Result<Vec<(String, Tensor)>
         });
     }
     if total > storages.file_len {
-        return Err(format!(
+        return Err(Fault::over_limit(format!(
             "the storages add up to {total} bytes, more than the file's {} bytes: storages \
              that share bytes are refused",
             storages.file_len
-        ));
+        )));
     }
-    let packed = pack(&parts, storages.big_endian)
-        .map_err(|(i, e)| format!("{}: {e}", (storages.origin)(used[i].0)))?;
-    let mut out = Vec::with_capacity(named.len());
-    for (key, t) in &named {
-        let s = &t.storage;
-        let part = index[s.key.as_str()];
-        let view_off = s
-            .view
-            .map(|(o, _)| o * s.dtype.size() as u64 / t.dtype.size() as u64);
-        let offset = t.offset + view_off.unwrap_or(0) as i64;
-        let v = packed
-            .view(part, t.dtype, offset, &t.shape, &t.stride)
-            .map_err(|e| format!("{key}: {e}"))?;
-        out.push((key.clone(), v));
+    Ok(parts)
+}
+
+/// The dtype a storage read as `dtypes` is copied (and byte-swapped) as: its one dtype; bytes
+/// when a little-endian storage is read as several; any of them (of one size) in a big-endian
+/// file. Bools are checked whichever it is.
+fn part_dtype(bytes: &[u8], dtypes: &[DType], big_endian: bool) -> Res<DType> {
+    if let [only] = dtypes[..] {
+        return Ok(only);
     }
-    Ok(out)
+    let other_size = dtypes.iter().find(|d| d.size() != dtypes[0].size());
+    if let (true, Some(other)) = (big_endian, other_size) {
+        return Err(Fault::malformed(format!(
+            "read as {} and {} in a big-endian file: a storage viewed as dtypes of different \
+             sizes cannot be byte-swapped",
+            dtypes[0].name(),
+            other.name()
+        )));
+    }
+    if dtypes.contains(&DType::Bool) {
+        check_bools(bytes)?;
+    }
+    Ok(match big_endian {
+        // Swapped by element size: any of them (the sizes agree).
+        true => *dtypes.iter().find(|&&d| d != DType::Bool).unwrap(),
+        false => DType::U8,
+    })
 }

@@ -6,7 +6,7 @@
 //! mutation applied to `data.pkl` and the archive rebuilt with a correct CRC, so the restricted
 //! unpickler and the storage checks see the damage.
 
-use mobilenet::weights;
+use mobilenet::{weights, Error};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -185,6 +185,7 @@ fn check(data: &[u8], what: &str, stats: &mut (u32, u32)) {
             stats.0 += 1;
         }
         Ok(Err(e)) => {
+            assert_eq!(e.path(), Some(path), "{what}: {e}");
             assert!(e.to_string().starts_with("fuzz.pth: "), "{what}: {e}");
             stats.1 += 1;
         }
@@ -314,8 +315,8 @@ fn hostile_pickles_are_refused() {
         }));
         let err = r
             .unwrap_or_else(|_| panic!("{what}: panicked"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("h.pth: "), "{what}: {err}");
+            .unwrap_err();
+        assert!(matches!(err, Error::Malformed { .. }), "{what}: {err}");
+        assert!(err.to_string().starts_with("h.pth: "), "{what}: {err}");
     }
 }

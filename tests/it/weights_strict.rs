@@ -1,13 +1,16 @@
 //! Strict loading: one error lists every missing key, unexpected key, shape mismatch and dtype
 //! problem; nothing is copied unless everything fits.
 
+use mobilenet::error::{DtypeMismatch, ShapeMismatch};
 use mobilenet::weights::{self, Format, LoadOptions, StateDict};
+use mobilenet::Error;
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 fn sd(tensors: Vec<(&str, Tensor)>) -> StateDict {
     StateDict {
+        path: "in-memory.safetensors".into(),
         format: Format::Safetensors,
         tensors: tensors
             .into_iter()
@@ -81,11 +84,36 @@ fn one_error_lists_every_problem_and_nothing_is_copied() {
     t.push(("head.bias", Tensor::zeros([2], (Kind::Float, Device::Cpu))));
     let pos = t.iter().position(|(k, _)| *k == "bn.bias").unwrap();
     t[pos].1 = Tensor::zeros([4], (Kind::Bool, Device::Cpu));
-    let err = weights::load_into(&vs, &sd(t), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = weights::load_into(&vs, &sd(t), &LoadOptions::default()).unwrap_err();
+    let Error::StateDictMismatch {
+        path,
+        missing,
+        unexpected,
+        shapes,
+        dtypes,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(path.to_str(), Some("in-memory.safetensors"));
+    assert_eq!(&missing[..], ["bn.running_mean", "fc.bias"]);
+    assert_eq!(&unexpected[..], ["fc.weight2", "head.bias"]);
+    let shape = ShapeMismatch {
+        key: "conv.weight".into(),
+        expected: vec![4, 3, 3, 3],
+        got: vec![4, 3, 1, 1],
+    };
+    assert_eq!(&shapes[..], [shape]);
+    let dtype = DtypeMismatch {
+        key: "bn.bias".into(),
+        tensor: "bool".into(),
+        variable: "float32".into(),
+    };
+    assert_eq!(&dtypes[..], [dtype]);
+    let err = err.to_string();
     for want in [
-        "6 problems",
+        "in-memory.safetensors: safetensors (10 tensors) does not match the model: 6 problems",
         "missing keys (2): bn.running_mean, fc.bias",
         "unexpected keys (2): fc.weight2, head.bias",
         "shape mismatches (1): conv.weight: expected [4, 3, 3, 3], got [4, 3, 1, 1]",
@@ -109,10 +137,15 @@ fn never_broadcasts() {
     let mut t = full(Kind::Float);
     let pos = t.iter().position(|(k, _)| *k == "fc.bias").unwrap();
     t[pos].1 = Tensor::from_slice(&[9.0f32]);
-    let err = weights::load_into(&vs, &sd(t), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("fc.bias: expected [2], got [1]"), "{err}");
+    let err = weights::load_into(&vs, &sd(t), &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::StateDictMismatch { shapes, .. } if shapes.len() == 1),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("fc.bias: expected [2], got [1]"),
+        "{err}"
+    );
     assert_ne!(var(&vs, "fc.bias").double_value(&[0]), 9.0);
 }
 
