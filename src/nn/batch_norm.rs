@@ -17,8 +17,9 @@
 //! ([`BatchNorm::eval_scale_shift`]).
 //!
 //! The parameters, buffers, options and the update rule come from the shared base
-//! ([`NormBase`], torch's `_NormBase`); this file holds what `_BatchNorm` adds: the input checks,
-//! the batch counting, and the forward passes.
+//! ([`NormBase`], torch's `_NormBase`); this file holds what `_BatchNorm` adds: its defaults
+//! ([`BatchNormConfig`]), the input checks, the batch counting, the forward passes and the
+//! eval-mode map.
 //!
 //! ```
 //! use mobilenet::nn::{BatchNorm, BatchNormConfig};

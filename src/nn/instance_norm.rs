@@ -15,8 +15,8 @@
 //! for style transfer and image generation, rarely for classification.
 //!
 //! The parameters, buffers, options and the update rule come from the shared base
-//! ([`NormBase`], torch's `_NormBase`); this file holds what `_InstanceNorm` adds: unbatched
-//! input, the input checks, and the forward passes.
+//! ([`NormBase`], torch's `_NormBase`); this file holds what `_InstanceNorm` adds: its defaults
+//! ([`InstanceNormConfig`]), unbatched input, the input checks, and the forward passes.
 //!
 //! One difference from PyTorch: a channel count different from `num_features` is an error even
 //! without affine (PyTorch only warns then).

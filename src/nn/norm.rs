@@ -19,7 +19,7 @@
 //! training with one value per channel is an error); group norm does not depend on the batch at
 //! all, so it is the choice for small per-device batches; instance norm removes per-image
 //! contrast, which is what style transfer wants and classification usually does not; layer norm
-//! is the usual choice for sequences and RNNs/transformers (see [`LayerNorm`](super::LayerNorm)).
+//! is the usual choice for sequences and RNNs/transformers (see [`LayerNorm`]).
 //!
 //! This file also holds what the four layers share: tch's [`ModuleT`] for each of them and
 //! [`Norm2d`] (one definition, `forward_t` panicking where `f_forward_t` returns an `Err`), their
