@@ -272,7 +272,7 @@ impl ConvNormAct {
         let Some(bn) = self.norm.as_batch_norm() else {
             return Ok(false);
         };
-        if bn.running_mean.is_none() {
+        if bn.running_mean().is_none() {
             return Ok(false);
         }
         let _guard = tch::no_grad_guard();

@@ -22,11 +22,12 @@
 //! # Ok::<(), mobilenet::Error>(())
 //! ```
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 use super::norm::{
-    channel_view, check_count, check_eps, check_float, fmt_shape, mean_biased_var, path_name,
+    channel_view, check_channels, check_count, check_eps, check_float, check_stat_size,
+    mean_biased_var, path_name, rank_error, Affine,
 };
 use crate::{Error, Result};
 
@@ -48,19 +49,17 @@ impl Default for GroupNormConfig {
     }
 }
 
-/// `torch.nn.GroupNorm`; the tensors are the var-store variables.
+/// `torch.nn.GroupNorm`: `num_channels` channels in `num_groups` groups. The tensors are the
+/// var-store variables: `weight` `[C]` (trainable, init ones) and `bias` `[C]` (trainable, init
+/// zeros) when affine.
 #[derive(Debug)]
 pub struct GroupNorm {
-    /// `weight` `[C]` (trainable, init ones) when affine.
-    pub weight: Option<Tensor>,
-    /// `bias` `[C]` (trainable, init zeros) when affine.
-    pub bias: Option<Tensor>,
-    pub num_groups: i64,
-    pub num_channels: i64,
-    pub eps: f64,
-    pub affine: bool,
+    cfg: GroupNormConfig,
+    num_groups: i64,
+    num_channels: i64,
+    affine: Affine,
     /// The var-store path, for messages.
-    pub path: String,
+    path: String,
 }
 
 impl GroupNorm {
@@ -85,21 +84,11 @@ impl GroupNorm {
             ));
         }
         check_eps(&name, cfg.eps)?;
-        let (weight, bias) = if cfg.affine {
-            (
-                Some(p.f_ones("weight", &[num_channels])?),
-                Some(p.f_zeros("bias", &[num_channels])?),
-            )
-        } else {
-            (None, None)
-        };
         Ok(GroupNorm {
-            weight,
-            bias,
+            cfg,
             num_groups,
             num_channels,
-            eps: cfg.eps,
-            affine: cfg.affine,
+            affine: Affine::new(p, &[num_channels], cfg.affine, cfg.affine)?,
             path,
         })
     }
@@ -112,56 +101,53 @@ impl GroupNorm {
         )
     }
 
+    /// The options this layer was built with.
+    pub fn config(&self) -> GroupNormConfig {
+        self.cfg
+    }
+
+    /// `weight` `[C]` when affine.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.affine.weight()
+    }
+
+    /// `bias` `[C]` when affine.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.affine.bias()
+    }
+
+    /// The group count `G`.
+    pub fn num_groups(&self) -> i64 {
+        self.num_groups
+    }
+
+    /// The channel count `C`.
+    pub fn num_channels(&self) -> i64 {
+        self.num_channels
+    }
+
+    /// Rank (at least 2), channel count, dtype, and more than one value per group.
     fn check_input(&self, xs: &Tensor) -> Result<()> {
         let size = xs.size();
         if size.len() < 2 {
-            return Err(Error::bad_input(
-                self.name(),
-                format!(
-                    "expected an input [N, C, *] of at least 2 dims, got {}-D input of shape {}",
-                    size.len(),
-                    fmt_shape(&size)
-                ),
-            ));
+            let want = "an input [N, C, *] of at least 2 dims";
+            return Err(rank_error(&self.name(), want, &size));
         }
-        if size[1] != self.num_channels {
-            return Err(Error::bad_input(
-                self.name(),
-                format!(
-                    "expected {} channels (dim 1), got {} in input of shape {}",
-                    self.num_channels,
-                    size[1],
-                    fmt_shape(&size)
-                ),
-            ));
-        }
+        check_channels(&self.name(), &size, 1, self.num_channels)?;
         check_float(&self.name(), xs)?;
         // torch.nn.functional.group_norm's `_verify_batch_size` on [N * C / G, G, *].
         let per_group = size[0] * (size[1] / self.num_groups) * size[2..].iter().product::<i64>();
-        if per_group == 1 {
-            return Err(Error::bad_input(
-                self.name(),
-                format!(
-                    "Expected more than 1 value per channel when training, got input size {} \
-                     (one value per group)",
-                    fmt_shape(&size)
-                ),
-            ));
-        }
-        Ok(())
+        let note = " (one value per group)";
+        check_stat_size(&self.name(), per_group, "value per channel", &size, note)
     }
 
-    /// Forward with libtorch's fused `group_norm`. `train` is accepted for the [`ModuleT`]
-    /// interface and has no effect. An `Err` naming the layer and shapes for bad input.
+    /// Forward with libtorch's fused `group_norm`. `train` is accepted for the
+    /// [`ModuleT`](tch::nn::ModuleT) interface and has no effect. An `Err` naming the layer and
+    /// shapes for bad input.
     pub fn f_forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
-        Ok(xs.f_group_norm(
-            self.num_groups,
-            self.weight.as_ref(),
-            self.bias.as_ref(),
-            self.eps,
-            true,
-        )?)
+        let (weight, bias) = (self.weight(), self.bias());
+        Ok(xs.f_group_norm(self.num_groups, weight, bias, self.cfg.eps, true)?)
     }
 
     /// The same computation as [`GroupNorm::f_forward_t`], written out: view as
@@ -174,24 +160,8 @@ impl GroupNorm {
         let (mean, var) = mean_biased_var(&g, &[2], true)?;
         let g = g
             .f_sub(&mean)?
-            .f_div(&var.f_add_scalar(self.eps)?.f_sqrt()?)?;
-        let mut y = g.f_reshape(size.as_slice())?;
+            .f_div(&var.f_add_scalar(self.cfg.eps)?.f_sqrt()?)?;
         let view = channel_view(self.num_channels, size.len());
-        if let Some(w) = &self.weight {
-            y = y.f_mul(&w.f_view(view.as_slice())?)?;
-        }
-        if let Some(b) = &self.bias {
-            y = y.f_add(&b.f_view(view.as_slice())?)?;
-        }
-        Ok(y)
-    }
-}
-
-/// `forward_t` panics with the error's message on bad input; library and CLI code calls
-/// [`GroupNorm::f_forward_t`].
-impl ModuleT for GroupNorm {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.f_forward_t(xs, train)
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.affine.apply(g.f_reshape(size.as_slice())?, &view)
     }
 }

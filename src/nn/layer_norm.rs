@@ -23,10 +23,10 @@
 //! # Ok::<(), mobilenet::Error>(())
 //! ```
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
-use super::norm::{check_eps, check_float, fmt_shape, mean_biased_var, path_name};
+use super::norm::{check_eps, check_float, fmt_shape, mean_biased_var, path_name, Affine};
 use crate::{Error, Result};
 
 /// Options of [`LayerNorm`], with `torch.nn.LayerNorm`'s defaults.
@@ -34,7 +34,8 @@ use crate::{Error, Result};
 pub struct LayerNormConfig {
     /// Added to the variance before the square root. Must be positive. Default `1e-5`.
     pub eps: f64,
-    /// Learnable `weight` (init 1) of shape `normalized_shape`, and `bias` if `bias`. Default `true`.
+    /// Learnable `weight` (init 1) of shape `normalized_shape`, and `bias` if `bias`. Default
+    /// `true`.
     pub elementwise_affine: bool,
     /// With `elementwise_affine`, also a learnable `bias` (init 0). Default `true`.
     pub bias: bool,
@@ -50,19 +51,16 @@ impl Default for LayerNormConfig {
     }
 }
 
-/// `torch.nn.LayerNorm`; the tensors are the var-store variables.
+/// `torch.nn.LayerNorm` over the trailing `normalized_shape` dims. The tensors are the var-store
+/// variables: `weight` of shape `normalized_shape` (trainable, init ones) when
+/// `elementwise_affine`, and `bias` (trainable, init zeros) when also `bias`.
 #[derive(Debug)]
 pub struct LayerNorm {
-    /// `weight` of shape `normalized_shape` (trainable, init ones) when elementwise_affine.
-    pub weight: Option<Tensor>,
-    /// `bias` of shape `normalized_shape` (trainable, init zeros) when elementwise_affine and bias.
-    pub bias: Option<Tensor>,
-    /// The trailing dims normalized over.
-    pub normalized_shape: Vec<i64>,
-    pub eps: f64,
-    pub elementwise_affine: bool,
+    cfg: LayerNormConfig,
+    normalized_shape: Vec<i64>,
+    affine: Affine,
     /// The var-store path, for messages.
-    pub path: String,
+    path: String,
 }
 
 impl LayerNorm {
@@ -77,23 +75,11 @@ impl LayerNorm {
             ));
         }
         check_eps(&name, cfg.eps)?;
-        let (weight, bias) = if cfg.elementwise_affine {
-            let w = p.f_ones("weight", normalized_shape)?;
-            let b = if cfg.bias {
-                Some(p.f_zeros("bias", normalized_shape)?)
-            } else {
-                None
-            };
-            (Some(w), b)
-        } else {
-            (None, None)
-        };
+        let affine = cfg.elementwise_affine;
         Ok(LayerNorm {
-            weight,
-            bias,
+            cfg,
             normalized_shape: normalized_shape.to_vec(),
-            eps: cfg.eps,
-            elementwise_affine: cfg.elementwise_affine,
+            affine: Affine::new(p, normalized_shape, affine, affine && cfg.bias)?,
             path,
         })
     }
@@ -107,7 +93,29 @@ impl LayerNorm {
         )
     }
 
-    fn check_input(&self, xs: &Tensor) -> Result<()> {
+    /// The options this layer was built with.
+    pub fn config(&self) -> LayerNormConfig {
+        self.cfg
+    }
+
+    /// The trailing dims normalized over.
+    pub fn normalized_shape(&self) -> &[i64] {
+        &self.normalized_shape
+    }
+
+    /// `weight` of shape `normalized_shape` when elementwise_affine.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.affine.weight()
+    }
+
+    /// `bias` of shape `normalized_shape` when elementwise_affine and bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.affine.bias()
+    }
+
+    /// The trailing dims must be `normalized_shape`, the dtype floating-point. Returns those dims'
+    /// indices, the ones normalized over.
+    fn check_input(&self, xs: &Tensor) -> Result<Vec<i64>> {
         let size = xs.size();
         let k = self.normalized_shape.len();
         if size.len() < k || size[size.len() - k..] != self.normalized_shape[..] {
@@ -120,47 +128,27 @@ impl LayerNorm {
                 ),
             ));
         }
-        check_float(&self.name(), xs)
+        check_float(&self.name(), xs)?;
+        Ok((size.len() - k..size.len()).map(|d| d as i64).collect())
     }
 
-    /// Forward with libtorch's fused `layer_norm`. `train` is accepted for the [`ModuleT`]
-    /// interface and has no effect. An `Err` naming the layer and shapes for bad input.
+    /// Forward with libtorch's fused `layer_norm`. `train` is accepted for the
+    /// [`ModuleT`](tch::nn::ModuleT) interface and has no effect. An `Err` naming the layer and
+    /// shapes for bad input.
     pub fn f_forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
-        Ok(xs.f_layer_norm(
-            self.normalized_shape.as_slice(),
-            self.weight.as_ref(),
-            self.bias.as_ref(),
-            self.eps,
-            true,
-        )?)
+        let (weight, bias) = (self.weight(), self.bias());
+        Ok(xs.f_layer_norm(&self.normalized_shape, weight, bias, self.cfg.eps, true)?)
     }
 
     /// The same computation as [`LayerNorm::f_forward_t`], written out: mean and biased variance
     /// over the trailing `normalized_shape` dims, normalize, scale and shift.
     pub fn forward_explicit(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
-        self.check_input(xs)?;
-        let rank = xs.dim() as i64;
-        let dims: Vec<i64> = (rank - self.normalized_shape.len() as i64..rank).collect();
+        let dims = self.check_input(xs)?;
         let (mean, var) = mean_biased_var(xs, &dims, true)?;
-        let mut y = xs
+        let y = xs
             .f_sub(&mean)?
-            .f_div(&var.f_add_scalar(self.eps)?.f_sqrt()?)?;
-        if let Some(w) = &self.weight {
-            y = y.f_mul(w)?;
-        }
-        if let Some(b) = &self.bias {
-            y = y.f_add(b)?;
-        }
-        Ok(y)
-    }
-}
-
-/// `forward_t` panics with the error's message on bad input; library and CLI code calls
-/// [`LayerNorm::f_forward_t`].
-impl ModuleT for LayerNorm {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.f_forward_t(xs, train)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .f_div(&var.f_add_scalar(self.cfg.eps)?.f_sqrt()?)?;
+        self.affine.apply(y, &self.normalized_shape)
     }
 }

@@ -12,6 +12,7 @@ pub mod group_norm;
 pub mod instance_norm;
 pub mod layer_norm;
 pub mod norm;
+pub mod norm_base;
 pub mod squeeze_excitation;
 
 pub use activation::Activation;
@@ -22,4 +23,5 @@ pub use group_norm::{GroupNorm, GroupNormConfig};
 pub use instance_norm::{InstanceNorm, InstanceNormConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use norm::{Norm2d, NormKind};
+pub use norm_base::{NormBase, NormBaseConfig};
 pub use squeeze_excitation::SqueezeExcitation;

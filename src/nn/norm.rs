@@ -19,7 +19,12 @@
 //! training with one value per channel is an error); group norm does not depend on the batch at
 //! all, so it is the choice for small per-device batches; instance norm removes per-image
 //! contrast, which is what style transfer wants and classification usually does not; layer norm
-//! is the usual choice for sequences and RNNs/transformers (see [`LayerNorm`](super::LayerNorm)).
+//! is the usual choice for sequences and RNNs/transformers (see [`LayerNorm`]).
+//!
+//! This file also holds what the four layers share: tch's [`ModuleT`] for each of them and
+//! [`Norm2d`] (one definition, `forward_t` panicking where `f_forward_t` returns an `Err`), their
+//! affine parameters, and their input checks. [`BatchNorm`] and [`InstanceNorm`] also share
+//! their state and running-statistics rule ([`NormBase`](super::NormBase), torch's `_NormBase`).
 //!
 //! ```
 //! use mobilenet::nn::{BatchNormConfig, NormKind};
@@ -43,6 +48,7 @@ use tch::Tensor;
 
 use super::{
     BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
+    LayerNorm,
 };
 use crate::{Error, Result};
 
@@ -189,18 +195,18 @@ impl Norm2d {
     /// The per-channel affine weight, if any.
     pub fn weight(&self) -> Option<&Tensor> {
         match self {
-            Norm2d::Batch(m) => m.weight.as_ref(),
-            Norm2d::Group(m) => m.weight.as_ref(),
-            Norm2d::Instance(m) => m.weight.as_ref(),
+            Norm2d::Batch(m) => m.weight(),
+            Norm2d::Group(m) => m.weight(),
+            Norm2d::Instance(m) => m.weight(),
         }
     }
 
     /// The per-channel affine bias, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
-            Norm2d::Batch(m) => m.bias.as_ref(),
-            Norm2d::Group(m) => m.bias.as_ref(),
-            Norm2d::Instance(m) => m.bias.as_ref(),
+            Norm2d::Batch(m) => m.bias(),
+            Norm2d::Group(m) => m.bias(),
+            Norm2d::Instance(m) => m.bias(),
         }
     }
 
@@ -214,58 +220,64 @@ impl Norm2d {
     }
 }
 
-/// Panics with the error's message on bad input; use [`Norm2d::f_forward_t`] to get a `Result`.
-impl ModuleT for Norm2d {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.f_forward_t(xs, train)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
+/// Implements tch's [`ModuleT`] for layers with an `f_forward_t`: `forward_t` panics with the
+/// error's message on bad input (wrong rank or channel count, one value per statistic in
+/// training), so library and CLI code calls `f_forward_t`.
+macro_rules! module_t_via_f_forward_t {
+    ($($layer:ty),+ $(,)?) => {$(
+        /// `forward_t` is `f_forward_t` and panics with its error's message on bad input.
+        impl ModuleT for $layer {
+            fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+                self.f_forward_t(xs, train)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    )+};
 }
+
+module_t_via_f_forward_t!(BatchNorm, InstanceNorm, GroupNorm, LayerNorm, Norm2d);
 
 // Helpers shared by the four layers.
 
-/// The var-store path of `p` as it appears in a state_dict key prefix (`features.0.1`).
-/// `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked` of a
-/// BatchNorm/InstanceNorm (torch's `_NormBase`).
-pub(crate) type NormState = (
-    Option<Tensor>,
-    Option<Tensor>,
-    Option<Tensor>,
-    Option<Tensor>,
-    Option<Tensor>,
-);
-
-/// Registers torch's `_NormBase` state on `p` with PyTorch's names and initial values: `weight`
-/// ones and `bias` zeros (trainable) when `affine`; buffers `running_mean` zeros, `running_var`
-/// ones and the int64 scalar `num_batches_tracked` 0 when `track_running_stats`.
-pub(crate) fn register_state(
-    p: &nn::Path,
-    c: i64,
-    affine: bool,
-    track_running_stats: bool,
-) -> Result<NormState> {
-    let opts = (p.kind(), p.device());
-    let (weight, bias) = if affine {
-        (
-            Some(p.f_ones("weight", &[c])?),
-            Some(p.f_zeros("bias", &[c])?),
-        )
-    } else {
-        (None, None)
-    };
-    if !track_running_stats {
-        return Ok((weight, bias, None, None, None));
-    }
-    let count = Tensor::f_zeros([0i64; 0], (tch::Kind::Int64, p.device()))?;
-    Ok((
-        weight,
-        bias,
-        Some(p.add("running_mean", Tensor::f_zeros([c], opts)?, false)),
-        Some(p.add("running_var", Tensor::f_ones([c], opts)?, false)),
-        Some(p.add("num_batches_tracked", count, false)),
-    ))
+/// A norm layer's learnable affine: `weight` (init ones) and `bias` (init zeros), trainable
+/// var-store variables of one shape, each present or not.
+#[derive(Debug)]
+pub(crate) struct Affine {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
 }
 
+impl Affine {
+    /// Registers `weight` (if `weight`) and then `bias` (if `bias`) of shape `shape` on `p`.
+    pub(crate) fn new(p: &nn::Path, shape: &[i64], weight: bool, bias: bool) -> Result<Self> {
+        Ok(Affine {
+            weight: weight.then(|| p.f_ones("weight", shape)).transpose()?,
+            bias: bias.then(|| p.f_zeros("bias", shape)).transpose()?,
+        })
+    }
+
+    pub(crate) fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
+    }
+
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `y * weight + bias`, with `weight` and `bias` viewed as `view` (`[1, C, 1, ..., 1]` for a
+    /// per-channel affine); a missing one is skipped.
+    pub(crate) fn apply(&self, mut y: Tensor, view: &[i64]) -> Result<Tensor> {
+        if let Some(w) = &self.weight {
+            y = y.f_mul(&w.f_view(view)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.f_add(&b.f_view(view)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// The var-store path of `p` as it appears in a state_dict key prefix (`features.0.1`).
 pub(crate) fn path_name(p: &nn::Path) -> String {
     let s = p.components().collect::<Vec<_>>().join(".");
     if s.is_empty() {
@@ -318,6 +330,55 @@ pub(crate) fn check_float(layer: &str, xs: &Tensor) -> Result<()> {
             ),
         ))
     }
+}
+
+/// An input of the wrong rank: "expected {want}, got 3-D input of shape [4, 5, 5]".
+pub(crate) fn rank_error(layer: &str, want: &str, size: &[i64]) -> Error {
+    Error::bad_input(
+        layer,
+        format!(
+            "expected {want}, got {}-D input of shape {}",
+            size.len(),
+            fmt_shape(size)
+        ),
+    )
+}
+
+/// Dim `cdim` of the input must hold the layer's `channels`.
+pub(crate) fn check_channels(layer: &str, size: &[i64], cdim: usize, channels: i64) -> Result<()> {
+    if size[cdim] == channels {
+        return Ok(());
+    }
+    Err(Error::bad_input(
+        layer,
+        format!(
+            "expected {channels} channels (dim {cdim}), got {} in input of shape {}",
+            size[cdim],
+            fmt_shape(size)
+        ),
+    ))
+}
+
+/// Statistics from the input need more than one value each (PyTorch's `_verify_batch_size` and
+/// `_verify_spatial_size`): `values` is how many each averages, `what` names them ("value per
+/// channel"), `note` ends the message.
+pub(crate) fn check_stat_size(
+    layer: &str,
+    values: i64,
+    what: &str,
+    size: &[i64],
+    note: &str,
+) -> Result<()> {
+    if values != 1 {
+        return Ok(());
+    }
+    Err(Error::bad_input(
+        layer,
+        format!(
+            "Expected more than 1 {what} when training, got input size {}{note}",
+            fmt_shape(size)
+        ),
+    ))
 }
 
 /// `[1, C, 1, ..., 1]` of length `rank`: a per-channel vector broadcast against `[N, C, *]`.

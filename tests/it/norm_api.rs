@@ -57,16 +57,13 @@ fn batch_norm_initial_state_is_pytorchs() {
     );
     // Only weight and bias are trainable.
     assert_eq!(vs.trainable_variables().len(), 2);
-    let w = bn.weight.as_ref().unwrap();
+    let w = bn.weight().unwrap();
     assert!(w.requires_grad() && all_equal(w, 1.0) && w.size() == [5]);
-    assert!(all_equal(bn.bias.as_ref().unwrap(), 0.0));
-    let (rm, rv) = (
-        bn.running_mean.as_ref().unwrap(),
-        bn.running_var.as_ref().unwrap(),
-    );
+    assert!(all_equal(bn.bias().unwrap(), 0.0));
+    let (rm, rv) = (bn.running_mean().unwrap(), bn.running_var().unwrap());
     assert!(!rm.requires_grad() && !rv.requires_grad());
     assert!(all_equal(rm, 0.0) && all_equal(rv, 1.0));
-    let nbt = bn.num_batches_tracked.as_ref().unwrap();
+    let nbt = bn.num_batches_tracked().unwrap();
     assert_eq!((nbt.kind(), nbt.size()), (Kind::Int64, vec![]));
     assert_eq!(i64::try_from(nbt).unwrap(), 0);
     assert_eq!(bn.name(), "BatchNorm2d(5) at bn");
@@ -79,6 +76,10 @@ fn batch_norm_initial_state_is_pytorchs() {
     let _ = bn.forward_t(&x, false);
     assert_eq!(i64::try_from(nbt).unwrap(), 2);
     assert!(!all_equal(rm, 0.0));
+    // `reset_running_stats` restores the initial buffers, as `_NormBase.reset_running_stats`.
+    bn.reset_running_stats().unwrap();
+    assert!(all_equal(rm, 0.0) && all_equal(rv, 1.0));
+    assert_eq!(i64::try_from(nbt).unwrap(), 0);
 
     let vs = VarStore::new(Device::Cpu);
     let cfg = BatchNormConfig {
@@ -88,7 +89,8 @@ fn batch_norm_initial_state_is_pytorchs() {
     };
     let bn = BatchNorm::new1d(&vs.root(), 5, cfg).unwrap();
     assert!(names(&vs).is_empty());
-    assert!(bn.weight.is_none() && bn.running_mean.is_none() && bn.num_batches_tracked.is_none());
+    assert!(bn.weight().is_none() && bn.running_mean().is_none());
+    assert!(bn.num_batches_tracked().is_none() && bn.spatial_dims() == 1);
     assert_eq!(bn.name(), "BatchNorm1d(5) at <root>");
 }
 
@@ -103,7 +105,10 @@ fn other_layers_register_pytorchs_names() {
         ..Default::default()
     };
     let inorm = InstanceNorm::new1d(&r.sub("in1"), 3, cfg).unwrap();
-    LayerNorm::new(&r.sub("ln0"), &[4, 2], LayerNormConfig::default()).unwrap();
+    let ln0 = LayerNorm::new(&r.sub("ln0"), &[4, 2], LayerNormConfig::default()).unwrap();
+    assert_eq!(ln0.normalized_shape(), [4, 2]);
+    assert_eq!(ln0.weight().unwrap().size(), [4, 2]);
+    assert_eq!(ln0.config(), LayerNormConfig::default());
     LayerNorm::new(
         &r.sub("ln1"),
         &[4],
@@ -153,6 +158,9 @@ fn other_layers_register_pytorchs_names() {
     let _ = inorm.forward_t(&Tensor::randn([2, 3, 5], (Kind::Float, Device::Cpu)), true);
     assert_eq!(i64::try_from(&vars["in1.num_batches_tracked"]).unwrap(), 0);
     assert!(!all_equal(&vars["in1.running_var"], 1.0));
+    inorm.reset_running_stats().unwrap();
+    assert!(all_equal(&vars["in1.running_var"], 1.0));
+    assert_eq!(inorm.name(), "InstanceNorm1d(3) at in1");
 }
 
 #[test]
@@ -254,22 +262,24 @@ fn norm_kind_builds_the_pytorch_equivalents() {
 
     let b = NormKind::Batch.build(&r.sub("b"), 8, bn).unwrap();
     let inner = b.as_batch_norm().expect("a batch norm");
-    assert_eq!(
-        (inner.eps, inner.momentum, inner.num_features),
-        (1e-3, Some(0.01), 8)
-    );
-    assert!(inner.affine && inner.track_running_stats && inner.spatial_dims == 2);
+    assert_eq!((inner.config(), inner.num_features()), (bn, 8));
+    assert_eq!(inner.spatial_dims(), 2);
 
     match NormKind::Group(4).build(&r.sub("g"), 8, bn).unwrap() {
         Norm2d::Group(g) => assert_eq!(
-            (g.num_groups, g.num_channels, g.eps, g.affine),
-            (4, 8, 1e-5, true)
+            (g.num_groups(), g.num_channels(), g.config()),
+            (4, 8, GroupNormConfig::default())
         ),
         other => panic!("{other:?}"),
     }
     let l = NormKind::Layer.build(&r.sub("l"), 8, bn).unwrap();
     match &l {
-        Norm2d::Group(g) => assert_eq!((g.num_groups, g.num_channels, g.eps), (1, 8, 1e-5)),
+        Norm2d::Group(g) => {
+            assert_eq!(
+                (g.num_groups(), g.num_channels(), g.config().eps),
+                (1, 8, 1e-5)
+            )
+        }
         other => panic!("{other:?}"),
     }
     // GroupNorm(1, C) normalizes each sample over (C, H, W).
@@ -279,7 +289,11 @@ fn norm_kind_builds_the_pytorch_equivalents() {
     let i = NormKind::Instance.build(&r.sub("i"), 8, bn).unwrap();
     match &i {
         Norm2d::Instance(n) => {
-            assert!(n.affine && !n.track_running_stats && n.spatial_dims == 2 && n.eps == 1e-5)
+            let want = InstanceNormConfig {
+                affine: true,
+                ..Default::default()
+            };
+            assert_eq!((n.config(), n.spatial_dims()), (want, 2));
         }
         other => panic!("{other:?}"),
     }

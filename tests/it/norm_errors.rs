@@ -96,7 +96,7 @@ fn batch_norm_one_value_per_channel_when_training() {
     );
     assert_err(bn.forward_explicit(&x(&[1, 4, 1, 1]), true), &[msg]);
     // Failed calls leave the running stats and the batch count alone.
-    let nbt = bn.num_batches_tracked.as_ref().unwrap();
+    let nbt = bn.num_batches_tracked().unwrap();
     assert_eq!(i64::try_from(nbt).unwrap(), 0);
     // Eval with running stats is fine (PyTorch too); without running stats it is batch stats.
     assert!(bn.f_forward_t(&x(&[1, 4, 1, 1]), false).is_ok());

@@ -115,10 +115,10 @@ impl Layer {
 
     fn weight_bias(&self) -> (Option<&Tensor>, Option<&Tensor>) {
         match self {
-            Layer::Bn(m) => (m.weight.as_ref(), m.bias.as_ref()),
-            Layer::In(m) => (m.weight.as_ref(), m.bias.as_ref()),
-            Layer::Ln(m) => (m.weight.as_ref(), m.bias.as_ref()),
-            Layer::Gn(m) => (m.weight.as_ref(), m.bias.as_ref()),
+            Layer::Bn(m) => (m.weight(), m.bias()),
+            Layer::In(m) => (m.weight(), m.bias()),
+            Layer::Ln(m) => (m.weight(), m.bias()),
+            Layer::Gn(m) => (m.weight(), m.bias()),
             Layer::N2(m) => (m.weight(), m.bias()),
         }
     }
