@@ -4,7 +4,6 @@
 //! depthwise 27 + pointwise 12 = 39).
 
 use super::ModelConfig;
-use crate::nn::block::norm_variables;
 use crate::nn::conv::{join_dotted, ConvKind, ConvSpec};
 use crate::nn::{BatchNormConfig, NormKind, UnitSpec};
 use serde::Serialize;
@@ -119,7 +118,8 @@ pub fn rows_from_units(
                 continue;
             }
         };
-        let norm_parameters = norm_variables(norm, bn, spec.out_channels)
+        let norm_parameters = norm
+            .state_shapes(spec.out_channels, *bn)
             .iter()
             .filter(|(name, _)| matches!(*name, "weight" | "bias"))
             .map(|(_, shape)| shape.iter().product::<i64>())

@@ -71,7 +71,7 @@ impl BlockSpec {
                         vec![o, groups_in, k, k],
                     ));
                     let at = join_dotted(path, at);
-                    for (name, shape) in norm_variables(norm, &self.bn, o) {
+                    for (name, shape) in norm.state_shapes(o, self.bn) {
                         out.push((join_dotted(&at, name), shape));
                     }
                 }
@@ -90,28 +90,6 @@ impl BlockSpec {
         }
         out
     }
-}
-
-/// The state of the norm `norm` builds on `channels` channels ([`NormKind::build`]): the
-/// affine `weight` and `bias` (every kind here), and BatchNorm's running statistics.
-pub fn norm_variables(
-    norm: &NormKind,
-    bn: &BatchNormConfig,
-    channels: i64,
-) -> Vec<(&'static str, Vec<i64>)> {
-    let affine = !matches!(norm, NormKind::Batch) || bn.affine;
-    let stats = matches!(norm, NormKind::Batch) && bn.track_running_stats;
-    let mut out = Vec::new();
-    if affine {
-        out.push(("weight", vec![channels]));
-        out.push(("bias", vec![channels]));
-    }
-    if stats {
-        out.push(("running_mean", vec![channels]));
-        out.push(("running_var", vec![channels]));
-        out.push(("num_batches_tracked", vec![]));
-    }
-    out
 }
 
 /// One built unit of a [`Block`].

@@ -144,15 +144,48 @@ impl NormKind {
             NormKind::Layer => {
                 Norm2d::Group(GroupNorm::new(p, 1, channels, GroupNormConfig::default())?)
             }
-            NormKind::Instance => Norm2d::Instance(InstanceNorm::new2d(
-                p,
-                channels,
-                InstanceNormConfig {
-                    affine: true,
-                    ..Default::default()
-                },
-            )?),
+            NormKind::Instance => {
+                Norm2d::Instance(InstanceNorm::new2d(p, channels, instance_config())?)
+            }
         })
+    }
+
+    /// The state_dict entries (name and shape) of the norm [`NormKind::build`] makes on
+    /// `channels` channels, in PyTorch's order: the affine `weight` and `bias`, then a
+    /// BatchNorm's running statistics.
+    pub fn state_shapes(
+        &self,
+        channels: i64,
+        bn: BatchNormConfig,
+    ) -> Vec<(&'static str, Vec<i64>)> {
+        let (affine, running_stats) = match *self {
+            NormKind::Batch => (bn.affine, bn.track_running_stats),
+            NormKind::Group(_) | NormKind::Layer => (GroupNormConfig::default().affine, false),
+            NormKind::Instance => {
+                let c = instance_config();
+                (c.affine, c.track_running_stats)
+            }
+        };
+        let mut out = Vec::new();
+        if affine {
+            out.extend([("weight", vec![channels]), ("bias", vec![channels])]);
+        }
+        if running_stats {
+            out.extend([
+                ("running_mean", vec![channels]),
+                ("running_var", vec![channels]),
+                ("num_batches_tracked", vec![]),
+            ]);
+        }
+        out
+    }
+}
+
+/// `instance`: `nn.InstanceNorm2d(C, affine=True)`.
+fn instance_config() -> InstanceNormConfig {
+    InstanceNormConfig {
+        affine: true,
+        ..Default::default()
     }
 }
 
