@@ -23,22 +23,23 @@ use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
 /// The architectures, named as torchvision names its builders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Arch {
     /// MobileNet V1, timm's `mobilenetv1_100` (width 1.0) / `mobilenetv1_125` (width 1.25).
-    #[value(name = "mobilenet_v1")]
+    #[cfg_attr(feature = "cli", value(name = "mobilenet_v1"))]
     #[serde(rename = "mobilenet_v1")]
     MobilenetV1,
     /// MobileNet V2, torchvision's `mobilenet_v2`.
-    #[value(name = "mobilenet_v2")]
+    #[cfg_attr(feature = "cli", value(name = "mobilenet_v2"))]
     #[serde(rename = "mobilenet_v2")]
     MobilenetV2,
     /// MobileNet V3 Large, torchvision's `mobilenet_v3_large`.
-    #[value(name = "mobilenet_v3_large")]
+    #[cfg_attr(feature = "cli", value(name = "mobilenet_v3_large"))]
     #[serde(rename = "mobilenet_v3_large")]
     MobilenetV3Large,
     /// MobileNet V3 Small, torchvision's `mobilenet_v3_small`.
-    #[value(name = "mobilenet_v3_small")]
+    #[cfg_attr(feature = "cli", value(name = "mobilenet_v3_small"))]
     #[serde(rename = "mobilenet_v3_small")]
     MobilenetV3Small,
 }
