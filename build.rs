@@ -76,13 +76,16 @@ fn build_shim(lib: &Path) {
         .cpp(true)
         .file("src/ffi/shim.cpp")
         .file("src/ffi/graph.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        // libtorch's headers as system headers: -Wall -Wextra then warn about our code only.
+        .flag("-isystem")
+        .flag(include.display().to_string())
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include").display().to_string())
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
+        .warnings(true)
+        .extra_warnings(true)
         .compile("mobilenet_shim");
 }
 
