@@ -48,9 +48,14 @@ bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20
 
+## Formatting, clippy, and the library built without the `cli` feature, with no clap or
+## indicatif among its dependencies.
 lint: check-torch
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
+	@if $(CARGO) tree --no-default-features -e normal --prefix none | grep -E '^(clap|indicatif) '; then \
+	  echo "lint: the library without the cli feature depends on the crates above" >&2; exit 1; fi
 
 fmt:
 	$(CARGO) fmt

@@ -4,16 +4,22 @@
 //! torch-sys exports the libtorch lib folder as `DEP_TCH_LIBTORCH_LIB` (its `links = "tch"`).
 //! A dependent binary gets no rpath from it, and `--as-needed` would drop libtorch.so (which pulls
 //! in libtorch_cuda.so) because no symbol of it is referenced directly: hence the two link args.
+//!
+//! The PyTorch release tch is generated against is pinned once, as `torch==X` in
+//! weights/requirements.txt; it is checked against the libtorch found here and exported to the
+//! crate as `MOBILENET_TORCH_PIN`.
 
 use std::path::{Path, PathBuf};
 
-/// The PyTorch release this crate's `tch` pin was generated against.
-const EXPECTED_TORCH: &str = "2.11.0";
+/// Where the torch pin is written (the Python side's requirements, which `make setup` installs).
+const REQUIREMENTS: &str = "weights/requirements.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     write_ffi_types();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let pin = torch_pin();
+    println!("cargo:rustc-env=MOBILENET_TORCH_PIN={pin}");
     let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(lib) => PathBuf::from(lib),
         Err(_) => {
@@ -24,10 +30,10 @@ fn main() {
     let version = torch_version(&lib);
     if let Some(v) = &version {
         let base = v.split('+').next().unwrap_or(v);
-        if base != EXPECTED_TORCH {
+        if base != pin {
             panic!(
-                "libtorch at {} is PyTorch {v}, but this crate (tch 0.24) needs PyTorch {EXPECTED_TORCH}; \
-                 run `make setup` to install the pinned torch into .venv",
+                "libtorch at {} is PyTorch {v}, but this crate (tch 0.24) needs PyTorch {pin} \
+                 ({REQUIREMENTS}); run `make setup` to install the pinned torch into .venv",
                 lib.display()
             );
         }
@@ -45,6 +51,18 @@ fn main() {
     }
 }
 
+/// The version in the `torch==X` line of [`REQUIREMENTS`].
+fn torch_pin() -> String {
+    println!("cargo:rerun-if-changed={REQUIREMENTS}");
+    let text = std::fs::read_to_string(REQUIREMENTS)
+        .unwrap_or_else(|e| panic!("cannot read {REQUIREMENTS} (the torch pin): {e}"));
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .find_map(|line| line.strip_prefix("torch=="))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{REQUIREMENTS} has no `torch==X` line"))
+}
+
 /// Compiles src/ffi/shim.cpp and graph.cpp (libtorch APIs tch does not bind) against the
 /// headers of the same libtorch.
 fn build_shim(lib: &Path) {
@@ -60,13 +78,16 @@ fn build_shim(lib: &Path) {
         .file("src/ffi/shim.cpp")
         .file("src/ffi/graph.cpp")
         .include(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        // libtorch's headers as system headers: -Wall -Wextra then warn about our code only.
+        .flag("-isystem")
+        .flag(include.display().to_string())
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include").display().to_string())
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
+        .warnings(true)
+        .extra_warnings(true)
         .compile("mobilenet_shim");
 }
 

@@ -1,5 +1,5 @@
-//! Where and in what precision a model runs: `--device auto|cpu|cuda|cuda:N` and
-//! `--precision fp32|fp16|bf16`.
+//! Where and in what precision a model runs: `--device auto|cpu|cuda|cuda:N`,
+//! `--precision fp32|fp16|bf16`, and the [`Placement`] a loaded model is prepared for.
 
 use crate::{Error, Result};
 use serde::Serialize;
@@ -70,7 +70,8 @@ impl DeviceChoice {
 }
 
 /// Floating-point precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
@@ -116,5 +117,26 @@ impl Precision {
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Where a loaded model runs and how it is prepared for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: Device,
+    pub precision: Precision,
+    /// Fold every BatchNorm into its convolution (inference only), in fp32 before the cast:
+    /// folding from rounded parameters would not match PyTorch's reduced-precision numbers.
+    pub fold: bool,
+}
+
+impl Default for Placement {
+    /// The CPU, fp32, nothing folded: the model as the file holds it.
+    fn default() -> Self {
+        Placement {
+            device: Device::Cpu,
+            precision: Precision::Fp32,
+            fold: false,
+        }
     }
 }

@@ -2,8 +2,9 @@
 
 use serde::Serialize;
 
-/// The PyTorch version tch 0.24 is generated against.
-pub const EXPECTED_TORCH_VERSION: &str = "2.11.0";
+/// The PyTorch version tch 0.24 is generated against (the `torch==X` pin of
+/// weights/requirements.txt, which build.rs checks libtorch against).
+pub const EXPECTED_TORCH_VERSION: &str = env!("MOBILENET_TORCH_PIN");
 
 /// A report of the runtime, printed by `mobilenet info`.
 #[derive(Debug, Clone, Serialize)]

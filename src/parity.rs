@@ -6,7 +6,7 @@
 //! train mode, `state.<key>` buffers after the forward.
 
 use crate::device::Precision;
-use crate::models::Model;
+use crate::models::{Model, StageOutput};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -203,19 +203,8 @@ pub fn check(
     precision: Precision,
 ) -> Result<ParityReport> {
     let device = model.device();
-    let same_precision = format!("logits.{}", precision.name());
-    let compared_with = match reference.get(&same_precision) {
-        Some(_) if precision != Precision::Fp32 => same_precision,
-        _ => "logits".to_string(),
-    };
+    let compared_with = reference_logits(model, reference, precision)?;
     let want = &reference[&compared_with];
-    let k = model.config().num_classes;
-    if want.size()[1] != k {
-        return Err(Error::bad_input(
-            "reference",
-            format!("`logits` has {} classes, the model {k}", want.size()[1]),
-        ));
-    }
     let input = reference["input"]
         .f_to_device(device)?
         .f_to_kind(precision.kind())?;
@@ -232,52 +221,131 @@ pub fn check(
     } else {
         None
     };
+    let (top1, top5) = top_k_agreement(&logits, want)?;
+    let stage_diffs = stage_diffs(&stages, reference)?;
+    let worst_buffer = if train {
+        worst_buffer(model, reference)?
+    } else {
+        None
+    };
 
-    let top = k.min(5);
+    let tolerance = Tolerance::for_precision(precision, compared_with != "logits");
+    let samples = want.size()[0];
+    let pass = within(
+        &tolerance,
+        precision,
+        &logit_diff,
+        top1,
+        top5,
+        samples,
+        &worst_buffer,
+    );
+    Ok(ParityReport {
+        mode: if train { "train" } else { "eval" }.into(),
+        precision,
+        device: format!("{device:?}"),
+        pass,
+        compared_with,
+        logits: logit_diff,
+        vs_fp32,
+        top1_agree: top1,
+        top5_agree: top5,
+        samples,
+        stages: stage_diffs,
+        worst_buffer,
+        tolerance,
+    })
+}
+
+/// Which reference logits to compare with: PyTorch's in the same reduced precision
+/// (`logits.fp16` / `logits.bf16`) when the reference has them, else `logits`. Errors when
+/// their class count is not the model's.
+fn reference_logits(
+    model: &Model,
+    reference: &HashMap<String, Tensor>,
+    precision: Precision,
+) -> Result<String> {
+    let same_precision = format!("logits.{}", precision.name());
+    let compared_with = match reference.get(&same_precision) {
+        Some(_) if precision != Precision::Fp32 => same_precision,
+        _ => "logits".to_string(),
+    };
+    let k = model.config().num_classes;
+    let classes = reference[&compared_with].size()[1];
+    if classes != k {
+        return Err(Error::bad_input(
+            "reference",
+            format!("`logits` has {classes} classes, the model {k}"),
+        ));
+    }
+    Ok(compared_with)
+}
+
+/// How many samples agree with the reference on the top-1 index, and on the top-5 indices in
+/// order (top-K when there are fewer classes).
+fn top_k_agreement(logits: &Tensor, want: &Tensor) -> Result<(i64, i64)> {
+    let top = want.size()[1].min(5);
     let ours_top = logits.f_topk(top, 1, true, true)?.1;
     let want_top = want.f_topk(top, 1, true, true)?.1;
-    let samples = want.size()[0];
     let (mut top1, mut top5) = (0, 0);
-    for i in 0..samples {
+    for i in 0..want.size()[0] {
         let a: Vec<i64> = Vec::try_from(ours_top.f_get(i)?)?;
         let b: Vec<i64> = Vec::try_from(want_top.f_get(i)?)?;
         top1 += (a[0] == b[0]) as i64;
         top5 += (a == b) as i64;
     }
+    Ok((top1, top5))
+}
 
-    let mut stage_diffs = Vec::new();
-    for stage in &stages {
+/// The stage feature maps the reference has (`feature.<stage>`), compared in order.
+fn stage_diffs(stages: &[StageOutput], reference: &HashMap<String, Tensor>) -> Result<Vec<Diff>> {
+    let mut diffs = Vec::new();
+    for stage in stages {
         if let Some(r) = reference.get(&format!("feature.{}", stage.name)) {
-            stage_diffs.push(diff(&stage.name, &stage.tensor, r)?);
+            diffs.push(diff(&stage.name, &stage.tensor, r)?);
         }
     }
+    Ok(diffs)
+}
 
-    let mut worst_buffer: Option<Diff> = None;
-    if train {
-        let vars = model.var_store().variables();
-        for (key, want) in reference
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))
+/// The worst of the reference's `state.<key>` buffers against the model's after a train-mode
+/// forward; `None` when the reference has none.
+fn worst_buffer(model: &Model, reference: &HashMap<String, Tensor>) -> Result<Option<Diff>> {
+    let vars = model.var_store().variables();
+    let mut worst: Option<Diff> = None;
+    for (key, want) in reference
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v)))
+    {
+        let ours = vars.get(key).ok_or_else(|| {
+            Error::bad_input("reference", format!("buffer `{key}` is not in the model"))
+        })?;
+        let d = diff(key, ours, want)?;
+        // NaN counts as the worst (every comparison with NaN is false).
+        if worst
+            .as_ref()
+            .is_none_or(|w| d.max_abs.is_nan() || d.max_abs > w.max_abs)
         {
-            let ours = vars.get(key).ok_or_else(|| {
-                Error::bad_input("reference", format!("buffer `{key}` is not in the model"))
-            })?;
-            let d = diff(key, ours, want)?;
-            // NaN counts as the worst (every comparison with NaN is false).
-            if worst_buffer
-                .as_ref()
-                .is_none_or(|w| d.max_abs.is_nan() || d.max_abs > w.max_abs)
-            {
-                worst_buffer = Some(d);
-            }
+            worst = Some(d);
         }
     }
+    Ok(worst)
+}
 
-    let tolerance = Tolerance::for_precision(precision, compared_with != "logits");
+/// The verdict: the logit error, the top-k agreement and the worst buffer within `tolerance`.
+fn within(
+    tolerance: &Tolerance,
+    precision: Precision,
+    logits: &Diff,
+    top1: i64,
+    top5: i64,
+    samples: i64,
+    worst_buffer: &Option<Diff>,
+) -> bool {
     let err = if tolerance.relative {
-        logit_diff.max_rel
+        logits.max_rel
     } else {
-        logit_diff.max_abs
+        logits.max_abs
     };
     let top_ok = if tolerance.top_k >= 5 {
         top5 == samples
@@ -291,19 +359,5 @@ pub fn check(
             d.max_rel <= tolerance.logits
         }
     });
-    Ok(ParityReport {
-        mode: if train { "train" } else { "eval" }.into(),
-        precision,
-        device: format!("{device:?}"),
-        pass: err <= tolerance.logits && top_ok && buffers_ok,
-        compared_with,
-        logits: logit_diff,
-        vs_fp32,
-        top1_agree: top1,
-        top5_agree: top5,
-        samples,
-        stages: stage_diffs,
-        worst_buffer,
-        tolerance,
-    })
+    err <= tolerance.logits && top_ok && buffers_ok
 }

@@ -3,7 +3,7 @@
 
 use super::common::ModelArgs;
 use mobilenet::bench::{bench_batch, BenchRow};
-use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::models::Model;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -87,46 +87,8 @@ struct Report {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let malloc_tuned = !args.default_malloc && mobilenet::alloc::keep_freed_memory();
-    if let Some(n) = args.threads {
-        anyhow::ensure!(n >= 1, "--threads {n} must be >= 1");
-        tch::set_num_threads(n);
-    }
-    anyhow::ensure!(
-        args.batch_sizes.iter().all(|&b| b >= 1) && !args.batch_sizes.is_empty(),
-        "--batch-sizes must be positive integers"
-    );
-    anyhow::ensure!(args.iters >= 1, "--iters must be >= 1");
-    anyhow::ensure!(args.resolution >= 32, "--resolution must be >= 32");
-    let device = args.device.resolve()?;
-    args.precision.check(device)?;
-    let cfg = args.model.config();
-    // Loaded and folded in fp32 on the CPU, then cast and moved (folding from rounded
-    // parameters would not match PyTorch's reduced-precision numbers).
-    let mut model = match &args.weights {
-        Some(path) => Model::load(cfg, path)?,
-        None => {
-            tch::manual_seed(0);
-            Model::new(cfg, tch::Device::Cpu)?
-        }
-    };
-    if !args.no_fold {
-        model.fold_batch_norm()?;
-    }
-    model.to(device, args.precision)?;
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
-    let channels_last = args.layout != Layout::Nchw;
-    model.set_channels_last(channels_last)?;
-    // Both need folded fp32 CPU weights and do nothing otherwise.
-    if !args.no_fuse {
-        model.accelerate()?;
-    }
-    if !args.no_graph {
-        // The fuser is process-wide; this process runs only our graph.
-        mobilenet::ffi::enable_onednn_fusion(true);
-        model.compile_graph()?;
-    }
+    let device = validate(&args)?;
+    let model = prepare_model(&args, device)?;
     let mut results = Vec::new();
     for &bs in &args.batch_sizes {
         let row = bench_batch(&model, bs, args.resolution, args.warmup, args.iters)?;
@@ -143,7 +105,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         width_mult: model.config().width_mult,
         device: format!("{device:?}"),
         precision: args.precision,
-        layout: if channels_last { "nhwc" } else { "nchw" },
+        layout: if args.layout == Layout::Nchw {
+            "nchw"
+        } else {
+            "nhwc"
+        },
         bn_folded: model.is_folded(),
         fused: model.is_accelerated(),
         graph: model.has_graph(),
@@ -157,30 +123,88 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} width {} on {} {} layout {} bn folded {} fused {} graph {} malloc tuned {} threads {} libtorch {}",
-            report.arch,
-            report.width_mult,
-            report.device,
-            report.precision,
-            report.layout,
-            report.bn_folded,
-            report.fused,
-            report.graph,
-            report.malloc_tuned,
-            report.threads,
-            report.libtorch_version
-        );
-        println!(
-            "{:>6} {:>10} {:>10} {:>12}",
-            "batch", "p50 ms", "p90 ms", "images/s"
-        );
-        for r in &report.results {
-            println!(
-                "{:>6} {:>10.3} {:>10.3} {:>12.1}",
-                r.batch_size, r.p50_ms, r.p90_ms, r.images_per_s
-            );
-        }
+        print_table(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the numeric arguments, applies `--threads`, and resolves the device (where
+/// `--precision` must run).
+fn validate(args: &Args) -> anyhow::Result<tch::Device> {
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n >= 1, "--threads {n} must be >= 1");
+        tch::set_num_threads(n);
+    }
+    anyhow::ensure!(
+        args.batch_sizes.iter().all(|&b| b >= 1) && !args.batch_sizes.is_empty(),
+        "--batch-sizes must be positive integers"
+    );
+    anyhow::ensure!(args.iters >= 1, "--iters must be >= 1");
+    anyhow::ensure!(args.resolution >= 32, "--resolution must be >= 32");
+    let device = args.device.resolve()?;
+    args.precision.check(device)?;
+    Ok(device)
+}
+
+/// The model from `--weights` (or seeded random weights: speed does not depend on the values),
+/// folded in fp32 unless `--no-fold` and then cast and moved, in the layout and with the fused
+/// kernel and compiled graph that the flags leave on.
+fn prepare_model(args: &Args, device: tch::Device) -> anyhow::Result<Model> {
+    let placement = Placement {
+        device,
+        precision: args.precision,
+        fold: !args.no_fold,
+    };
+    let cfg = args.model.config();
+    let mut model = match &args.weights {
+        Some(path) => Model::from_file_with(cfg, path, &placement)?,
+        None => {
+            tch::manual_seed(0);
+            let mut model = Model::new(cfg, tch::Device::Cpu)?;
+            model.place(&placement)?;
+            model
+        }
+    };
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    model.set_channels_last(args.layout != Layout::Nchw)?;
+    // Both need folded fp32 CPU weights and do nothing otherwise.
+    if !args.no_fuse {
+        model.accelerate()?;
+    }
+    if !args.no_graph {
+        // The fuser is process-wide; this process runs only our graph.
+        mobilenet::ffi::enable_onednn_fusion(true);
+        model.compile_graph()?;
+    }
+    Ok(model)
+}
+
+/// The settings line and one row per batch size.
+fn print_table(report: &Report) {
+    println!(
+        "{} width {} on {} {} layout {} bn folded {} fused {} graph {} malloc tuned {} threads {} libtorch {}",
+        report.arch,
+        report.width_mult,
+        report.device,
+        report.precision,
+        report.layout,
+        report.bn_folded,
+        report.fused,
+        report.graph,
+        report.malloc_tuned,
+        report.threads,
+        report.libtorch_version
+    );
+    println!(
+        "{:>6} {:>10} {:>10} {:>12}",
+        "batch", "p50 ms", "p90 ms", "images/s"
+    );
+    for r in &report.results {
+        println!(
+            "{:>6} {:>10.3} {:>10.3} {:>12.1}",
+            r.batch_size, r.p50_ms, r.p90_ms, r.images_per_s
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::pipeline::ordered_map;
@@ -105,29 +105,73 @@ struct Class {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let device = resolve_device(&args)?;
+    let (weights_path, state_dict) = read_weights(&args)?;
+    let config = model_config(args.arch, &state_dict, &weights_path)?;
+    let (transform, transform_source) = transform(&args, &config, &weights_path)?;
+    let inputs = find_inputs(&args.paths)?;
+    let model = prepare_model(&args, &config, state_dict, &weights_path, device)?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source})",
+            inputs.len(),
+            config.arch,
+            config.width_mult,
+            weights_path.display(),
+            args.precision,
+        );
+    }
+    let num_classes = config.num_classes;
+    let (report, completed) =
+        classify_inputs(&args, &model, num_classes, device, transform, inputs)?;
+    if !completed {
+        return Ok(report.exit_code());
+    }
+    Ok(finish(&args, report))
+}
+
+/// `--threads`, `--device` and whether `--precision` runs there.
+fn resolve_device(args: &Args) -> anyhow::Result<Device> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
     let device = args.device.resolve()?;
     args.precision.check(device)?;
+    Ok(device)
+}
 
-    let weights_path = match &args.weights {
+/// `--weights`, or the published weights of `--arch` (mobilenet_v2 without it), read once.
+fn read_weights(args: &Args) -> anyhow::Result<(PathBuf, weights::StateDict)> {
+    let path = match &args.weights {
         Some(path) => path.clone(),
         None => default_weights_path(args.arch.unwrap_or(Arch::MobilenetV2))?,
     };
-    let state_dict = weights::read(&weights_path)?;
-    let config = model_config(args.arch, &state_dict, &weights_path)?;
-    let (mut transform, transform_source) =
-        preprocess::transform_for(config.arch, config.width_mult, Some(&weights_path));
+    let state_dict = weights::read(&path)?;
+    Ok((path, state_dict))
+}
+
+/// The weights' own evaluation transform, with `--resize` and `--crop` applied, and where it
+/// comes from.
+fn transform(
+    args: &Args,
+    config: &ModelConfig,
+    weights_path: &Path,
+) -> anyhow::Result<(Transform, String)> {
+    let (mut transform, source) =
+        preprocess::transform_for(config.arch, config.width_mult, Some(weights_path));
     transform.resize = args.resize.unwrap_or(transform.resize);
     transform.crop = args.crop.unwrap_or(transform.crop);
     transform.validate()?;
+    Ok((transform, source))
+}
 
-    let inputs = images::find_images(&args.paths);
+/// The image files under `paths`; an error when there are none.
+fn find_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
+    let inputs = images::find_images(paths);
     if inputs.is_empty() {
         bail!(
             "no image files found in {} (folders are searched for {})",
-            args.paths
+            paths
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
@@ -135,15 +179,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             images::EXTENSIONS.map(|e| format!(".{e}")).join(" ")
         );
     }
+    Ok(inputs)
+}
 
-    // Built and loaded on the CPU, then moved, as `Model::from_file` does (the file read once).
-    let mut model = Model::new(config.clone(), Device::Cpu)?;
-    weights::load_into(
-        model.var_store(),
-        &state_dict,
-        &weights::LoadOptions::default(),
-    )
-    .with_context(|| {
+/// The model, loaded, folded in fp32 and cast (folding from rounded parameters would not match
+/// PyTorch's reduced-precision numbers), then tuned for inference on `device`: channels-last
+/// (the faster layout on the CPU, measured, see the README, and for cuDNN); on the CPU in fp32
+/// oneDNN's fused kernel ([`Model::accelerate`]), optionally the compiled graph, and glibc
+/// keeping freed activations for the next batch; on CUDA cuDNN's fastest algorithms per shape.
+fn prepare_model(
+    args: &Args,
+    config: &ModelConfig,
+    state_dict: weights::StateDict,
+    weights_path: &Path,
+    device: Device,
+) -> anyhow::Result<Model> {
+    let placement = Placement {
+        device,
+        precision: args.precision,
+        fold: true,
+    };
+    let does_not_fit = || {
         format!(
             "{} does not fit {} width {} with {} classes",
             weights_path.display(),
@@ -151,15 +207,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             config.width_mult,
             config.num_classes
         )
-    })?;
+    };
+    let mut model = Model::from_state_dict(config.clone(), &state_dict, weights_path, &placement)
+        .with_context(does_not_fit)?;
     drop(state_dict);
-    // Fold in fp32, then cast: folding from rounded parameters would not match PyTorch's
-    // reduced-precision numbers. Channels-last is the faster layout on the CPU (measured, see
-    // the README) and for cuDNN; cuDNN picks its fastest algorithms per shape.
-    // On the CPU in fp32 the folded convs run oneDNN's fused kernel (`Model::accelerate`), and
-    // glibc keeps freed activations for the next batch instead of unmapping them.
-    model.fold_batch_norm()?;
-    model.to(device, args.precision)?;
     model.set_channels_last(true)?;
     model.accelerate()?;
     if args.graph {
@@ -172,21 +223,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         mobilenet::alloc::keep_freed_memory();
     }
-    let _no_grad = tch::no_grad_guard();
+    Ok(model)
+}
 
+/// Streams `inputs` through decoding workers and the model in batches, printing each result in
+/// input order. Stops early when stdout is closed: then the flag returned is false.
+fn classify_inputs(
+    args: &Args,
+    model: &Model,
+    num_classes: i64,
+    device: Device,
+    transform: Transform,
+    inputs: Vec<Input>,
+) -> anyhow::Result<(Report<std::io::StdoutLock<'static>>, bool)> {
+    let _no_grad = tch::no_grad_guard();
     let batch_size = args.batch_size as usize;
     let workers = args.workers.map_or_else(default_workers, |n| n as usize);
     let interactive = std::io::stderr().is_terminal();
-    if interactive {
-        eprintln!(
-            "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source})",
-            inputs.len(),
-            config.arch,
-            config.width_mult,
-            weights_path.display(),
-            args.precision,
-        );
-    }
     let bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
 
     let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path().to_path_buf()).collect();
@@ -198,20 +251,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load(input, worker_transform)
     });
 
-    let labels = config.num_classes == imagenet::NUM_CLASSES as i64;
     let mut report = Report {
         json: args.json,
         out: std::io::stdout().lock(),
         bar,
-        labels,
+        labels: num_classes == imagenet::NUM_CLASSES as i64,
         failed: 0,
         total: 0,
     };
     let classifier = BatchClassifier {
-        model: &model,
+        model,
         device,
         kind: args.precision.kind(),
-        k: args.top_k.min(config.num_classes),
+        k: args.top_k.min(num_classes),
     };
     let mut pending: Vec<(PathBuf, Result<Tensor, String>)> = Vec::new();
     let mut ready = 0;
@@ -227,14 +279,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Errors alone are printed at once; otherwise wait for a full batch.
         if ready == batch_size || ready == 0 {
             if !report.flush(&classifier, &mut pending)? {
-                return Ok(report.exit_code());
+                return Ok((report, false));
             }
             ready = 0;
         }
     }
-    if !report.flush(&classifier, &mut pending)? {
-        return Ok(report.exit_code());
-    }
+    let completed = report.flush(&classifier, &mut pending)?;
+    Ok((report, completed))
+}
+
+/// Clears the progress bar, says how many inputs failed and (hidden flag) the peak memory;
+/// the exit code.
+fn finish<W: Write>(args: &Args, report: Report<W>) -> ExitCode {
     if let Some(bar) = &report.bar {
         bar.finish_and_clear();
     }
@@ -250,7 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => eprintln!("peak_rss_kib=unknown"),
         }
     }
-    Ok(report.exit_code())
+    report.exit_code()
 }
 
 /// The model configuration for `path`: `--arch` if given (and the file does not hold another
@@ -260,24 +316,19 @@ fn model_config(
     sd: &weights::StateDict,
     path: &Path,
 ) -> anyhow::Result<ModelConfig> {
-    let guess = weights::detect_architecture(sd);
-    let found = guess.as_ref().map(|g| g.arch);
-    let arch = match (arch, found) {
-        (Some(asked), Some(held)) if asked != held => bail!(
-            "{}: holds {held} weights, not {asked}; pass --arch {held} (or leave --arch out)",
-            path.display()
+    let held = weights::detect_architecture(sd).and_then(|g| ModelConfig::from_guess(&g));
+    Ok(match (arch, held) {
+        (Some(asked), Some(held)) if asked != held.arch => bail!(
+            "{}: holds {} weights, not {asked}; pass --arch {} (or leave --arch out)",
+            path.display(),
+            held.arch,
+            held.arch
         ),
-        (Some(asked), _) => asked,
-        (None, Some(held)) => held,
+        (_, Some(held)) => held,
+        (Some(asked), None) => ModelConfig::new(asked),
         // Unrecognized: the loader will say which keys do not match.
-        (None, None) => Arch::MobilenetV2,
-    };
-    let mut config = ModelConfig::new(arch);
-    if let Some(g) = guess.filter(|_| found == Some(arch)) {
-        config.width_mult = g.width_mult;
-        config.num_classes = g.num_classes;
-    }
-    Ok(config)
+        (None, None) => ModelConfig::new(Arch::MobilenetV2),
+    })
 }
 
 /// The published weights of `arch` under `weights/` (the current folder's, then this source

@@ -1,6 +1,7 @@
 //! `mobilenet convert IN OUT [--arch A ...]`: a weight file into another format, chosen by OUT's
 //! extension; with `--arch`, the file is first loaded strictly into that architecture.
 
+use mobilenet::device::Placement;
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::nn::NormKind;
 use mobilenet::weights;
@@ -47,8 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             norm: args.norm,
             ..ModelConfig::new(arch)
         };
-        let model = Model::new(cfg, tch::Device::Cpu)?;
-        weights::load_into(model.var_store(), &sd, &weights::LoadOptions::default())?;
+        Model::from_state_dict(cfg, &sd, &args.input, &Placement::default())?;
         eprintln!(
             "{}: matches {arch} width {}",
             args.input.display(),

@@ -2,7 +2,7 @@
 //! tolerance, 1 outside it, 2 on bad input.
 
 use super::common::ModelArgs;
-use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::models::Model;
 use mobilenet::parity;
 use std::path::PathBuf;
@@ -42,7 +42,12 @@ enum Mode {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve()?;
     let reference = parity::read_reference(&args.reference)?;
-    let model = Model::from_file(args.model.config(), &args.weights, device, args.precision)?;
+    let placement = Placement {
+        device,
+        precision: args.precision,
+        fold: false,
+    };
+    let model = Model::from_file_with(args.model.config(), &args.weights, &placement)?;
     let report = parity::check(&model, &reference, args.mode == Mode::Train, args.precision)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

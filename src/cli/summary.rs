@@ -2,7 +2,7 @@
 //! totals; each depthwise + pointwise pair against the standard convolution it replaces.
 
 use super::common::ModelArgs;
-use mobilenet::models::Model;
+use mobilenet::models::Summary;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
@@ -24,8 +24,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.resolution
         );
     }
-    let model = Model::new(args.model.config(), tch::Device::Cpu)?;
-    let summary = model.summary(args.resolution);
+    // From the architecture's description: no weights are allocated.
+    let summary = Summary::for_config(args.model.config(), args.resolution)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

@@ -1,9 +1,13 @@
-//! The binary runs without LD_LIBRARY_PATH, reports libtorch 2.11.0, and links libtorch so that
-//! libtorch_cuda is loaded where there is a GPU.
+//! The binary runs without LD_LIBRARY_PATH, reports the pinned libtorch (`torch==X` in
+//! weights/requirements.txt, exported by build.rs), and links libtorch so that libtorch_cuda is
+//! loaded where there is a GPU.
 
 use std::process::Command;
 
 use crate::common::BIN;
+
+/// The PyTorch release weights/requirements.txt pins.
+const TORCH_PIN: &str = env!("MOBILENET_TORCH_PIN");
 
 #[test]
 fn info_json_reports_pinned_libtorch() {
@@ -22,7 +26,7 @@ fn info_json_reports_pinned_libtorch() {
         .as_str()
         .expect("libtorch_version is a string");
     assert!(
-        version.starts_with("2.11.0"),
+        version.starts_with(TORCH_PIN),
         "libtorch_version = {version}"
     );
     assert_eq!(v["tch_version"], "0.24.0");
@@ -57,7 +61,7 @@ fn info_text_runs() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("libtorch") && text.contains("2.11.0"),
+        text.contains("libtorch") && text.contains(TORCH_PIN),
         "{text}"
     );
 }
