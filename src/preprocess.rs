@@ -262,11 +262,32 @@ mod tests {
         assert_eq!(c.int64_value(&[0, 0, 0]), 2 * 9 + 2);
         let c = center_crop(&x, 6).unwrap();
         assert_eq!(c.int64_value(&[0, 0, 0]), 2 * 9 + 2);
-        // Padding: 9 -> 12 puts 1 column/row before, 2 after.
+    }
+
+    #[test]
+    fn crop_padding_puts_the_smaller_half_first() {
+        // Values 1..=81, so that no pixel looks like padding.
+        let x = Tensor::arange_start(1, 9 * 9 + 1, (Kind::Int64, tch::Device::Cpu)).view([1, 9, 9]);
+        // 9 -> 12 pads 1 row/column before and 2 after (torchvision's `(crop - w) // 2` left):
+        // the image is at [1, 10) in both axes. The other split would put it at [2, 11).
         let c = center_crop(&x, 12).unwrap();
         assert_eq!(c.size(), [1, 12, 12]);
-        assert_eq!(c.int64_value(&[0, 1, 1]), 0);
+        let row = |i: i64| Vec::<i64>::try_from(c.get(0).get(i)).unwrap();
+        assert_eq!(row(0), [0; 12]);
+        // An image row starting with value `v`, padded as torchvision pads it.
+        let padded = |v: i64| [vec![0], (v..v + 9).collect(), vec![0, 0]].concat();
+        assert_eq!(row(1), padded(1));
+        assert_eq!(row(9), padded(73));
+        assert_eq!(row(10), [0; 12]);
+        assert_eq!(row(11), [0; 12]);
+        // One axis padded (9 -> 12, offset 1), the other cropped (20 -> 12 at offset 4).
+        let x =
+            Tensor::arange_start(1, 9 * 20 + 1, (Kind::Int64, tch::Device::Cpu)).view([1, 9, 20]);
+        let c = center_crop(&x, 12).unwrap();
         assert_eq!(c.int64_value(&[0, 0, 0]), 0);
+        assert_eq!(c.int64_value(&[0, 1, 0]), 5); // x[0, 4]
+        assert_eq!(c.int64_value(&[0, 9, 11]), 8 * 20 + 16); // x[8, 15]
+        assert_eq!(c.int64_value(&[0, 10, 0]), 0);
     }
 
     #[test]

@@ -18,7 +18,9 @@ Writes into OUT:
                    `NAME.tv232.pil`, that transform on the PIL image (the PIL resize path).
                    Presets: tv232 / tv256 (torchvision ImageClassification, bilinear),
                    timm256 / timm248 (timm MobileNet V1: bicubic, mean = std = 0.5); every image
-                   has tv232 and timm256, the four sample photos all four.
+                   has tv232 and timm256, the four sample photos all four. pad221 (resize 221,
+                   crop 224: CenterCrop zero-pads 1 row/column before and 2 after) for the
+                   PADDED images, which pad the height, the width or both.
   mobilenet_v2-seeded.pth
                    torchvision mobilenet_v2 from weights/export.py's `seeded` (seed 0), with
                    BatchNorm statistics recomputed on the sample photos and the classifier
@@ -155,7 +157,13 @@ PRESETS = {
     "tv256": dict(resize_size=256, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     "timm256": dict(resize_size=256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     "timm248": dict(resize_size=248, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # The crop is larger than the resized image: an odd padding, so that its split matters.
+    "pad221": dict(resize_size=221, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
+# The images that also get pad221: height padded (chelsea 451x300, wide), width padded (tall,
+# small_31x33, whose height is cropped at a half-even offset), both (tiny).
+PADDED = ("png/chelsea.png", "png/wide_400x50.png", "png/tall_50x400.png", "png/small_31x33.png",
+          "png/tiny_1x1.png")
 
 
 def transform(preset):
@@ -225,7 +233,10 @@ def main():
             pil = Image.open(os.path.join(folder, file)).convert("RGB")
             refs[f"{name}.pixels"] = torch.from_numpy(np.asarray(pil).copy())
             sample = sub == "png" and file[:-4] in SAMPLE_NAMES
-            for preset in PRESETS if sample else ("tv232", "timm256"):
+            presets = ["tv232", "tv256", "timm256", "timm248"] if sample else ["tv232", "timm256"]
+            if name in PADDED:
+                presets.append("pad221")
+            for preset in presets:
                 t = transform(preset)
                 x = t(pil_to_tensor(pil))
                 refs[f"{name}.{preset}"] = x.contiguous()

@@ -3,8 +3,9 @@
 //! References: `tests/gen_classify.py --out fixtures/classify` (`make fixtures`). For every PNG
 //! (the sample photos and generated images in every colour type, bit depth and odd size Pillow
 //! reads) our pixels must equal `Image.open(p).convert("RGB")` exactly, and our preprocessed
-//! tensor must equal torchvision's transform of those pixels as a tensor within 1e-5 (the
-//! difference to the PIL-image resize path is printed, not checked: it is another resampler).
+//! tensor must equal torchvision's transform of those pixels as a tensor within 1e-5, with a
+//! crop larger than the resized image (zero padding, split unevenly) too (the difference to the
+//! PIL-image resize path is printed, not checked: it is another resampler).
 //! For JPEGs our decoder's difference to Pillow's (libjpeg-turbo) is measured and bounded, and
 //! the preprocessing of Pillow's pixels must match within 1e-5.
 
@@ -13,6 +14,8 @@ use mobilenet::preprocess::{Interpolation, Transform};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
+
+use crate::common::Failures;
 
 const TOLERANCE: f64 = 1e-5;
 
@@ -57,11 +60,13 @@ fn preset(name: &str) -> Transform {
         "tv256" => Transform::torchvision(256),
         "timm256" => Transform::timm_inception(256),
         "timm248" => Transform::timm_inception(248),
+        // Crop 224 of a 221 shorter side: zero padding, 1 before and 2 after.
+        "pad221" => Transform::torchvision(221),
         _ => panic!("unknown preset {name}"),
     }
 }
 
-const PRESETS: [&str; 4] = ["tv232", "tv256", "timm256", "timm248"];
+const PRESETS: [&str; 5] = ["tv232", "tv256", "timm256", "timm248", "pad221"];
 
 /// Max |a - b| and a description of the worst element.
 fn max_diff(a: &Tensor, b: &Tensor) -> (f64, String) {
@@ -93,41 +98,59 @@ fn rgb_from(pixels: &Tensor) -> RgbImage {
     }
 }
 
+/// Our decoding of `path` and Pillow's pixels, or `None` with the failure recorded when the
+/// decoder errs or the sizes differ.
+fn decode(
+    f: &mut Failures,
+    refs: &HashMap<String, Tensor>,
+    name: &str,
+    path: &Path,
+) -> Option<(RgbImage, RgbImage)> {
+    let ours = f.ok(name, images::decode_file(path))?;
+    let pil = rgb_from(&refs[&format!("{name}.pixels")]);
+    let (size, pil_size) = ((ours.width, ours.height), (pil.width, pil.height));
+    let same = f.check(
+        size == pil_size,
+        name,
+        format!("{size:?}, Pillow {pil_size:?}"),
+    );
+    same.then_some((ours, pil))
+}
+
 #[test]
 fn png_pixels_and_preprocessing_match_torchvision() {
     let refs = references();
+    let mut f = Failures::new();
     let mut report = Vec::new();
     let mut worst_overall = 0.0f64;
     for (name, path) in images_in("png") {
-        let ours = images::decode_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let pil = rgb_from(&refs[&format!("{name}.pixels")]);
-        assert_eq!(
-            (ours.width, ours.height),
-            (pil.width, pil.height),
-            "{name}: size"
-        );
+        let Some((ours, pil)) = decode(&mut f, &refs, &name, &path) else {
+            continue;
+        };
         let differing = ours
             .data
             .iter()
             .zip(&pil.data)
             .filter(|(a, b)| a != b)
             .count();
-        assert_eq!(
-            differing, 0,
-            "{name}: {differing} bytes differ from Pillow's convert(\"RGB\")"
+        f.check(
+            differing == 0,
+            &name,
+            format!("{differing} bytes differ from Pillow's convert(\"RGB\")"),
         );
         let tensor = ours.to_tensor().unwrap();
         for p in PRESETS {
             let Some(reference) = refs.get(&format!("{name}.{p}")) else {
                 continue;
             };
-            let x = preset(p)
-                .apply(&tensor)
-                .unwrap_or_else(|e| panic!("{name} {p}: {e}"));
+            let Some(x) = f.ok(format!("{name} {p}"), preset(p).apply(&tensor)) else {
+                continue;
+            };
             let (d, at) = max_diff(&x, reference);
-            assert!(
-                d <= TOLERANCE,
-                "{name} {p}: max |ours - torchvision| = {d:e} > {TOLERANCE:e} at {at}"
+            f.at_most(
+                format!("{name} {p}: max |ours - torchvision| at {at}"),
+                d,
+                TOLERANCE,
             );
             worst_overall = worst_overall.max(d);
             if p == "tv232" {
@@ -144,22 +167,19 @@ fn png_pixels_and_preprocessing_match_torchvision() {
         println!("  {line}");
     }
     println!("worst difference to torchvision over all PNGs and presets: {worst_overall:e}");
+    f.assert_none();
 }
 
 #[test]
 fn jpeg_decoder_against_pillow() {
     let refs = references();
+    let mut f = Failures::new();
     let mut lines = Vec::new();
     let mut worst_pixel = 0u8;
     for (name, path) in images_in("jpeg") {
-        let ours = images::decode_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let pixels = &refs[&format!("{name}.pixels")];
-        let pil = rgb_from(pixels);
-        assert_eq!(
-            (ours.width, ours.height),
-            (pil.width, pil.height),
-            "{name}: size"
-        );
+        let Some((ours, pil)) = decode(&mut f, &refs, &name, &path) else {
+            continue;
+        };
         let diffs: Vec<u8> = ours
             .data
             .iter()
@@ -171,9 +191,10 @@ fn jpeg_decoder_against_pillow() {
         let share = diffs.iter().filter(|&&d| d > 0).count() as f64 / diffs.len() as f64;
         worst_pixel = worst_pixel.max(max);
         // Two conforming decoders differ by rounding, not by content.
-        assert!(
+        f.check(
             mean < 1.0 && max <= 48,
-            "{name}: decoder differs from Pillow: max {max}, mean {mean:.3}"
+            &name,
+            format!("decoder differs from Pillow: max {max}, mean {mean:.3}"),
         );
 
         // Preprocessing alone, from Pillow's pixels: exact as for PNGs.
@@ -183,9 +204,10 @@ fn jpeg_decoder_against_pillow() {
             let reference = &refs[&format!("{name}.{p}")];
             let x = preset(p).apply(&from_pil).unwrap();
             let (d, at) = max_diff(&x, reference);
-            assert!(
-                d <= TOLERANCE,
-                "{name} {p} from Pillow's pixels: {d:e} at {at}"
+            f.at_most(
+                format!("{name} {p} from Pillow's pixels, at {at}"),
+                d,
+                TOLERANCE,
             );
         }
         let (end_to_end, _) = max_diff(
@@ -204,6 +226,7 @@ fn jpeg_decoder_against_pillow() {
         println!("  {line}");
     }
     println!("largest pixel difference over all JPEGs: {worst_pixel}");
+    f.assert_none();
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `mobilenet parity` on odd references: a clear error and exit 2 for a malformed one, FAIL
-//! (exit 1) for NaN running statistics, never a panic; and `classify` skips a FIFO.
+//! (exit 1) for logits off by more than the tolerance or NaN running statistics, never a panic;
+//! and `classify` skips a FIFO.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +76,27 @@ fn malformed_references_exit_2() {
     let (code, text) = parity(&empty, "eval", "fp32");
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("no samples"), "{text}");
+}
+
+/// PyTorch's logits shifted by 1e-3 (ten times the fp32 tolerance; every stage map and the top-5
+/// unchanged): the logit error alone fails the run, with exit 1.
+#[test]
+fn shifted_logits_fail() {
+    let eval = "v2_100_eval_224.safetensors";
+    let (code, text) = parity(&fixture(eval), "eval", "fp32");
+    assert_eq!(code, Some(0), "{text}");
+    let shifted = edited(eval, "shifted.safetensors", |t| {
+        for (k, v) in t.iter_mut() {
+            if k == "logits" {
+                *v = &*v + 1e-3;
+            }
+        }
+    });
+    let (code, text) = parity(&shifted, "eval", "fp32");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+    assert!(text.contains("top-5 identical 2/2"), "{text}");
+    assert!(text.contains("logits: max abs 1.0"), "{text}");
 }
 
 #[test]
