@@ -6,7 +6,7 @@
 //! train mode, `state.<key>` buffers after the forward.
 
 use crate::device::Precision;
-use crate::models::{Model, StageOutput};
+use crate::models::{Dropout, Model, StageOutput};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -210,7 +210,7 @@ pub fn check(
         .f_to_kind(precision.kind())?;
     let (logits, stages) = {
         let _guard = tch::no_grad_guard();
-        model.forward_with_stages(&input, train, false)?
+        model.forward_with_stages(&input, train, Dropout::Off)?
     };
     let logits = logits
         .f_to_kind(Kind::Float)?

@@ -16,7 +16,7 @@ pub mod network;
 pub mod summary;
 
 pub use arch::{Arch, ArchInfo, Categories, PublishedWeights, REGISTRY};
-pub use network::{Network, NetworkSpec, StageMaps, StageOutput};
+pub use network::{Dropout, Network, NetworkSpec, StageMaps, StageOutput};
 pub use summary::{LayerRow, Summary};
 
 use crate::nn::NormKind;
@@ -204,7 +204,8 @@ impl Model {
             return graph.forward(&x);
         }
         let stages = self.net.forward_stages(&x, train, StageMaps::Last)?;
-        self.net.forward_head(&stages, train)
+        let dropout = if train { Dropout::On } else { Dropout::Off };
+        self.net.forward_head(&stages, dropout)
     }
 
     /// Logits and every stage's feature map (never through the compiled graph). `train`
@@ -214,7 +215,7 @@ impl Model {
         &self,
         xs: &Tensor,
         train: bool,
-        dropout: bool,
+        dropout: Dropout,
     ) -> Result<(Tensor, Vec<StageOutput>)> {
         self.check_mode(train)?;
         let x = self.prepare_input(xs)?;

@@ -177,6 +177,14 @@ pub enum StageMaps {
     All,
 }
 
+/// Whether the classifier's dropout is applied: in training, unless a comparison with another
+/// implementation needs the same numbers (PyTorch's random stream is not ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropout {
+    Off,
+    On,
+}
+
 /// A named intermediate feature map (after a stage).
 #[derive(Debug)]
 pub struct StageOutput {
@@ -230,9 +238,8 @@ impl Network {
         Ok(out)
     }
 
-    /// Pools and classifies the last stage map of `stages`; `dropout` applies the training
-    /// dropout.
-    pub fn forward_head(&self, stages: &[StageOutput], dropout: bool) -> Result<Tensor> {
+    /// Pools and classifies the last stage map of `stages`.
+    pub fn forward_head(&self, stages: &[StageOutput], dropout: Dropout) -> Result<Tensor> {
         let features = stages
             .last()
             .ok_or_else(|| Error::bad_input("model", "no feature stage was produced"))?;
@@ -242,7 +249,7 @@ impl Network {
             .f_flatten(1, -1)?;
         let last = self.head.len().saturating_sub(1);
         for (i, layer) in self.head.iter().enumerate() {
-            if i == last && dropout && self.dropout > 0.0 {
+            if i == last && dropout == Dropout::On && self.dropout > 0.0 {
                 x = x.f_dropout(self.dropout, true)?;
             }
             x = layer.forward(&x)?;

@@ -18,7 +18,7 @@
 //! graph's logits within 1e-5.
 
 use mobilenet::device::Precision;
-use mobilenet::models::{Arch, Model, ModelConfig};
+use mobilenet::models::{Arch, Dropout, Model, ModelConfig};
 use mobilenet::parity::{self, diff, Diff};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
@@ -52,8 +52,8 @@ fn top5(logits: &Tensor) -> Vec<i64> {
 /// worst relative difference (to each tensor's largest magnitude), so that an error early in
 /// the network cannot hide behind a classifier that damps it.
 fn worst_stage(model: &Model, plain: &Model, x: &Tensor) -> Diff {
-    let (la, sa) = tch::no_grad(|| model.forward_with_stages(x, false, false).unwrap());
-    let (lb, sb) = tch::no_grad(|| plain.forward_with_stages(x, false, false).unwrap());
+    let (la, sa) = tch::no_grad(|| model.forward_with_stages(x, false, Dropout::Off).unwrap());
+    let (lb, sb) = tch::no_grad(|| plain.forward_with_stages(x, false, Dropout::Off).unwrap());
     assert_eq!(sa.len(), sb.len());
     let mut worst = diff("logits", &la, &lb).unwrap();
     for (a, b) in sa.iter().zip(&sb) {
@@ -133,8 +133,11 @@ fn every_fast_path_matches_pytorch() {
             println!("{what}: {d}");
             f.within(&what, &d, Tol::Abs(tol.logits));
             f.check(top5(&got) == top5(want), &what, "top-5 differs");
-            let (_, stages) =
-                tch::no_grad(|| model.forward_with_stages(input, false, false).unwrap());
+            let (_, stages) = tch::no_grad(|| {
+                model
+                    .forward_with_stages(input, false, Dropout::Off)
+                    .unwrap()
+            });
             f.check(!stages.is_empty(), &what, "no stage maps");
             for stage in &stages {
                 let want = &reference[&format!("feature.{}", stage.name)];
