@@ -12,8 +12,10 @@ use std::process::ExitCode;
 pub struct Args {
     /// Any weight file `inspect` reads (torch zip/legacy, safetensors, .ot).
     input: PathBuf,
-    /// The output: `.safetensors` or `.ot` (tch's `Tensor::save_multi`). Tensors are written
-    /// contiguous, with the input's keys (wrappers unwrapped, `module.` stripped) and dtypes.
+    /// The output: `.safetensors`, `.pth` / `.pt` (`torch.save`'s zip format, an OrderedDict
+    /// state dict that `torch.load(weights_only=True)` reads) or `.ot` (tch's
+    /// `Tensor::save_multi`). Tensors are written contiguous, with the input's keys (wrappers
+    /// unwrapped, `module.` stripped) and dtypes.
     output: PathBuf,
     /// Validate against this architecture first (every key and shape, one error listing all
     /// problems); `--width-mult`, `--num-classes` and `--norm` describe it further.
@@ -34,9 +36,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ext != "safetensors" && ext != "ot" {
+    if !["safetensors", "pth", "pt", "ot"].contains(&ext.as_str()) {
         anyhow::bail!(
-            "{}: unsupported output extension {ext:?} (use .safetensors or .ot)",
+            "{}: unsupported output extension {ext:?} (use .safetensors, .pth, .pt or .ot)",
             args.output.display()
         );
     }
@@ -57,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     match ext.as_str() {
         "safetensors" => weights::write_safetensors(&args.output, &sd.tensors)?,
+        "pth" | "pt" => weights::write_pth(&args.output, &sd.tensors)?,
         _ => weights::write_ot(&args.output, &sd.tensors)?,
     }
     println!(

@@ -35,7 +35,7 @@ enum Command {
     Bench(bench::Args),
     /// What a weight file holds: format, keys, shapes, dtypes, parameters, architecture.
     Inspect(inspect::Args),
-    /// Convert a weight file to .safetensors or .ot (by the output's extension).
+    /// Convert a weight file to .safetensors, .pth or .ot (by the output's extension).
     Convert(convert::Args),
     /// ImageNet top-k classes of image files and folders (streamed, batched).
     Classify(classify::Args),

@@ -252,7 +252,7 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
 }
 
 /// A contiguous CPU copy of `t` if needed, and its dtype (`path`: the file being written).
-fn contiguous_cpu(path: &Path, name: &str, t: &Tensor) -> Result<(Tensor, DType)> {
+pub(super) fn contiguous_cpu(path: &Path, name: &str, t: &Tensor) -> Result<(Tensor, DType)> {
     let fail = |msg: String| Error::Unwritable {
         path: path.to_path_buf(),
         msg: format!("{name}: {msg}"),
@@ -264,6 +264,16 @@ fn contiguous_cpu(path: &Path, name: &str, t: &Tensor) -> Result<(Tensor, DType)
         .and_then(|t| t.f_contiguous())
         .map_err(|e| fail(e.to_string()))?;
     Ok((t, dtype))
+}
+
+/// The `nbytes` bytes of a contiguous CPU tensor from [`contiguous_cpu`] (`nbytes`: its element
+/// count times its dtype's size).
+pub(super) fn bytes_of(t: &Tensor, nbytes: usize) -> &[u8] {
+    if nbytes == 0 {
+        return &[];
+    }
+    // SAFETY: `t` is a contiguous CPU tensor of `nbytes` bytes, borrowed for the slice's life.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, nbytes) }
 }
 
 /// Writes tensors as safetensors to `out`, in the given order, with `{"format": "pt"}`
@@ -307,12 +317,7 @@ pub fn write_safetensors<W: Write>(
         .map_err(io)?;
     out.write_all(header.as_bytes()).map_err(io)?;
     for (t, nbytes) in prepared {
-        if nbytes == 0 {
-            continue;
-        }
-        // SAFETY: `t` is a contiguous CPU tensor of `nbytes` bytes that lives through the write.
-        let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, nbytes) };
-        out.write_all(bytes).map_err(io)?;
+        out.write_all(bytes_of(&t, nbytes)).map_err(io)?;
     }
     out.flush().map_err(io)
 }

@@ -42,6 +42,11 @@
 //! is copied once whatever dtypes its tensors read it as, and the storages copied never add up
 //! to more than the file (`tests/it/weights_limits.rs`).
 //!
+//! **Writing.** [`write_safetensors`], [`write_ot`], and the `torch.save` zip format with
+//! [`write_pth`] (a state dict) or [`write_pth_value`] (a checkpoint of plain values:
+//! dicts, lists, numbers, strings, tensors), which `torch.load(weights_only=True)` reads: the
+//! pickle names no class outside its allow-list.
+//!
 //! **Errors** name the file and say where in it: [`Error::UnknownFormat`],
 //! [`Error::RefusedGlobal`] (the global and the pickle's byte offset), [`Error::Malformed`]
 //! (truncated or corrupt, at a byte offset where a pickle says one), [`Error::OverLimit`] (more
@@ -53,12 +58,14 @@ mod arch;
 mod fault;
 mod formats;
 mod pickle;
+mod pth_writer;
 mod strict;
 mod torch_file;
 mod zip;
 
 pub use arch::{detect_architecture, ArchGuess};
 pub use pickle::DType;
+pub use pth_writer::{PthKey, PthValue};
 pub use strict::{load_into, LoadOptions};
 
 use crate::{Error, Result};
@@ -182,4 +189,19 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
 /// Writes tensors in tch's `.ot` format (`Tensor::save_multi`).
 pub fn write_ot(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     formats::write_ot(path, tensors)
+}
+
+/// Writes tensors as a `torch.save` zip file (`.pth`): an `OrderedDict` of the names in the
+/// given order, each tensor contiguous with its dtype, which `torch.load(path, weights_only=True)`
+/// reads and `load_state_dict` takes.
+pub fn write_pth(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    pth_writer::write(path, &PthValue::state_dict(tensors))
+}
+
+/// Writes a checkpoint as a `torch.save` zip file: nested dicts (string or integer keys),
+/// lists, tuples, numbers, strings, `None` and tensors, read back by
+/// `torch.load(path, weights_only=True)` as the same Python value. Tensors that are the same view
+/// of the same memory share one storage in the file.
+pub fn write_pth_value(path: &Path, value: &PthValue) -> Result<()> {
+    pth_writer::write(path, value)
 }

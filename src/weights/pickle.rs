@@ -45,6 +45,20 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype.
+    pub const ALL: [DType; 10] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+    ];
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
@@ -121,20 +135,26 @@ impl DType {
     }
 
     pub fn from_safetensors_name(name: &str) -> Option<DType> {
-        [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::F64,
-            DType::I64,
-            DType::I32,
-            DType::I16,
-            DType::I8,
-            DType::U8,
-            DType::Bool,
-        ]
-        .into_iter()
-        .find(|d| d.safetensors_name() == name)
+        DType::ALL
+            .into_iter()
+            .find(|d| d.safetensors_name() == name)
+    }
+
+    /// The `torch.*Storage` class of a storage of this dtype (`FloatStorage`, `BoolStorage`, ...),
+    /// as `torch.save` names it in a storage's persistent id.
+    pub fn storage_class(self) -> &'static str {
+        match self {
+            DType::F32 => "FloatStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            DType::F64 => "DoubleStorage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::I16 => "ShortStorage",
+            DType::I8 => "CharStorage",
+            DType::U8 => "ByteStorage",
+            DType::Bool => "BoolStorage",
+        }
     }
 
     pub fn is_float(self) -> bool {
@@ -316,22 +336,11 @@ pub fn resolve_global(module: &str, name: &str, opts: Options) -> Option<Global>
         ("torch", "UntypedStorage") | ("torch.storage", "UntypedStorage") => {
             Global::StorageType(DType::U8)
         }
-        ("torch", storage) if storage.ends_with("Storage") => {
-            let dtype = match storage {
-                "FloatStorage" => DType::F32,
-                "HalfStorage" => DType::F16,
-                "BFloat16Storage" => DType::BF16,
-                "DoubleStorage" => DType::F64,
-                "LongStorage" => DType::I64,
-                "IntStorage" => DType::I32,
-                "ShortStorage" => DType::I16,
-                "CharStorage" => DType::I8,
-                "ByteStorage" => DType::U8,
-                "BoolStorage" => DType::Bool,
-                _ => return None,
-            };
-            Global::StorageType(dtype)
-        }
+        ("torch", storage) if storage.ends_with("Storage") => Global::StorageType(
+            DType::ALL
+                .into_iter()
+                .find(|d| d.storage_class() == storage)?,
+        ),
         ("torch", dtype) => Global::Dtype(match dtype {
             "float32" | "float" => DType::F32,
             "float16" | "half" => DType::F16,

@@ -32,11 +32,11 @@ pub struct Zip<'a> {
     by_name: HashMap<&'a str, usize>,
 }
 
-const EOCD_SIG: u32 = 0x0605_4b50;
-const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
-const EOCD64_SIG: u32 = 0x0606_4b50;
-const CENTRAL_SIG: u32 = 0x0201_4b50;
-const LOCAL_SIG: u32 = 0x0403_4b50;
+pub const EOCD_SIG: u32 = 0x0605_4b50;
+pub const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
+pub const EOCD64_SIG: u32 = 0x0606_4b50;
+pub const CENTRAL_SIG: u32 = 0x0201_4b50;
+pub const LOCAL_SIG: u32 = 0x0403_4b50;
 
 fn slice(data: &[u8], at: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(at).ok()?;

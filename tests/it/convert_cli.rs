@@ -61,7 +61,7 @@ fn convert_validates_against_the_architecture() {
         .args([
             "convert",
             pth.to_str().unwrap(),
-            dir.join("x.pth").to_str().unwrap(),
+            dir.join("x.bin").to_str().unwrap(),
         ])
         .output()
         .unwrap();

@@ -343,11 +343,15 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 #[test]
-fn convert_round_trips_through_safetensors_and_ot() {
+fn convert_round_trips_through_safetensors_pth_and_ot() {
     let bin = env!("CARGO_BIN_EXE_mobilenet");
     let src = dir().join("dtypes.pth");
     let orig = weights::read(&src).unwrap();
-    for (ext, format) in [("safetensors", Format::Safetensors), ("ot", Format::TchOt)] {
+    for (ext, format) in [
+        ("safetensors", Format::Safetensors),
+        ("pth", Format::TorchZip),
+        ("ot", Format::TchOt),
+    ] {
         let out = tmp(&format!("dtypes.{ext}"));
         let run = Command::new(bin)
             .arg("convert")
@@ -390,7 +394,7 @@ fn convert_round_trips_through_safetensors_and_ot() {
     let bad = Command::new(bin)
         .arg("convert")
         .arg(&src)
-        .arg(tmp("x.pth"))
+        .arg(tmp("x.bin"))
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
