@@ -51,6 +51,7 @@
 
 mod arch;
 mod fault;
+mod file;
 mod formats;
 mod pickle;
 mod strict;
@@ -58,6 +59,7 @@ mod torch_file;
 mod zip;
 
 pub use arch::{detect_architecture, ArchGuess};
+pub use file::{read_file, MAX_FILE_BYTES};
 pub use pickle::DType;
 pub use strict::{load_into, LoadOptions};
 
@@ -130,10 +132,11 @@ pub fn detect_format(bytes: &[u8]) -> Option<Format> {
     formats::detect(bytes)
 }
 
-/// Reads a weight file of any supported format (chosen by content, not extension).
-/// Errors name the file and the problem (see the module's **Errors**).
+/// Reads a weight file of any supported format (chosen by content, not extension): a regular
+/// file of at most [`MAX_FILE_BYTES`] ([`read_file`]). Errors name the file and the problem (see
+/// the module's **Errors**).
 pub fn read(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path)?;
     read_bytes(&bytes, path)
 }
 
