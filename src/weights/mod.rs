@@ -40,7 +40,9 @@
 //! (memoized values expanded over and over are refused), zip entries may not share bytes,
 //! safetensors entries must tile the data exactly (as the reference reader requires), a storage
 //! is copied once whatever dtypes its tensors read it as, and the storages copied never add up
-//! to more than the file (`tests/it/weights_limits.rs`).
+//! to more than the file (`tests/it/weights_limits.rs`). Only a regular file of at most
+//! [`MAX_FILE_BYTES`] (2 GiB) is read, and it may hold at most one tensor per 64 bytes (at least
+//! 4,096, at most 100,000 tensors; `tests/it/hostile_files.rs`).
 //!
 //! **Errors** name the file and say where in it: [`Error::UnknownFormat`],
 //! [`Error::RefusedGlobal`] (the global and the pickle's byte offset), [`Error::Malformed`]
