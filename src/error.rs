@@ -41,7 +41,9 @@ pub enum Error {
          are allowed (the promise of torch.load(weights_only=True)); nothing was executed. A \
          file from torch.save(model) must be re-saved as torch.save(model.state_dict())",
         path.display(),
-        within(context)
+        within(context),
+        module = escape(module),
+        name = escape(name)
     )]
     RefusedGlobal {
         path: PathBuf,
@@ -53,7 +55,7 @@ pub enum Error {
     },
     /// A weight file is truncated, corrupt or malformed (a bad size, offset, shape, opcode,
     /// checksum, or no state dict in it).
-    #[error("{}: {}{msg}", path.display(), within(context))]
+    #[error("{}: {}{}", path.display(), within(context), escape(msg))]
     Malformed {
         path: PathBuf,
         context: String,
@@ -63,7 +65,7 @@ pub enum Error {
     },
     /// A weight file would take more memory than its size allows (values or bytes shared and
     /// expanded over and over): refused.
-    #[error("{}: {}{msg}", path.display(), within(context))]
+    #[error("{}: {}{}", path.display(), within(context), escape(msg))]
     OverLimit {
         path: PathBuf,
         context: String,
@@ -143,16 +145,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `context: ` or nothing.
+/// `context: ` (escaped) or nothing.
 fn within(context: &str) -> String {
     if context.is_empty() {
         String::new()
     } else {
-        format!("{context}: ")
+        format!("{}: ", escape(context))
     }
 }
 
-fn plural(n: usize, what: &str) -> String {
+/// `s` with its control characters (ESC, newline, ...) written as Rust escapes (`\u{1b}`,
+/// `\n`), so that a name read from a file cannot move the cursor or clear the terminal. Every
+/// message and table that prints a name from a file goes through it.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// The most items an error lists (then how many more).
+pub const LISTED: usize = 20;
+
+/// The first [`LISTED`] items, comma-separated, then `, ... (N more)`.
+pub(crate) fn first_of<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut list: Vec<String> = items
+        .iter()
+        .take(LISTED)
+        .map(|x| escape(&x.to_string()).into_owned())
+        .collect();
+    if items.len() > LISTED {
+        list.push(format!("... ({} more)", items.len() - LISTED));
+    }
+    list.join(", ")
+}
+
+pub(crate) fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
@@ -176,8 +210,7 @@ fn mismatch_sections(
         if items.is_empty() {
             return String::new();
         }
-        let list: Vec<String> = items.iter().map(T::to_string).collect();
-        format!("\n  {title} ({}): {}", items.len(), list.join(", "))
+        format!("\n  {title} ({}): {}", items.len(), first_of(items))
     }
     [
         section("missing keys", missing),

@@ -150,10 +150,11 @@ pub struct ParityReport {
     pub pass: bool,
 }
 
-/// Reads a reference file into a map, checking `input` and `logits` are there.
+/// Reads a reference file into a map, checking `input` and `logits` are there. It is read as
+/// weight files are ([`crate::weights::read`]: a regular file of bounded size, every header
+/// and offset checked).
 pub fn read_reference(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| Error::file(path, format!("not a readable safetensors reference: {e}")))?;
+    let tensors = crate::weights::read(path)?.tensors;
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     for key in ["input", "logits"] {
         if !map.contains_key(key) {
@@ -203,6 +204,13 @@ pub fn check(
     precision: Precision,
 ) -> Result<ParityReport> {
     let device = model.device();
+    if !train && reference.keys().any(|k| k.starts_with("state.")) {
+        return Err(Error::bad_input(
+            "reference",
+            "it was made in train mode (it has `state.*` buffers), this run is in eval mode: the \
+             modes differ; pass --mode train",
+        ));
+    }
     let compared_with = reference_logits(model, reference, precision)?;
     let want = &reference[&compared_with];
     let input = reference["input"]
@@ -297,8 +305,26 @@ fn top_k_agreement(logits: &Tensor, want: &Tensor) -> Result<(i64, i64)> {
     Ok((top1, top5))
 }
 
-/// The stage feature maps the reference has (`feature.<stage>`), compared in order.
+/// The stage feature maps the reference has (`feature.<stage>`), compared in order; a
+/// `feature.*` name that is no stage of the model is an error.
 fn stage_diffs(stages: &[StageOutput], reference: &HashMap<String, Tensor>) -> Result<Vec<Diff>> {
+    let mut unknown: Vec<&str> = reference
+        .keys()
+        .filter_map(|k| k.strip_prefix("feature."))
+        .filter(|name| !stages.iter().any(|s| s.name == *name))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        let known: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        return Err(Error::bad_input(
+            "reference",
+            format!(
+                "`feature.*` names no stage of the model: {} (the stages are {})",
+                crate::error::first_of(&unknown),
+                crate::error::first_of(&known)
+            ),
+        ));
+    }
     let mut diffs = Vec::new();
     for stage in stages {
         if let Some(r) = reference.get(&format!("feature.{}", stage.name)) {

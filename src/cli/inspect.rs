@@ -1,5 +1,6 @@
 //! `mobilenet inspect FILE [--json] [--bench]`: what a weight file holds.
 
+use mobilenet::error::escape;
 use mobilenet::weights::{self, DType, StateDict};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,14 +108,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
-    let width = sd
-        .tensors
-        .iter()
-        .map(|(k, _)| k.len())
-        .max()
-        .unwrap_or(0)
-        .max(3);
-    for (k, t) in &sd.tensors {
+    // Keys come from the file: control characters are escaped, never sent to the terminal.
+    let keys: Vec<_> = sd.tensors.iter().map(|(k, _)| escape(k)).collect();
+    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max(3);
+    for (k, (_, t)) in keys.iter().zip(&sd.tensors) {
         println!("{k:width$}  {:8}  {:?}", dtype(t), t.size());
     }
     println!();

@@ -2,7 +2,7 @@
 
 use super::fault::{Fault, Res, Within};
 use super::pickle::DType;
-use super::torch_file::{pack, Part, LEGACY_MAGIC, LEGACY_PREFIX};
+use super::torch_file::{check_tensor_count, pack, Part, LEGACY_MAGIC, LEGACY_PREFIX};
 use super::Format;
 use crate::{Error, Result};
 use std::io::Write;
@@ -81,10 +81,10 @@ struct RawEntry {
 
 /// Checks one header entry; `data_len` is the length of the data after the header.
 fn st_entry(name: String, v: RawEntry, data_len: u64) -> Res<StEntry> {
-    let bad = |what: &str| Fault::malformed(format!("safetensors entry {name:?}: {what}"));
+    let bad = |what: &str| Fault::malformed(format!("tensor {name:?}: {what}"));
     let dtype_name = v.dtype.as_deref().ok_or_else(|| bad("no dtype"))?;
     let dtype = DType::from_safetensors_name(dtype_name)
-        .ok_or_else(|| bad(&format!("unsupported dtype {dtype_name}")))?;
+        .ok_or_else(|| bad(&format!("unknown dtype {dtype_name:?}")))?;
     let shape: Vec<i64> = v
         .shape
         .ok_or_else(|| bad("no shape"))?
@@ -101,9 +101,15 @@ fn st_entry(name: String, v: RawEntry, data_len: u64) -> Res<StEntry> {
         Some(&[b, e]) => (b, e),
         _ => return Err(bad("data_offsets is not [begin, end]")),
     };
-    if begin > end || end > data_len {
+    if begin > end {
         return Err(bad(&format!(
-            "data_offsets [{begin}, {end}] outside the {data_len} bytes of data (truncated?)"
+            "bad data_offsets [{begin}, {end}]: the end is before the beginning"
+        )));
+    }
+    if end > data_len {
+        return Err(bad(&format!(
+            "data_offsets [{begin}, {end}] run past the end of the file, whose data section \
+             holds {data_len} bytes (truncated?)"
         )));
     }
     let numel = shape
@@ -143,14 +149,22 @@ fn parse_header(header: &str, data_len: u64) -> Res<Vec<StEntry>> {
                 }
                 let raw: RawEntry = map
                     .next_value()
-                    .map_err(|e| serde::de::Error::custom(format!("entry {name:?}: {e}")))?;
-                if !names.insert(name.clone()) {
-                    let msg = format!("safetensors entry {name:?} appears twice");
-                    return Ok(Err(Fault::malformed(msg)));
-                }
-                match st_entry(name, raw, self.0) {
+                    .map_err(|e| serde::de::Error::custom(format!("tensor {name:?}: {e}")))?;
+                let entry = match names.insert(name.clone()) {
+                    true => st_entry(name, raw, self.0),
+                    false => Err(Fault::malformed(format!("tensor {name:?} appears twice"))),
+                };
+                match entry {
                     Ok(e) => entries.push(e),
-                    Err(e) => return Ok(Err(e)),
+                    Err(fault) => {
+                        // The rest of the map is read (not stored), so that the JSON parser ends
+                        // cleanly and the fault is the message.
+                        while map
+                            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                            .is_some()
+                        {}
+                        return Ok(Err(fault));
+                    }
                 }
             }
             Ok(Ok(entries))
@@ -159,7 +173,7 @@ fn parse_header(header: &str, data_len: u64) -> Res<Vec<StEntry>> {
     let mut de = serde_json::Deserializer::from_str(header);
     let entries = serde::Deserializer::deserialize_map(&mut de, V(data_len))
         .and_then(|r| de.end().map(|()| r))
-        .map_err(|e| Fault::malformed(format!("safetensors header: {e}")))?;
+        .map_err(|e| Fault::malformed(format!("header: {e}")))?;
     entries
 }
 
@@ -172,6 +186,7 @@ fn parse_header(header: &str, data_len: u64) -> Res<Vec<StEntry>> {
 pub fn read_safetensors(bytes: &[u8]) -> Res<Vec<(String, Tensor)>> {
     let (header, data) = split_header(bytes)?;
     let mut entries = parse_header(header.trim_end(), data.len() as u64)?;
+    check_tensor_count(entries.len(), bytes.len())?;
     entries.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     check_tiling(&entries, data.len() as u64)?;
     let parts: Vec<Part> = entries
@@ -181,7 +196,7 @@ pub fn read_safetensors(bytes: &[u8]) -> Res<Vec<(String, Tensor)>> {
             dtype: *dtype,
         })
         .collect();
-    let entry = |name: &str| format!("safetensors entry {name:?}");
+    let entry = |name: &str| format!("tensor {name:?}");
     let packed = pack(&parts, false).map_err(|(i, e)| e.within(entry(&entries[i].2)))?;
     let mut out = Vec::with_capacity(entries.len());
     for (i, (_, _, name, dtype, shape)) in entries.into_iter().enumerate() {
@@ -198,18 +213,19 @@ fn split_header(bytes: &[u8]) -> Res<(&str, &[u8])> {
     let n = u64::from_le_bytes(
         bytes
             .get(..8)
-            .ok_or_else(|| Fault::malformed("safetensors file shorter than 8 bytes"))?
+            .ok_or_else(|| Fault::malformed("file shorter than 8 bytes"))?
             .try_into()
             .unwrap(),
     );
     if n > MAX_HEADER || n > (bytes.len() - 8) as u64 {
         return Err(Fault::malformed(format!(
-            "safetensors header of {n} bytes runs past the end of the file ({} bytes): truncated or not safetensors",
+            "header of {n} bytes runs past the end of the file ({} bytes): truncated or not \
+             safetensors",
             bytes.len()
         )));
     }
     let header = std::str::from_utf8(&bytes[8..8 + n as usize])
-        .map_err(|_| Fault::malformed("safetensors header is not UTF-8"))?;
+        .map_err(|_| Fault::malformed("header is not UTF-8"))?;
     Ok((header, &bytes[8 + n as usize..]))
 }
 
@@ -227,7 +243,7 @@ fn check_tiling(entries: &[StEntry], data_len: u64) -> Res<()> {
                 (Fault::malformed, how)
             };
             return Err(fault(format!(
-                "safetensors entry {name:?}: data_offsets [{begin}, {end}] {how} (the data of \
+                "tensor {name:?}: data_offsets [{begin}, {end}] {how} (the data of \
                  the tensors must follow one another without gaps or overlaps)"
             )));
         }

@@ -40,7 +40,9 @@
 //! (memoized values expanded over and over are refused), zip entries may not share bytes,
 //! safetensors entries must tile the data exactly (as the reference reader requires), a storage
 //! is copied once whatever dtypes its tensors read it as, and the storages copied never add up
-//! to more than the file (`tests/it/weights_limits.rs`).
+//! to more than the file (`tests/it/weights_limits.rs`). Only a regular file of at most
+//! [`MAX_FILE_BYTES`] (2 GiB) is read, and it may hold at most one tensor per 64 bytes (at least
+//! 4,096, at most 100,000 tensors; `tests/it/hostile_files.rs`).
 //!
 //! **Writing.** [`write_safetensors`], [`write_ot`], and the `torch.save` zip format with
 //! [`write_pth`] (a state dict) or [`write_pth_value`] (a checkpoint of plain values:
@@ -56,6 +58,7 @@
 
 mod arch;
 mod fault;
+mod file;
 mod formats;
 mod pickle;
 mod pth_writer;
@@ -64,6 +67,7 @@ mod torch_file;
 mod zip;
 
 pub use arch::{detect_architecture, ArchGuess};
+pub use file::{read_file, MAX_FILE_BYTES};
 pub use pickle::DType;
 pub use pth_writer::{PthKey, PthValue};
 pub use strict::{load_into, LoadOptions};
@@ -137,10 +141,11 @@ pub fn detect_format(bytes: &[u8]) -> Option<Format> {
     formats::detect(bytes)
 }
 
-/// Reads a weight file of any supported format (chosen by content, not extension).
-/// Errors name the file and the problem (see the module's **Errors**).
+/// Reads a weight file of any supported format (chosen by content, not extension): a regular
+/// file of at most [`MAX_FILE_BYTES`] ([`read_file`]). Errors name the file and the problem (see
+/// the module's **Errors**).
 pub fn read(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path)?;
     read_bytes(&bytes, path)
 }
 

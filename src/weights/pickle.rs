@@ -242,7 +242,8 @@ impl Node {
         match self {
             Node::None => "None",
             Node::Bool(_) => "bool",
-            Node::Int(_) | Node::BigInt(_) => "int",
+            Node::Int(_) => "int",
+            Node::BigInt(_) => "int of more than 64 bits",
             Node::Float(_) => "float",
             Node::Str(_) => "str",
             Node::Bytes(_) => "bytes",
@@ -254,6 +255,15 @@ impl Node {
             Node::Tensor(_) => "tensor",
             Node::Object { .. } => "TorchScript object",
             Node::Opaque(n) => n,
+        }
+    }
+
+    /// The type with its article, for messages: `an int`, `a tuple`, `None`.
+    pub fn a_type(&self) -> String {
+        match self.type_name() {
+            "None" => "None".into(),
+            t if t.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {t}"),
+            t => format!("a {t}"),
         }
     }
 }
@@ -595,13 +605,17 @@ impl<'a> Machine<'a> {
                 0x8a | 0x8b => {
                     // LONG1 / LONG4
                     let n = if op == 0x8a {
-                        self.u8()? as usize
+                        self.u8()? as i64
                     } else {
-                        self.u32()? as usize
+                        self.u32()? as i32 as i64
                     };
-                    if n > 4096 {
-                        return self.err(format!("integer of {n} bytes"));
+                    if n < 0 {
+                        return self.err(format!("LONG4 with a negative length ({n})"));
                     }
+                    if n > 4096 {
+                        return self.err(format!("integer of {n} bytes (at most 4096)"));
+                    }
+                    let n = n as usize;
                     let bytes = self.take(n)?;
                     if n <= 8 {
                         let mut v: i64 = 0;
@@ -719,8 +733,8 @@ impl<'a> Machine<'a> {
                     match &mut self.nodes[list] {
                         Node::List(items) => items.push(item),
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("APPEND to a {t}"));
+                            let t = other.a_type();
+                            return self.err(format!("APPEND to {t}"));
                         }
                     }
                 }
@@ -730,8 +744,8 @@ impl<'a> Machine<'a> {
                     match &mut self.nodes[list] {
                         Node::List(items) => items.extend(new),
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("APPENDS to a {t}"));
+                            let t = other.a_type();
+                            return self.err(format!("APPENDS to {t}"));
                         }
                     }
                 }
@@ -742,8 +756,8 @@ impl<'a> Machine<'a> {
                     match &mut self.nodes[dict] {
                         Node::Dict(items) => items.push((k, v)),
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("SETITEM on a {t}"));
+                            let t = other.a_type();
+                            return self.err(format!("SETITEM on {t}"));
                         }
                     }
                 }
@@ -756,8 +770,8 @@ impl<'a> Machine<'a> {
                     match &mut self.nodes[dict] {
                         Node::Dict(items) => items.extend(new.chunks(2).map(|kv| (kv[0], kv[1]))),
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("SETITEMS on a {t}"));
+                            let t = other.a_type();
+                            return self.err(format!("SETITEMS on {t}"));
                         }
                     }
                 }
@@ -794,8 +808,8 @@ impl<'a> Machine<'a> {
                             }
                         }
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("NEWOBJ of a {t} is not allowed"));
+                            let t = other.a_type();
+                            return self.err(format!("NEWOBJ of {t} is not allowed"));
                         }
                     };
                     self.push(node);
@@ -809,8 +823,8 @@ impl<'a> Machine<'a> {
                         Node::Dict(_) => {}
                         Node::Object { state: s, .. } => *s = Some(state),
                         other => {
-                            let t = other.type_name();
-                            return self.err(format!("BUILD of a {t} is not allowed"));
+                            let t = other.a_type();
+                            return self.err(format!("BUILD of {t} is not allowed"));
                         }
                     }
                 }
@@ -831,10 +845,7 @@ impl<'a> Machine<'a> {
                 self.charge(items.len())?;
                 Ok(items.clone())
             }
-            other => self.err(format!(
-                "{what}: expected a tuple, got a {}",
-                other.type_name()
-            )),
+            other => self.err(format!("{what}: expected a tuple, got {}", other.a_type())),
         }
     }
 
@@ -842,10 +853,7 @@ impl<'a> Machine<'a> {
         match &self.nodes[id] {
             Node::Int(v) => Ok(*v),
             Node::Bool(b) => Ok(*b as i64),
-            other => self.err(format!(
-                "{what}: expected an int, got a {}",
-                other.type_name()
-            )),
+            other => self.err(format!("{what}: expected an int, got {}", other.a_type())),
         }
     }
 
@@ -881,8 +889,8 @@ impl<'a> Machine<'a> {
             Node::Global(Global::StorageType(d)) => *d,
             other => {
                 return self.err(format!(
-                    "persistent id: expected a storage type, got a {}",
-                    other.type_name()
+                    "persistent id: expected a storage type, got {}",
+                    other.a_type()
                 ))
             }
         };
@@ -898,12 +906,7 @@ impl<'a> Machine<'a> {
                 s.clone()
             }
             Node::Int(i) => i.to_string(),
-            other => {
-                return self.err(format!(
-                    "persistent id: storage key is a {}",
-                    other.type_name()
-                ))
-            }
+            other => return self.err(format!("persistent id: storage key is {}", other.a_type())),
         };
         let numel = self.int(items[4], "storage size")?;
         let numel =
@@ -940,8 +943,8 @@ impl<'a> Machine<'a> {
             }
             Node::Global(g) => g.clone(),
             other => {
-                let t = other.type_name();
-                return self.err(format!("REDUCE: calling a {t}"));
+                let t = other.a_type();
+                return self.err(format!("REDUCE: calling {t}"));
             }
         };
         let a = self.tuple(args, "REDUCE arguments")?;
@@ -962,8 +965,8 @@ impl<'a> Machine<'a> {
                     return self.err("unsupported _rebuild_from_type_v2 call");
                 }
                 if !matches!(self.nodes[a[1]], Node::Global(Global::TensorClass)) {
-                    let t = self.nodes[a[1]].type_name();
-                    return self.err(format!("_rebuild_from_type_v2 of a {t}"));
+                    let t = self.nodes[a[1]].a_type();
+                    return self.err(format!("_rebuild_from_type_v2 of {t}"));
                 }
                 self.reduce(a[0], a[2], depth + 1)?
             }
@@ -1013,8 +1016,8 @@ impl<'a> Machine<'a> {
             Node::Storage(s) => Rc::clone(s),
             other => {
                 return self.err(format!(
-                    "tensor rebuild from a {}, not a storage",
-                    other.type_name()
+                    "tensor rebuild from {}, not a storage",
+                    other.a_type()
                 ))
             }
         };
@@ -1030,7 +1033,7 @@ impl<'a> Machine<'a> {
         if *g == Global::RebuildTensorV3 {
             dtype = match &self.nodes[a[6]] {
                 Node::Global(Global::Dtype(d)) => *d,
-                other => return self.err(format!("tensor dtype is a {}", other.type_name())),
+                other => return self.err(format!("tensor dtype is {}", other.a_type())),
             };
         }
         let metadata = match g {
@@ -1094,7 +1097,7 @@ impl<'a> Machine<'a> {
                 }
                 Ok(())
             }
-            other => self.err(format!("tensor metadata is a {}", other.type_name())),
+            other => self.err(format!("tensor metadata is {}", other.a_type())),
         }
     }
 }

@@ -38,8 +38,12 @@ fn dtype_name(t: &Tensor) -> String {
 /// [`Error::StateDictMismatch`], lists every missing key, unexpected key, shape mismatch and
 /// unsupported dtype; on error nothing has been copied. float16/bfloat16 checkpoints load into
 /// a float32 model (converted) unless `keep_dtype`.
+///
+/// Values that no trained model holds are refused too ([`Error::Malformed`] naming the keys):
+/// NaN or infinity in any floating-point tensor, a negative `running_var`.
 pub fn load_into(vs: &VarStore, sd: &StateDict, opts: &LoadOptions) -> Result<()> {
     let plan = plan(vs, sd, opts)?;
+    check_values(sd)?;
     tch::no_grad(|| -> Result<()> {
         for (mut var, src) in plan {
             if opts.keep_dtype && var.kind() != src.kind() {
@@ -50,6 +54,38 @@ pub fn load_into(vs: &VarStore, sd: &StateDict, opts: &LoadOptions) -> Result<()
             }
         }
         Ok(())
+    })
+}
+
+/// Refuses NaN or infinity in any floating-point tensor of `sd` and a negative `running_var`:
+/// such a file gives NaN or plausible-looking but wrong answers.
+fn check_values(sd: &StateDict) -> Result<()> {
+    let mut bad = Vec::new();
+    for (key, t) in &sd.tensors {
+        if !t.is_floating_point() || t.numel() == 0 {
+            continue;
+        }
+        let problem = if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            "NaN or infinity"
+        } else if key.ends_with("running_var") && t.f_lt(0.0)?.f_any()?.f_int64_value(&[])? != 0 {
+            "a negative running variance"
+        } else {
+            continue;
+        };
+        bad.push(format!("{key}: {problem}"));
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Malformed {
+        path: sd.path.clone(),
+        context: sd.format.to_string(),
+        offset: None,
+        msg: format!(
+            "impossible values in {}, refused: {}",
+            crate::error::plural(bad.len(), "tensor"),
+            crate::error::first_of(&bad)
+        ),
     })
 }
 

@@ -31,6 +31,33 @@ pub const LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
 /// A legacy file starts with PROTO 2, LONG1 of 10 bytes, then the magic number.
 pub const LEGACY_PREFIX: [u8; 4] = [0x80, 0x02, 0x8a, 0x0a];
 
+/// The most tensors a weight file may hold: each costs about 1-3 KiB once read (its key, its
+/// description, a libtorch tensor, its row in `inspect --json`), however few bytes of the file
+/// describe it (a million views of one memoized storage fit in 18 MB).
+pub const MAX_TENSORS: usize = 100_000;
+
+/// Bytes of file per tensor beyond the first [`TENSORS_FLOOR`]: a real checkpoint spends well
+/// over 64 bytes on each (its key, storage reference, shape and stride).
+pub const BYTES_PER_TENSOR: usize = 64;
+
+/// Tensors any file may hold, whatever its size.
+pub const TENSORS_FLOOR: usize = 4096;
+
+/// Refuses `n` tensors from a file of `file_len` bytes when they exceed [`MAX_TENSORS`] or one
+/// per [`BYTES_PER_TENSOR`] bytes (at least [`TENSORS_FLOOR`]): memory stays proportional to the
+/// file.
+pub fn check_tensor_count(n: usize, file_len: usize) -> Res<()> {
+    let limit = (file_len / BYTES_PER_TENSOR).clamp(TENSORS_FLOOR, MAX_TENSORS);
+    if n > limit {
+        return Err(Fault::over_limit(format!(
+            "{n} tensors in {file_len} bytes: a file may hold at most one tensor per \
+             {BYTES_PER_TENSOR} bytes (at least {TENSORS_FLOOR}, at most {MAX_TENSORS}), here \
+             {limit}: refused (views of shared storages repeated over and over?)"
+        )));
+    }
+    Ok(())
+}
+
 /// Keys that wrap the state dict inside a training checkpoint, in order of preference.
 pub const WRAPPER_KEYS: [&str; 6] = [
     "state_dict",
@@ -259,7 +286,7 @@ fn describe(pk: &Pickle, id: Id) -> String {
                 if items.len() > 12 { ", ..." } else { "" }
             )
         }
-        n => format!("a {}", n.type_name()),
+        n => n.a_type(),
     }
 }
 
@@ -290,8 +317,8 @@ pub fn state_dict(pk: &Pickle) -> Res<Named> {
                         Node::Str(s) => s.clone(),
                         other => {
                             return Err(Fault::malformed(format!(
-                                "state dict key is a {} (keys must be strings)",
-                                other.type_name()
+                                "state dict key is {} (keys must be strings)",
+                                other.a_type()
                             )))
                         }
                     };
@@ -299,8 +326,8 @@ pub fn state_dict(pk: &Pickle) -> Res<Named> {
                         Node::Tensor(t) => out.push((key, Rc::clone(t))),
                         other => {
                             return Err(Fault::malformed(format!(
-                                "state dict entry {key:?} is a {}, not a tensor",
-                                other.type_name()
+                                "state dict entry {key:?} is {}, not a tensor",
+                                other.a_type()
                             )))
                         }
                     }
@@ -370,8 +397,8 @@ fn script_tensors(pk: &Pickle, pkl_len: usize) -> Res<Named> {
             }
             other => {
                 return Err(Fault::malformed(format!(
-                    "TorchScript archive holds a {}",
-                    other.type_name()
+                    "TorchScript archive holds {}",
+                    other.a_type()
                 )))
             }
         };
@@ -570,6 +597,7 @@ impl Packed {
 /// Builds the tensors: every storage checked, then copied once into one buffer, then strided
 /// views into it.
 fn materialize(named: Named, storages: Storages) -> Res<Vec<(String, Tensor)>> {
+    check_tensor_count(named.len(), storages.file_len)?;
     for (key, t) in &named {
         check_tensor(key, t, &storages)?;
     }

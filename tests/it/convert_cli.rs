@@ -49,7 +49,7 @@ fn convert_validates_against_the_architecture() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("missing keys") && err.contains("conv_stem.weight"),
+        err.contains("missing keys (137)") && err.contains("blocks.0.0.conv_dw.weight"),
         "{err}"
     );
     assert!(

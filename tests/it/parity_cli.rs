@@ -42,7 +42,7 @@ fn parity(reference: &Path, mode: &str, precision: &str) -> (Option<i32>, String
 }
 
 /// The eval reference with `edit` applied, written to a scratch file.
-fn edited(from: &str, name: &str, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> PathBuf {
+pub(crate) fn edited(from: &str, name: &str, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> PathBuf {
     let mut tensors = Tensor::read_safetensors(fixture(from)).unwrap();
     edit(&mut tensors);
     let path = scratch(name);

@@ -185,7 +185,7 @@ fn finish(mut out: Vec<u8>, central: &[(String, At)]) -> Vec<u8> {
 }
 
 /// A zip of stored entries.
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let central: Vec<(String, At)> = entries
         .iter()
@@ -201,7 +201,7 @@ fn torch_zip(pkl: &[u8], extra: &[(&str, &[u8])]) -> Vec<u8> {
     zip_of(&entries)
 }
 
-fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
     while h.len() % 8 != 0 {
         h.push(b' ');
