@@ -4,6 +4,7 @@
 //! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
 //! files there are; results are printed in input order as each batch finishes.
 
+use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
@@ -407,9 +408,7 @@ fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     drop(bytes);
     let tensor = image.to_tensor().map_err(|e| e.to_string())?;
     match transform {
-        Some(t) => t
-            .apply(&tensor)
-            .map_err(|e| format!("cannot preprocess: {e}")),
+        Some(t) => t.apply(&tensor).map_err(cannot_preprocess),
         None => Ok(tensor),
     }
 }
@@ -429,9 +428,15 @@ fn on_device(image: &Tensor, device: Device, transform: &Transform) -> Result<Te
         image.f_to_device(device)
     };
     let image = copy().map_err(|e| format!("cannot copy to {device:?}: {e}"))?;
-    transform
-        .apply(&image)
-        .map_err(|e| format!("cannot preprocess: {e}"))
+    transform.apply(&image).map_err(cannot_preprocess)
+}
+
+/// `cannot preprocess: ` and why (without the `preprocess: ` of the transform's own errors).
+fn cannot_preprocess(error: mobilenet::Error) -> String {
+    match error {
+        mobilenet::Error::BadInput { msg, .. } => format!("cannot preprocess: {msg}"),
+        other => format!("cannot preprocess: {other}"),
+    }
 }
 
 struct BatchClassifier<'a> {
@@ -513,6 +518,7 @@ impl<W: Write> Report<W> {
         result: Result<Vec<(i64, f32)>, String>,
     ) -> std::io::Result<()> {
         self.total += 1;
+        let result = result.map_err(|reason| without_backtrace(&reason));
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }

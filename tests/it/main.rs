@@ -5,6 +5,7 @@ mod classify_memory;
 mod classify_preprocess;
 mod common;
 mod convert_cli;
+mod hostile_cli;
 mod info;
 mod models;
 mod norm_api;
