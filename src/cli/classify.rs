@@ -4,6 +4,7 @@
 //! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
 //! files there are; results are printed in input order as each batch finishes.
 
+use super::common::{BATCH_SIZES, MAX_CLASSES, THREADS};
 use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -59,11 +60,11 @@ pub struct Args {
     /// Precision of the model (fp16 is CUDA only).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
-    /// How many classes to report per image.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=1000000))]
+    /// How many classes to report per image (at most 100000).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=MAX_CLASSES))]
     top_k: i64,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(BATCH_SIZES))]
     batch_size: u32,
     /// Resize the shorter side to N before cropping [default: the weights' own].
     #[arg(long, value_name = "N")]
@@ -80,7 +81,7 @@ pub struct Args {
     #[arg(long)]
     graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(THREADS))]
     threads: Option<i32>,
     /// One JSON object per input per line instead of tables.
     #[arg(long)]

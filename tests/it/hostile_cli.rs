@@ -1,5 +1,5 @@
 //! Hostile command lines and images (issue 13): a PNG decompression bomb beside good images,
-//! truncated JPEGs, libtorch's C++ backtraces and decoder messages.
+//! truncated JPEGs, out-of-range count flags, libtorch's C++ backtraces and decoder messages.
 //!
 //! Every run is the binary under an address-space limit (`RLIMIT_AS`, 4 GiB) and a deadline
 //! (killed past it: a hang fails the test). Hostile files are generated into a temp folder.
@@ -309,6 +309,55 @@ fn image_errors_read_well() {
         "{wide}"
     );
     error_of(&records, "huffman.jpg", &out);
+}
+
+/// Issue 13, items 5, 9 and 11: every count flag is bounded, in every command; a value out of
+/// range is a usage error naming the flag (exit 2), never a panic, a wrap-around or a hang.
+#[test]
+fn count_flags_are_bounded() {
+    let dir = temp_dir("flags");
+    let image = dir.join("x.png");
+    std::fs::copy(sample("chelsea.png"), &image).unwrap();
+    let image = image.display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["summary", "--num-classes", "1000000"], "--num-classes"),
+        (&["summary", "--num-classes", "0"], "--num-classes"),
+        (
+            &["summary", "--resolution", "1099511627776"],
+            "--resolution",
+        ),
+        (&["summary", "--resolution", "8193"], "--resolution"),
+        (&["summary", "--width-mult", "1e9"], "--width-mult"),
+        (&["summary", "--width-mult", "NaN"], "--width-mult"),
+        (&["bench", "--threads", "100000"], "--threads"),
+        (&["bench", "--threads", "0"], "--threads"),
+        (&["bench", "--num-classes", "1000000"], "--num-classes"),
+        (&["bench", "--batch-sizes", "1,100000"], "--batch-sizes"),
+        (&["bench", "--resolution", "100000"], "--resolution"),
+        (&["bench", "--iters", "100000000"], "--iters"),
+        (&["bench", "--iters", "0"], "--iters"),
+        (&["bench", "--warmup", "100000000"], "--warmup"),
+        (&["parity", "--num-classes", "1000000"], "--num-classes"),
+        (&["classify", "--top-k", "1000000", &image], "--top-k"),
+        (&["classify", "--workers", "100000", &image], "--workers"),
+        (&["classify", "--threads", "100000", &image], "--threads"),
+        (
+            &["classify", "--batch-size", "100000", &image],
+            "--batch-size",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, flag) in cases {
+        let out = run(&dir, args, Duration::from_secs(60));
+        let ok = out.code == Some(2)
+            && out.stderr.contains(flag)
+            && !out.stderr.contains("panicked")
+            && out.stdout.is_empty();
+        if !ok {
+            failures.push(format!("{args:?}: {out:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// Issue 13, item 12: a libtorch error (here an allocation of 3 TB for bench's input, which
