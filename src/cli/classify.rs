@@ -407,7 +407,9 @@ fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     let bytes = read_limited(&path)?;
     let image = images::decode(&bytes)?;
     drop(bytes);
-    let tensor = image.to_tensor().map_err(|e| e.to_string())?;
+    let tensor = image
+        .to_tensor()
+        .map_err(|e| format!("cannot hold the pixels: {e}"))?;
     match transform {
         Some(t) => t.apply(&tensor).map_err(cannot_preprocess),
         None => Ok(tensor),
