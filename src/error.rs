@@ -98,8 +98,8 @@ pub enum Error {
         shapes: Box<[ShapeMismatch]>,
         dtypes: Box<[DtypeMismatch]>,
     },
-    /// An error from libtorch.
-    #[error("libtorch: {0}")]
+    /// An error from libtorch: the first line of its message (libtorch appends a C++ backtrace).
+    #[error("libtorch: {}", .0.to_string().lines().next().unwrap_or_default())]
     Torch(tch::TchError),
 }
 

@@ -17,7 +17,7 @@
 //! [`find_images`] expands folders into the image files under them.
 
 use crate::{Error, Result};
-use image::{DynamicImage, ImageFormat, ImageReader};
+use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -51,23 +51,124 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
     decode(&bytes).map_err(|msg| Error::file(path, msg))
 }
 
+/// The most pixels an image may have: Pillow's decompression-bomb limit
+/// (`Image.MAX_IMAGE_PIXELS * 2`, above which `PIL.Image.open` raises `DecompressionBombError`).
+/// Checked from the header, before anything is decoded.
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+/// The most bytes a decoder may allocate (`image::Limits::max_alloc`): the decoded buffer of the
+/// largest image allowed, 16-bit RGBA.
+const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
+
 /// Decodes an encoded image to RGB; the error says why it cannot.
+///
+/// Images over [`MAX_IMAGE_PIXELS`] are refused from their header; a JPEG whose data ends before
+/// its end-of-image marker is refused as truncated (Pillow: "image file is truncated"). The
+/// buffers for the pixels are allocated fallibly: an image too large for the memory left is an
+/// error, not an abort.
 pub fn decode(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     let format = reader.format().ok_or_else(|| {
         "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF)".to_string()
     })?;
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        return Err(
+            "image file is truncated: the JPEG data ends before its end-of-image marker".into(),
+        );
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let failed = |e: image::ImageError| format!("cannot decode {format:?}: {}", message(&e));
     // A decoder bug must not take down the other inputs: a panic becomes this input's error.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
-        .map_err(|_| format!("the {format:?} decoder crashed on this file"))?
-        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let (color, width, height, raw) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let decoder = reader.into_decoder().map_err(failed)?;
+            let (width, height) = decoder.dimensions();
+            check_pixels(width, height)?;
+            let color = decoder.color_type();
+            let mut raw = try_vec(decoder.total_bytes())?;
+            raw.resize(raw.capacity(), 0);
+            decoder.read_image(&mut raw).map_err(failed)?;
+            Ok::<_, String>((color, width, height, raw))
+        }))
+        .map_err(|_| format!("the {format:?} decoder crashed on this file"))??;
     let gray16 = format == ImageFormat::Png && png_is_gray16(bytes);
-    Ok(to_rgb(decoded, gray16))
+    to_rgb(color, width, height, raw, gray16)
+}
+
+/// Refuses images of more than [`MAX_IMAGE_PIXELS`] (or none).
+fn check_pixels(width: u32, height: u32) -> std::result::Result<(), String> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(format!("the image is {width}x{height}"));
+    }
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "the image is {width}x{height}, {pixels} pixels, more than the limit of \
+             {MAX_IMAGE_PIXELS} (Pillow's decompression-bomb limit); not decoded"
+        ));
+    }
+    Ok(())
+}
+
+/// An empty vector with room for `len` bytes, or an error if that memory cannot be had.
+fn try_vec(len: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut v = Vec::new();
+    usize::try_from(len)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or_else(|| format!("out of memory: cannot allocate {len} bytes for the pixels"))?;
+    Ok(v)
+}
+
+/// A decoder's message on one line, with the `png` crate's `ChunkType { type: IDAT, .. }`
+/// debug text reduced to the chunk's name.
+fn message(error: &image::ImageError) -> String {
+    let mut text = error.to_string().trim_end().replace('\n', " ");
+    const CHUNK: &str = "ChunkType { type: ";
+    while let Some(start) = text.find(CHUNK) {
+        let rest = &text[start + CHUNK.len()..];
+        let (Some(comma), Some(end)) = (rest.find(','), rest.find(" }")) else {
+            break;
+        };
+        let name = rest[..comma.min(end)].to_string();
+        text.replace_range(start..start + CHUNK.len() + end + 2, &name);
+    }
+    text
+}
+
+/// Whether a JPEG's data reaches its end-of-image marker (`FF D9`). Walks the segments by their
+/// lengths (so thumbnails and tables inside them do not count) and the entropy-coded data of
+/// each scan (where `FF` is followed only by a stuffed `00` or a restart marker). A file cut
+/// anywhere before the marker, in the headers or in any scan of a baseline or progressive
+/// JPEG, has none.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1; // entropy-coded data (or stray bytes between segments)
+            continue;
+        }
+        match bytes[i + 1] {
+            0xD9 => return true,
+            0xFF => i += 1,                      // fill byte
+            0x00 | 0x01 | 0xD0..=0xD7 => i += 2, // stuffed byte, TEM, restart markers
+            _ => {
+                // A segment: its length (which counts itself) follows the marker.
+                let Some(len) = bytes.get(i + 2..i + 4) else {
+                    return false;
+                };
+                i += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            }
+        }
+    }
+    false
 }
 
 /// Whether a PNG's header says 16-bit grayscale (colour type 0), which Pillow opens as `I;16`
@@ -77,34 +178,57 @@ fn png_is_gray16(bytes: &[u8]) -> bool {
     bytes.len() > 25 && &bytes[12..16] == b"IHDR" && bytes[24] == 16 && bytes[25] == 0
 }
 
-/// Pillow's `convert("RGB")` of the decoded pixels. `gray16` marks 16-bit grayscale PNGs.
-fn to_rgb(image: DynamicImage, gray16: bool) -> RgbImage {
-    let (width, height) = (image.width(), image.height());
+/// Pillow's `convert("RGB")` of a decoder's pixels (`raw`: samples of `color`, 16-bit and float
+/// samples in native byte order). `gray16` marks 16-bit grayscale PNGs.
+fn to_rgb(
+    color: ColorType,
+    width: u32,
+    height: u32,
+    raw: Vec<u8>,
+    gray16: bool,
+) -> std::result::Result<RgbImage, String> {
     let clamp16 = |v: u16| v.min(255) as u8;
     let high = |v: u16| (v >> 8) as u8;
-    let gray = |values: &mut dyn Iterator<Item = u8>| values.flat_map(|v| [v, v, v]).collect();
-    let data: Vec<u8> = match image {
-        DynamicImage::ImageRgb8(b) => b.into_raw(),
-        DynamicImage::ImageRgba8(b) => b.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        DynamicImage::ImageLuma8(b) => gray(&mut b.into_raw().into_iter()),
-        DynamicImage::ImageLumaA8(b) => gray(&mut b.chunks_exact(2).map(|p| p[0])),
-        DynamicImage::ImageLuma16(b) => gray(&mut b.iter().map(|&v| clamp16(v))),
-        DynamicImage::ImageLumaA16(b) => {
-            let level = if gray16 { clamp16 } else { high };
-            gray(&mut b.chunks_exact(2).map(|p| level(p[0])))
-        }
-        DynamicImage::ImageRgb16(b) => b.iter().map(|&v| high(v)).collect(),
-        DynamicImage::ImageRgba16(b) => b
-            .chunks_exact(4)
-            .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
-            .collect(),
-        other => other.to_rgb8().into_raw(),
+    let u16_at = |p: &[u8], i: usize| u16::from_ne_bytes([p[2 * i], p[2 * i + 1]]);
+    // f32 to u8 as the `image` crate converts: clamp to [0, 1], scale, round.
+    let f32_at = |p: &[u8], i: usize| {
+        let v = f32::from_ne_bytes([p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]]);
+        (v.clamp(0.0, 1.0) * 255.0).round() as u8
     };
-    RgbImage {
+    if color == ColorType::Rgb8 {
+        return Ok(RgbImage {
+            width,
+            height,
+            data: raw,
+        });
+    }
+    let mut data = try_vec(u64::from(width) * u64::from(height) * 3)?;
+    let gray = |data: &mut Vec<u8>, values: &mut dyn Iterator<Item = u8>| {
+        data.extend(values.flat_map(|v| [v, v, v]))
+    };
+    let pixels = |n: usize| raw.chunks_exact(n);
+    match color {
+        ColorType::Rgba8 => data.extend(pixels(4).flat_map(|p| [p[0], p[1], p[2]])),
+        ColorType::L8 => gray(&mut data, &mut raw.iter().copied()),
+        ColorType::La8 => gray(&mut data, &mut pixels(2).map(|p| p[0])),
+        ColorType::L16 => gray(&mut data, &mut pixels(2).map(|p| clamp16(u16_at(p, 0)))),
+        ColorType::La16 => {
+            let level = if gray16 { clamp16 } else { high };
+            gray(&mut data, &mut pixels(4).map(|p| level(u16_at(p, 0))))
+        }
+        ColorType::Rgb16 => data.extend(pixels(2).map(|p| high(u16_at(p, 0)))),
+        ColorType::Rgba16 => {
+            data.extend(pixels(8).flat_map(|p| [0, 1, 2].map(|c| high(u16_at(p, c)))))
+        }
+        ColorType::Rgb32F => data.extend(pixels(4).map(|p| f32_at(p, 0))),
+        ColorType::Rgba32F => data.extend(pixels(16).flat_map(|p| [0, 1, 2].map(|c| f32_at(p, c)))),
+        other => return Err(format!("unsupported pixel type {other:?}")),
+    }
+    Ok(RgbImage {
         width,
         height,
         data,
-    }
+    })
 }
 
 /// One input: an image file to classify, or a path that could not be listed.
@@ -226,24 +350,64 @@ mod tests {
         assert!(decode(truncated_png).is_err());
     }
 
+    /// Native-endian bytes of 16-bit samples.
+    fn ne16(values: &[u16]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    }
+
     #[test]
     fn pillow_conversions() {
-        let la16 =
-            image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(2, 1, vec![300, 1, 1000, 2])
-                .unwrap();
-        let rgb = to_rgb(DynamicImage::ImageLumaA16(la16.clone()), true);
+        let la16 = ne16(&[300, 1, 1000, 2]);
+        let rgb = to_rgb(ColorType::La16, 2, 1, la16.clone(), true).unwrap();
         assert_eq!(rgb.data, [255, 255, 255, 255, 255, 255]);
-        let rgb = to_rgb(DynamicImage::ImageLumaA16(la16), false);
+        let rgb = to_rgb(ColorType::La16, 2, 1, la16, false).unwrap();
         assert_eq!(rgb.data, [1, 1, 1, 3, 3, 3]);
-        let l16 = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![7, 256]).unwrap();
-        assert_eq!(
-            to_rgb(DynamicImage::ImageLuma16(l16), true).data,
-            [7, 7, 7, 255, 255, 255]
+        let l16 = to_rgb(ColorType::L16, 2, 1, ne16(&[7, 256]), true).unwrap();
+        assert_eq!(l16.data, [7, 7, 7, 255, 255, 255]);
+        let rgba = to_rgb(ColorType::Rgba8, 1, 1, vec![10, 20, 30, 0], false).unwrap();
+        assert_eq!(rgba.data, [10, 20, 30]);
+        let rgba16 = to_rgb(
+            ColorType::Rgba16,
+            1,
+            1,
+            ne16(&[0x1234, 0xff00, 7, 9]),
+            false,
         );
-        let rgba = image::RgbaImage::from_raw(1, 1, vec![10, 20, 30, 0]).unwrap();
+        assert_eq!(rgba16.unwrap().data, [0x12, 0xff, 0]);
+        let f: Vec<u8> = [0.5f32, -1.0, 2.0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         assert_eq!(
-            to_rgb(DynamicImage::ImageRgba8(rgba), false).data,
-            [10, 20, 30]
+            to_rgb(ColorType::Rgb32F, 1, 1, f, false).unwrap().data,
+            [128, 0, 255]
         );
+    }
+
+    #[test]
+    fn png_chunk_type_is_named() {
+        let e = image::ImageError::IoError(std::io::Error::other(
+            "CRC error: expected 0x1 have 0x2 while decoding ChunkType { type: IDAT, critical: \
+             true, private: false, reserved: false, safecopy: false } chunk.\n",
+        ));
+        assert_eq!(
+            message(&e),
+            "CRC error: expected 0x1 have 0x2 while decoding IDAT chunk."
+        );
+    }
+
+    #[test]
+    fn jpeg_end_marker() {
+        // SOI, a COM segment holding FF D9, SOS (length 8), scan data with a stuffed FF and a
+        // restart marker, EOI.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xFE, 0, 4, 0xFF, 0xD9];
+        jpeg.extend([0xFF, 0xDA, 0, 8, 1, 2, 3, 4, 5, 6]);
+        jpeg.extend([0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
+        assert!(!jpeg_has_end(&jpeg));
+        jpeg.extend([0xFF, 0xD9]);
+        assert!(jpeg_has_end(&jpeg));
+        for cut in 0..jpeg.len() - 1 {
+            assert!(!jpeg_has_end(&jpeg[..cut]), "cut at {cut}");
+        }
     }
 }

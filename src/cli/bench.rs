@@ -1,7 +1,7 @@
 //! `mobilenet bench`: forward-pass latency (p50, p90) and images per second per batch size,
 //! with the settings used.
 
-use super::common::ModelArgs;
+use super::common::{usize_in, ModelArgs, BATCH_SIZES, ITERATIONS, RESOLUTIONS, THREADS};
 use mobilenet::bench::{bench_batch, BenchRow};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::models::Model;
@@ -21,17 +21,23 @@ pub struct Args {
     device: DeviceChoice,
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
-    /// Comma-separated batch sizes.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    /// Comma-separated batch sizes, each 1 to 4096.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(BATCH_SIZES))]
     batch_sizes: Vec<i64>,
-    #[arg(long, default_value_t = 224)]
+    /// Input resolution (square), 32 to 8192.
+    #[arg(long, default_value_t = 224, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(RESOLUTIONS))]
     resolution: i64,
-    #[arg(long, default_value_t = 5)]
+    /// Untimed passes per batch size, at most 100000.
+    #[arg(long, default_value_t = 5, value_parser = usize_in(ITERATIONS))]
     warmup: usize,
-    #[arg(long, default_value_t = 30)]
+    /// Timed passes per batch size, 1 to 100000.
+    #[arg(long, default_value_t = 30, value_parser = usize_in(1..=*ITERATIONS.end()))]
     iters: usize,
-    /// Intra-op threads (libtorch's default: one per core).
-    #[arg(long)]
+    /// Intra-op threads, 1 to 1024 (libtorch's default: one per core).
+    #[arg(long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(THREADS))]
     threads: Option<i32>,
     /// Keep BatchNorm separate instead of folding it into the convolutions.
     #[arg(long)]
@@ -131,16 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Checks the numeric arguments, applies `--threads`, and resolves the device (where
 /// `--precision` must run).
 fn validate(args: &Args) -> anyhow::Result<tch::Device> {
+    // The flags' ranges are checked as they are parsed.
     if let Some(n) = args.threads {
-        anyhow::ensure!(n >= 1, "--threads {n} must be >= 1");
         tch::set_num_threads(n);
     }
     anyhow::ensure!(
-        args.batch_sizes.iter().all(|&b| b >= 1) && !args.batch_sizes.is_empty(),
-        "--batch-sizes must be positive integers"
+        !args.batch_sizes.is_empty(),
+        "--batch-sizes needs at least one batch size"
     );
-    anyhow::ensure!(args.iters >= 1, "--iters must be >= 1");
-    anyhow::ensure!(args.resolution >= 32, "--resolution must be >= 32");
     let device = args.device.resolve()?;
     args.precision.check(device)?;
     Ok(device)

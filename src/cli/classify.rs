@@ -4,6 +4,8 @@
 //! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
 //! files there are; results are printed in input order as each batch finishes.
 
+use super::common::{BATCH_SIZES, MAX_CLASSES, THREADS};
+use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
@@ -58,11 +60,11 @@ pub struct Args {
     /// Precision of the model (fp16 is CUDA only).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
-    /// How many classes to report per image.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=1000000))]
+    /// How many classes to report per image (at most 100000).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=MAX_CLASSES))]
     top_k: i64,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(BATCH_SIZES))]
     batch_size: u32,
     /// Resize the shorter side to N before cropping [default: the weights' own].
     #[arg(long, value_name = "N")]
@@ -79,7 +81,7 @@ pub struct Args {
     #[arg(long)]
     graph: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(THREADS))]
     threads: Option<i32>,
     /// One JSON object per input per line instead of tables.
     #[arg(long)]
@@ -405,11 +407,11 @@ fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     let bytes = read_limited(&path)?;
     let image = images::decode(&bytes)?;
     drop(bytes);
-    let tensor = image.to_tensor().map_err(|e| e.to_string())?;
+    let tensor = image
+        .to_tensor()
+        .map_err(|e| format!("cannot hold the pixels: {e}"))?;
     match transform {
-        Some(t) => t
-            .apply(&tensor)
-            .map_err(|e| format!("cannot preprocess: {e}")),
+        Some(t) => t.apply(&tensor).map_err(cannot_preprocess),
         None => Ok(tensor),
     }
 }
@@ -429,9 +431,15 @@ fn on_device(image: &Tensor, device: Device, transform: &Transform) -> Result<Te
         image.f_to_device(device)
     };
     let image = copy().map_err(|e| format!("cannot copy to {device:?}: {e}"))?;
-    transform
-        .apply(&image)
-        .map_err(|e| format!("cannot preprocess: {e}"))
+    transform.apply(&image).map_err(cannot_preprocess)
+}
+
+/// `cannot preprocess: ` and why (without the `preprocess: ` of the transform's own errors).
+fn cannot_preprocess(error: mobilenet::Error) -> String {
+    match error {
+        mobilenet::Error::BadInput { msg, .. } => format!("cannot preprocess: {msg}"),
+        other => format!("cannot preprocess: {other}"),
+    }
 }
 
 struct BatchClassifier<'a> {
@@ -513,6 +521,7 @@ impl<W: Write> Report<W> {
         result: Result<Vec<(i64, f32)>, String>,
     ) -> std::io::Result<()> {
         self.total += 1;
+        let result = result.map_err(|reason| without_backtrace(&reason));
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }

@@ -1,7 +1,39 @@
-//! Arguments shared by several subcommands.
+//! Arguments shared by several subcommands, and the bounds of every count flag (each flag is
+//! checked when it is parsed: a value out of range is a usage error naming the flag).
 
+use clap::builder::TypedValueParser;
 use mobilenet::models::{Arch, ModelConfig};
 use mobilenet::nn::NormKind;
+use std::ops::RangeInclusive;
+
+/// Most output classes (`--num-classes`; also the most `--top-k`).
+pub const MAX_CLASSES: i64 = 100_000;
+/// Input resolutions (`--resolution`), square: the models need 32, and the largest keeps every
+/// count within `i64`.
+pub const RESOLUTIONS: RangeInclusive<i64> = 32..=8192;
+/// Images per forward pass (`--batch-size`, `--batch-sizes`).
+pub const BATCH_SIZES: RangeInclusive<i64> = 1..=4096;
+/// Intra-op threads (`--threads`).
+pub const THREADS: RangeInclusive<i64> = 1..=1024;
+/// Timed (`--iters`) and warm-up (`--warmup`) iterations.
+pub const ITERATIONS: RangeInclusive<i64> = 0..=100_000;
+/// The largest `--width-mult` (as `ModelConfig::validate`): it must be in (0, 10].
+pub const MAX_WIDTH_MULT: f64 = 10.0;
+
+/// Parses `--width-mult`: a number in (0, [`MAX_WIDTH_MULT`]].
+pub fn width_mult(s: &str) -> Result<f64, String> {
+    let w: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if w.is_finite() && w > 0.0 && w <= MAX_WIDTH_MULT {
+        Ok(w)
+    } else {
+        Err(format!("{w} is not in (0, {MAX_WIDTH_MULT}]"))
+    }
+}
+
+/// A parser of counts in `range` (which must be non-negative), as `usize`.
+pub fn usize_in(range: RangeInclusive<i64>) -> impl TypedValueParser<Value = usize> {
+    clap::value_parser!(u32).range(range).map(|v| v as usize)
+}
 
 /// `--arch`, `--width-mult`, `--num-classes`, `--norm`.
 #[derive(clap::Args, Debug, Clone)]
@@ -10,10 +42,11 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "mobilenet_v2")]
     pub arch: Arch,
     /// Width multiplier: scales every layer's channels.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = width_mult)]
     pub width_mult: f64,
-    /// Number of output classes.
-    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
+    /// Number of output classes (at most 100000).
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(1..=MAX_CLASSES))]
     pub num_classes: i64,
     /// Normalization after each convolution: batch, group:G, layer, instance.
     #[arg(long, default_value = "batch")]

@@ -63,8 +63,19 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", without_backtrace(&format!("{err:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// `message` without the C++ backtrace that libtorch appends to its errors (`Exception raised
+/// from ... (most recent call first):` and the frames after it).
+pub fn without_backtrace(message: &str) -> String {
+    let cut = ["\nException raised from ", "\nframe #"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min()
+        .unwrap_or(message.len());
+    message[..cut].trim_end().to_string()
 }

@@ -1,7 +1,7 @@
 //! `mobilenet summary`: one row per layer (name, kind, output shape, parameters, mult-adds) and
 //! totals; each depthwise + pointwise pair against the standard convolution it replaces.
 
-use super::common::ModelArgs;
+use super::common::{ModelArgs, RESOLUTIONS};
 use mobilenet::models::Summary;
 use std::process::ExitCode;
 
@@ -9,8 +9,9 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Input resolution (square), at least 32.
-    #[arg(long, default_value_t = 224)]
+    /// Input resolution (square), 32 to 8192.
+    #[arg(long, default_value_t = 224, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(RESOLUTIONS))]
     resolution: i64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -18,12 +19,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.resolution < 32 {
-        anyhow::bail!(
-            "--resolution {} is below the minimum of 32",
-            args.resolution
-        );
-    }
     // From the architecture's description: no weights are allocated.
     let summary = Summary::for_config(args.model.config(), args.resolution)?;
     if args.json {

@@ -5,6 +5,7 @@ mod classify_memory;
 mod classify_preprocess;
 mod common;
 mod convert_cli;
+mod hostile_cli;
 mod hostile_files;
 mod info;
 mod models;
