@@ -21,9 +21,11 @@ pub struct Args {
     /// problems); `--width-mult`, `--num-classes` and `--norm` describe it further.
     #[arg(long, value_enum)]
     arch: Option<Arch>,
-    #[arg(long, default_value_t = 1.0, requires = "arch")]
+    #[arg(long, default_value_t = 1.0, requires = "arch", allow_negative_numbers = true,
+          value_parser = super::common::width_mult)]
     width_mult: f64,
-    #[arg(long, default_value_t = 1000, requires = "arch")]
+    #[arg(long, default_value_t = 1000, requires = "arch",
+          value_parser = clap::value_parser!(i64).range(1..=super::common::MAX_CLASSES))]
     num_classes: i64,
     #[arg(long, default_value = "batch", requires = "arch")]
     norm: NormKind,
