@@ -12,6 +12,7 @@ mod norm_errors;
 mod norm_parity;
 mod optimizations;
 mod parity_cli;
+mod train_optim;
 mod weights_files;
 mod weights_fuzz;
 mod weights_limits;
