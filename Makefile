@@ -26,6 +26,7 @@ fixtures: check-torch
 	@$(PY) tests/gen_norm.py --out fixtures/norm
 	@$(PY) tests/gen_weights.py --out fixtures/weights
 	@$(PY) tests/gen_classify.py --out fixtures/classify
+	@$(PY) tests/gen_optim.py --out fixtures/optim
 
 test: check-torch fixtures
 	$(CARGO) fmt --check

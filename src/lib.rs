@@ -17,6 +17,7 @@ pub mod nn;
 pub mod parity;
 pub mod pipeline;
 pub mod preprocess;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
-//! Bindings to src/ffi/shim.cpp: libtorch's fused CPU convolution that tch 0.24 does not bind.
+//! Bindings to src/ffi/shim.cpp: libtorch's fused CPU convolution that tch 0.24 does not bind,
+//! and [`clear_grad`] (`p.grad = None`).
 //!
 //! [`conv_pointwise`] / [`conv_pointwise_add`] call oneDNN's `mkldnn::_convolution_pointwise`, a
 //! convolution with its activation (or its residual add) fused as a post-op, on channels-last
@@ -33,6 +34,7 @@ extern "C" {
     ) -> *mut C_tensor;
     fn mn_graph_free(module: *mut std::ffi::c_void);
     fn mn_enable_onednn_fusion(enabled: bool);
+    fn mn_clear_grad(t: *const C_tensor);
     #[allow(clippy::too_many_arguments)]
     fn mn_conv_pointwise(
         x: *const C_tensor,
@@ -158,6 +160,13 @@ pub fn pack_weight(w: &Tensor, g: ConvGeometry, input_size: [i64; 4]) -> Result<
 pub fn enable_onednn_fusion(enabled: bool) {
     // SAFETY: sets a process-wide flag in libtorch.
     unsafe { mn_enable_onednn_fusion(enabled) }
+}
+
+/// Drops `t`'s gradient, as `t.grad = None` does in Python (what torch.optim's
+/// `zero_grad(set_to_none=True)` does; tch's `zero_grad` fills the gradient with zeros instead).
+pub fn clear_grad(t: &Tensor) {
+    // SAFETY: `t` is valid for the call; only its gradient slot is reset.
+    unsafe { mn_clear_grad(t.as_ptr()) }
 }
 
 /// A forward pass compiled by TorchScript with the oneDNN Graph fuser (src/ffi/graph.cpp): built

@@ -98,4 +98,8 @@ at::Tensor* mn_conv_pointwise(const at::Tensor* x, const at::Tensor* other, cons
   return nullptr;
 }
 
+// `p.grad = None`: drops a parameter's gradient, as torch.optim's `zero_grad(set_to_none=True)`
+// does (tch 0.24's `zero_grad` fills it with zeros instead).
+void mn_clear_grad(const at::Tensor* t) { t->mutable_grad().reset(); }
+
 }  // extern "C"
