@@ -18,6 +18,7 @@ pub mod parity;
 pub mod pipeline;
 pub mod preprocess;
 pub mod train;
+pub mod value;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,18 +1,17 @@
 //! Training pieces that follow `torch.optim` exactly: optimizers over parameter groups
 //! ([`optim`]: SGD, AdamW, RMSprop), the groups by weight decay that torchvision's reference
 //! builds ([`groups`]), learning-rate schedules stepped per epoch ([`schedule`]), and their state
-//! as plain data in the shape of torch's `state_dict()`s ([`state`]), so that a resumed run
-//! continues exactly.
+//! as plain data in the shape of torch's `state_dict()`s ([`crate::value`]), so that a resumed
+//! run continues exactly.
 
 pub mod groups;
 pub mod optim;
 pub mod schedule;
-pub mod state;
 
+pub use crate::value::{Dict, Key, Value};
 pub use groups::{set_weight_decay, DecayGroup, DecayKind};
 pub use optim::{
     AdamW, AdamWOptions, AdamWState, Algorithm, Optimize, Optimizer, ParamGroup, RmsProp,
     RmsPropOptions, RmsPropState, Sgd, SgdOptions, SgdState, Step,
 };
 pub use schedule::{LrGroups, LrScheduler, Rule, Scheduler, SequentialLr};
-pub use state::{Dict, Key, Value};

@@ -42,7 +42,7 @@ use std::fmt::Debug;
 use tch::Tensor;
 
 use super::schedule::LrGroups;
-use super::state::{Dict, Key, Parse, Value};
+use crate::value::{Dict, Key, Parse, Value};
 use crate::{Error, Result};
 use fields::{check_flags, read_options, write_options};
 

@@ -29,7 +29,7 @@
 
 use std::f64::consts::PI;
 
-use super::state::{Dict, Parse, Value};
+use crate::value::{Dict, Parse, Value};
 use crate::{Error, Result};
 
 /// The learning rates a scheduler drives: torch's `optimizer.param_groups[i]["lr"]` and

@@ -69,7 +69,6 @@ mod zip;
 pub use arch::{detect_architecture, ArchGuess};
 pub use file::{read_file, MAX_FILE_BYTES};
 pub use pickle::DType;
-pub use pth_writer::{PthKey, PthValue};
 pub use strict::{load_into, LoadOptions};
 
 use crate::{Error, Result};
@@ -200,13 +199,20 @@ pub fn write_ot(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 /// given order, each tensor contiguous with its dtype, which `torch.load(path, weights_only=True)`
 /// reads and `load_state_dict` takes.
 pub fn write_pth(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    pth_writer::write(path, &PthValue::state_dict(tensors))
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = tensors.iter().find(|(k, _)| !seen.insert(k)) {
+        return Err(Error::Unwritable {
+            path: path.to_path_buf(),
+            msg: format!("the key {name:?} appears twice"),
+        });
+    }
+    pth_writer::write(path, &crate::value::Value::state_dict(tensors))
 }
 
 /// Writes a checkpoint as a `torch.save` zip file: nested dicts (string or integer keys),
 /// lists, tuples, numbers, strings, `None` and tensors, read back by
 /// `torch.load(path, weights_only=True)` as the same Python value. Tensors that are the same view
 /// of the same memory share one storage in the file.
-pub fn write_pth_value(path: &Path, value: &PthValue) -> Result<()> {
+pub fn write_pth_value(path: &Path, value: &crate::value::Value) -> Result<()> {
     pth_writer::write(path, value)
 }

@@ -2,7 +2,7 @@
 //! `_save`, written by `PyTorchStreamWriter` in `caffe2/serialize/inline_container.cc`), read
 //! back by `torch.load(path, weights_only=True)`.
 //!
-//! **What it writes.** A [`PthValue`]: dicts (plain or `OrderedDict`) with string or integer
+//! **What it writes.** A [`Value`] ([`crate::value`]): dicts (plain or `OrderedDict`) with string or integer
 //! keys, lists, tuples, strings, integers, floats, bools, `None` and tensors. The pickle
 //! (protocol 2, as torch uses) names only `collections.OrderedDict`,
 //! `torch._utils._rebuild_tensor_v2` and the `torch.*Storage` classes (in storage persistent
@@ -25,99 +25,16 @@
 
 use super::formats::{bytes_of, contiguous_cpu};
 use super::zip::{CENTRAL_SIG, EOCD64_LOCATOR_SIG, EOCD64_SIG, EOCD_SIG, LOCAL_SIG};
+use crate::value::{Key, Value};
 use crate::{Error, Result};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use tch::Tensor;
 
-/// A dict key of a [`PthValue`]: what checkpoints use (`state_dict` keys, optimizer state
-/// indexed by parameter number).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PthKey {
-    Str(String),
-    Int(i64),
-}
-
-/// A value that [`write_pth_value`](super::write_pth_value) writes and
-/// `torch.load(weights_only=True)` reads back as the Python value of the same name.
-#[derive(Debug)]
-pub enum PthValue {
-    None,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    List(Vec<PthValue>),
-    Tuple(Vec<PthValue>),
-    /// A `dict`, in this order; keys must differ.
-    Dict(Vec<(PthKey, PthValue)>),
-    /// A `collections.OrderedDict` (what `state_dict()` returns), in this order; keys must differ.
-    OrderedDict(Vec<(PthKey, PthValue)>),
-    /// A `torch.Tensor` (written contiguous, on the CPU, without `requires_grad`).
-    Tensor(Tensor),
-}
-
-impl PthValue {
-    /// A state dict: an `OrderedDict` of the tensors under their names, in order (the tensors are
-    /// shallow clones: no data is copied).
-    pub fn state_dict(tensors: &[(String, Tensor)]) -> PthValue {
-        PthValue::OrderedDict(
-            tensors
-                .iter()
-                .map(|(k, t)| {
-                    (
-                        PthKey::from(k.as_str()),
-                        PthValue::Tensor(t.shallow_clone()),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
-
-/// `impl From<$type> for $target`, each by the closure given.
-macro_rules! conversions {
-    ($target:ident { $($t:ty => |$v:ident| $e:expr),* $(,)? }) => {
-        $(impl From<$t> for $target {
-            fn from($v: $t) -> Self {
-                $e
-            }
-        })*
-    };
-}
-
-conversions!(PthKey {
-    &str => |s| PthKey::Str(s.to_string()),
-    String => |s| PthKey::Str(s),
-    i64 => |i| PthKey::Int(i),
-});
-conversions!(PthValue {
-    bool => |b| PthValue::Bool(b),
-    i64 => |i| PthValue::Int(i),
-    f64 => |f| PthValue::Float(f),
-    &str => |s| PthValue::Str(s.to_string()),
-    String => |s| PthValue::Str(s),
-    Tensor => |t| PthValue::Tensor(t),
-});
-impl<T: Into<PthValue>> From<Option<T>> for PthValue {
-    fn from(v: Option<T>) -> Self {
-        v.map_or(PthValue::None, Into::into)
-    }
-}
-
-impl std::fmt::Display for PthKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PthKey::Str(s) => f.write_str(s),
-            PthKey::Int(i) => write!(f, "{i}"),
-        }
-    }
-}
-
 /// Writes `value` as a `torch.save` zip file at `path`. Every tensor and key is checked before
 /// the file is created, so a value that cannot be written leaves no file behind.
-pub fn write(path: &Path, value: &PthValue) -> Result<()> {
+pub fn write(path: &Path, value: &Value) -> Result<()> {
     let Pickler { buf, storages, .. } = Pickler::pickle(path, value)?;
 
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
@@ -218,7 +135,7 @@ impl<'p> Pickler<'p> {
     }
 
     /// The pickle of `value` (`path`: the file it is for, named in errors).
-    fn pickle(path: &'p Path, value: &PthValue) -> Result<Self> {
+    fn pickle(path: &'p Path, value: &Value) -> Result<Self> {
         let mut p = Pickler::new(path);
         p.buf.extend([PROTO, 2]);
         p.value(value, "")?;
@@ -226,24 +143,17 @@ impl<'p> Pickler<'p> {
         Ok(p)
     }
 
-    fn fail(&self, at: &str, msg: String) -> Error {
-        Error::Unwritable {
-            path: self.path.to_path_buf(),
-            msg: format!("{}: {msg}", label(at)),
-        }
-    }
-
-    fn value(&mut self, v: &PthValue, at: &str) -> Result<()> {
+    fn value(&mut self, v: &Value, at: &str) -> Result<()> {
         match v {
-            PthValue::None => self.buf.push(NONE),
-            PthValue::Bool(b) => self.buf.push(if *b { NEWTRUE } else { NEWFALSE }),
-            PthValue::Int(i) => self.int(*i),
-            PthValue::Float(f) => {
+            Value::None => self.buf.push(NONE),
+            Value::Bool(b) => self.buf.push(if *b { NEWTRUE } else { NEWFALSE }),
+            Value::Int(i) => self.int(*i),
+            Value::Float(f) => {
                 self.buf.push(BINFLOAT);
                 self.buf.extend(f.to_be_bytes());
             }
-            PthValue::Str(s) => self.str(s),
-            PthValue::List(items) => {
+            Value::Str(s) => self.str(s),
+            Value::List(items) => {
                 self.buf.push(EMPTY_LIST);
                 for (n, chunk) in items.chunks(BATCH).enumerate() {
                     self.buf.push(MARK);
@@ -253,47 +163,46 @@ impl<'p> Pickler<'p> {
                     self.buf.push(APPENDS);
                 }
             }
-            PthValue::Tuple(items) => {
+            Value::Tuple(items) => {
                 self.buf.push(MARK);
                 for (i, item) in items.iter().enumerate() {
                     self.value(item, &format!("{at}[{i}]"))?;
                 }
                 self.buf.push(TUPLE);
             }
-            PthValue::Dict(entries) => {
+            Value::Dict(d) => {
                 self.buf.push(EMPTY_DICT);
-                self.entries(entries, at)?;
+                self.entries(d.entries(), at)?;
             }
-            PthValue::OrderedDict(entries) => {
+            Value::OrderedDict(d) => {
                 self.new_ordered_dict();
-                self.entries(entries, at)?;
+                self.entries(d.entries(), at)?;
             }
-            PthValue::Tensor(t) => self.tensor(t, at)?,
+            Value::Tensor(t) => self.tensor(t, at)?,
         }
         Ok(())
     }
 
     /// `SETITEMS` of a dict's entries onto the dict on the stack.
-    fn entries(&mut self, entries: &[(PthKey, PthValue)], at: &str) -> Result<()> {
-        let mut seen = HashSet::with_capacity(entries.len());
+    /// (A [`crate::value::Dict`] holds each key once, as Python's do.)
+    fn entries(&mut self, entries: &[(Key, Value)], at: &str) -> Result<()> {
         for chunk in entries.chunks(BATCH) {
             self.buf.push(MARK);
             for (k, v) in chunk {
-                if !seen.insert(k) {
-                    let msg = match k {
-                        PthKey::Str(s) => format!("the key {s:?} appears twice"),
-                        PthKey::Int(i) => format!("the key {i} appears twice"),
-                    };
-                    return Err(self.fail(at, msg));
-                }
-                match k {
-                    PthKey::Str(s) => self.str(s),
-                    PthKey::Int(i) => self.int(*i),
-                }
+                let name = match k {
+                    Key::Str(s) => {
+                        self.str(s);
+                        s.clone()
+                    }
+                    Key::Int(i) => {
+                        self.int(*i);
+                        i.to_string()
+                    }
+                };
                 let inner = if at.is_empty() {
-                    k.to_string()
+                    name
                 } else {
-                    format!("{at}.{k}")
+                    format!("{at}.{name}")
                 };
                 self.value(v, &inner)?;
             }
@@ -665,8 +574,9 @@ mod tests {
     use super::super::pickle::{self, Node};
     use super::super::zip::Zip;
     use super::*;
+    use crate::value::Dict;
 
-    fn pickle_of(v: &PthValue) -> (Vec<u8>, usize) {
+    fn pickle_of(v: &Value) -> (Vec<u8>, usize) {
         let p = Pickler::pickle(Path::new("t.pth"), v).unwrap();
         (p.buf, p.storages.len())
     }
@@ -690,7 +600,7 @@ mod tests {
             0x80_0000_0000,
             -0x80_0000_0000,
         ];
-        let list = PthValue::List(values.iter().map(|&i| PthValue::Int(i)).collect());
+        let list = Value::List(values.iter().map(|&i| Value::Int(i)).collect());
         let (buf, _) = pickle_of(&list);
         let pk = pickle::unpickle(&buf, 0, pickle::Options::default()).unwrap();
         let Node::List(items) = pk.node(pk.root) else {
@@ -705,26 +615,24 @@ mod tests {
             .collect();
         assert_eq!(got, values);
         // 0..=255 in two bytes, 256..=65535 in three.
-        let (b, _) = pickle_of(&PthValue::Int(255));
+        let (b, _) = pickle_of(&Value::Int(255));
         assert_eq!(b, [PROTO, 2, BININT1, 255, STOP]);
-        let (b, _) = pickle_of(&PthValue::Int(1 << 40));
+        let (b, _) = pickle_of(&Value::Int(1 << 40));
         assert_eq!(b, [PROTO, 2, LONG1, 6, 0, 0, 0, 0, 0, 1, STOP]);
     }
 
     #[test]
     fn nested_values_read_back_with_our_unpickler() {
-        let v = PthValue::Dict(vec![
-            ("epoch".into(), 3i64.into()),
-            ("lr".into(), 0.5f64.into()),
-            (
-                "state".into(),
-                PthValue::Dict(vec![(PthKey::Int(0), PthValue::Str("x".into()))]),
-            ),
-            (
-                "t".into(),
-                PthValue::Tuple(vec![PthValue::None, true.into(), false.into()]),
-            ),
-        ]);
+        let v = Value::Dict(
+            Dict::new()
+                .with("epoch", 3i64)
+                .with("lr", 0.5f64)
+                .with("state", Dict::new().with(0, "x"))
+                .with(
+                    "t",
+                    Value::Tuple(vec![Value::None, true.into(), false.into()]),
+                ),
+        );
         let (buf, storages) = pickle_of(&v);
         assert_eq!(storages, 0);
         let pk = pickle::unpickle(&buf, 0, pickle::Options::default()).unwrap();
@@ -741,21 +649,13 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_and_bad_dtypes_are_refused() {
-        let v = PthValue::Dict(vec![
-            ("a".into(), PthValue::None),
-            (
-                "b".into(),
-                PthValue::Dict(vec![(1i64.into(), 1i64.into()), (1i64.into(), 2i64.into())]),
-            ),
-        ]);
-        let err = |v: &PthValue| match Pickler::pickle(Path::new("t.pth"), v) {
+    fn bad_dtypes_are_refused() {
+        let err = |v: &Value| match Pickler::pickle(Path::new("t.pth"), v) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{v:?} was written"),
         };
-        assert_eq!(err(&v), "t.pth: b: the key 1 appears twice");
         let t = Tensor::zeros([2], (tch::Kind::ComplexFloat, tch::Device::Cpu));
-        let e = err(&PthValue::List(vec![PthValue::None, PthValue::Tensor(t)]));
+        let e = err(&Value::List(vec![Value::None, Value::Tensor(t)]));
         assert!(e.starts_with("t.pth: [1]: dtype ComplexFloat"), "{e}");
     }
 

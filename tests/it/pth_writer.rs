@@ -4,7 +4,8 @@
 //! MobileNetV2 state dict converted by `mobilenet convert` loaded strictly into torchvision's model.
 
 use crate::common::{model_fixture, output_ok, BIN};
-use mobilenet::weights::{self, Format, PthKey, PthValue};
+use mobilenet::value::{Dict, Key, Value};
+use mobilenet::weights::{self, Format};
 use mobilenet::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,19 +143,19 @@ fn state_dict_round_trips_through_our_reader() {
 
 /// A training checkpoint: the model's state dict, optimizer state indexed by parameter number,
 /// hyperparameters, and every kind of plain value.
-fn checkpoint() -> PthValue {
+fn checkpoint() -> Value {
     let mat = Tensor::arange(12, (Kind::Float, CPU)).reshape([3, 4]);
     let ints = Tensor::arange_start(-5, 5, (Kind::Int64, CPU));
-    let model = PthValue::state_dict(&[
+    let model = Value::state_dict(&[
         ("w".to_string(), mat.shallow_clone()),
         ("b".to_string(), ints),
     ]);
-    let dict = |entries: Vec<(&str, PthValue)>| {
-        PthValue::Dict(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    let dict = |entries: Vec<(&str, Value)>| {
+        Value::Dict(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
     };
-    let state = PthValue::Dict(vec![
+    let state = Value::Dict(Dict::from_iter([
         (
-            PthKey::Int(0),
+            Key::Int(0),
             dict(vec![
                 ("momentum_buffer", (&mat * 2.0).into()),
                 (
@@ -163,15 +164,15 @@ fn checkpoint() -> PthValue {
                 ),
             ]),
         ),
-        (1.into(), dict(vec![("momentum_buffer", PthValue::None)])),
-    ]);
+        (1.into(), dict(vec![("momentum_buffer", Value::None)])),
+    ]));
     let group = dict(vec![
         ("lr", 0.045.into()),
         ("momentum", 0.9.into()),
         ("weight_decay", 4e-5.into()),
         ("nesterov", false.into()),
         ("foreach", None::<bool>.into()),
-        ("params", PthValue::List(vec![0.into(), 1.into()])),
+        ("params", Value::List(vec![0.into(), 1.into()])),
     ]);
     dict(vec![
         ("model", model),
@@ -179,7 +180,7 @@ fn checkpoint() -> PthValue {
             "optimizer",
             dict(vec![
                 ("state", state),
-                ("param_groups", PthValue::List(vec![group])),
+                ("param_groups", Value::List(vec![group])),
             ]),
         ),
         ("epoch", 7.into()),
@@ -194,31 +195,28 @@ fn checkpoint() -> PthValue {
         ("note", "größe ✓ \"quoted\"\n".into()),
         (
             "args",
-            PthValue::Tuple(vec![
+            Value::Tuple(vec![
                 "a".into(),
                 1.into(),
-                PthValue::None,
+                Value::None,
                 true.into(),
                 2.5.into(),
             ]),
         ),
-        ("empty_list", PthValue::List(vec![])),
-        ("empty_tuple", PthValue::Tuple(vec![])),
-        ("empty_dict", PthValue::Dict(vec![])),
+        ("empty_list", Value::List(vec![])),
+        ("empty_tuple", Value::Tuple(vec![])),
+        ("empty_dict", Value::Dict(Dict::new())),
         (
             "long_list",
-            PthValue::List((0..2500).map(PthValue::Int).collect()),
+            Value::List((0..2500).map(Value::Int).collect()),
         ),
         (
             "int_keys",
-            PthValue::Dict(vec![(
-                (-1).into(),
-                PthValue::Dict(vec![((1i64 << 40).into(), "big".into())]),
-            )]),
+            Value::Dict(Dict::new().with(-1, Dict::new().with(1i64 << 40, "big"))),
         ),
         (
             "same_twice",
-            PthValue::List(vec![mat.shallow_clone().into(), mat.into()]),
+            Value::List(vec![mat.shallow_clone().into(), mat.into()]),
         ),
     ])
 }
@@ -341,7 +339,7 @@ fn unwritable_values_name_the_file_and_leave_none() {
     assert!(!path.exists(), "nothing is written when a value cannot be");
 
     let missing = dir.join("no/such/folder/x.pth");
-    match weights::write_pth_value(&missing, &PthValue::None) {
+    match weights::write_pth_value(&missing, &Value::None) {
         Err(e @ Error::Io { .. }) => assert_eq!(e.path(), Some(missing.as_path())),
         other => panic!("{other:?}"),
     }

@@ -8,7 +8,7 @@ use super::{
     addcdiv_, addcmul_, check_non_negative, needed, param_state, zeros_like, Algorithm,
     OptionFields, Step,
 };
-use crate::train::state::Parse;
+use crate::value::Parse;
 use crate::Result;
 
 /// `torch.optim.AdamW`. Its default `weight_decay` is `1e-2` (the group's).

@@ -7,7 +7,7 @@
 use tch::Tensor;
 
 use super::Algorithm;
-use crate::train::state::{Dict, Parse, Value};
+use crate::value::{Dict, Parse, Value};
 
 /// The options of a group by their keys in torch's state dict, visited by
 /// [`Algorithm::options`] to write them or to read them.

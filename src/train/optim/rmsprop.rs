@@ -8,7 +8,7 @@ use super::{
     add_scaled_, addcdiv_, addcmul, addcmul_, check_non_negative, decayed_grad, needed,
     param_state, zeros_like, Algorithm, OptionFields, Step,
 };
-use crate::train::state::Parse;
+use crate::value::Parse;
 use crate::Result;
 
 /// `torch.optim.RMSprop`.

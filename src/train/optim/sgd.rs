@@ -6,7 +6,7 @@ use tch::Tensor;
 use super::{
     add_scaled_, check_non_negative, copy, decayed_grad, param_state, Algorithm, OptionFields, Step,
 };
-use crate::train::state::Parse;
+use crate::value::Parse;
 use crate::Result;
 
 /// `torch.optim.SGD`.

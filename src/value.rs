@@ -1,10 +1,12 @@
-//! Training state as plain data: the value tree that PyTorch's `optimizer.state_dict()` and
-//! `lr_scheduler.state_dict()` are made of (dicts, lists, tuples, numbers, strings, tensors), so
-//! that a checkpoint holds nothing but what `torch.load(weights_only=True)` accepts.
+//! Plain data as Python holds it: the value tree that `model.state_dict()`,
+//! `optimizer.state_dict()`, `lr_scheduler.state_dict()` and whole training checkpoints are made
+//! of (dicts, lists, tuples, numbers, strings, tensors), nothing but what
+//! `torch.load(weights_only=True)` accepts.
 //!
-//! The optimizers ([`super::optim`]) and schedulers ([`super::schedule`]) write their state in
-//! exactly the shape torch gives it (same keys, same nesting, parameter indices as integer keys)
-//! and rebuild themselves from it; a writer turns a [`Value`] into a `.pth` file.
+//! The optimizers ([`crate::train::optim`]) and schedulers ([`crate::train::schedule`]) write
+//! their state in exactly the shape torch gives it (same keys, same nesting, parameter indices
+//! as integer keys) and rebuild themselves from it; [`crate::weights::write_pth_value`] writes a
+//! [`Value`] as a `.pth` file.
 
 use tch::Tensor;
 
@@ -22,7 +24,10 @@ pub enum Value {
     List(Vec<Value>),
     /// A tuple, such as Adam's `betas`.
     Tuple(Vec<Value>),
+    /// A `dict`.
     Dict(Dict),
+    /// A `collections.OrderedDict`, what `model.state_dict()` returns.
+    OrderedDict(Dict),
 }
 
 /// A dict key: a string, or an integer (the parameter indices of an optimizer's `state`).
@@ -53,6 +58,7 @@ impl Value {
             Value::List(_) => "list",
             Value::Tuple(_) => "tuple",
             Value::Dict(_) => "dict",
+            Value::OrderedDict(_) => "OrderedDict",
         }
     }
 
@@ -99,11 +105,23 @@ impl Value {
         }
     }
 
+    /// The entries of a dict or an `OrderedDict`.
     pub fn as_dict(&self) -> Option<&Dict> {
         match self {
-            Value::Dict(d) => Some(d),
+            Value::Dict(d) | Value::OrderedDict(d) => Some(d),
             _ => None,
         }
+    }
+
+    /// A model's state dict: an `OrderedDict` of the tensors under their names, in order (shallow
+    /// handles: no data is copied).
+    pub fn state_dict(tensors: &[(String, Tensor)]) -> Value {
+        Value::OrderedDict(
+            tensors
+                .iter()
+                .map(|(k, t)| (Key::from(k.as_str()), Value::Tensor(t.shallow_clone())))
+                .collect(),
+        )
     }
 
     /// The value as a `T`, or a message naming `what` and the type found.
@@ -130,6 +148,12 @@ macro_rules! value_from {
 
 value_from!(bool => Bool, i64 => Int, f64 => Float, String => Str, Tensor => Tensor, Dict => Dict);
 
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::None, Into::into)
+    }
+}
+
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
         Value::Str(v.to_owned())
@@ -139,6 +163,12 @@ impl From<&str> for Value {
 impl From<&str> for Key {
     fn from(k: &str) -> Self {
         Key::Str(k.to_owned())
+    }
+}
+
+impl From<String> for Key {
+    fn from(k: String) -> Self {
+        Key::Str(k)
     }
 }
 
