@@ -11,7 +11,7 @@
 //! - embedded ICC profiles and PNG gamma are ignored, as `convert("RGB")` ignores them.
 //!
 //! JPEG pixels can differ from Pillow's (libjpeg-turbo) by a few levels where the two decoders'
-//! IDCT and chroma upsampling round differently; `tests/classify_preprocess.rs` reports by how
+//! IDCT and chroma upsampling round differently; `tests/it/classify_preprocess.rs` reports by how
 //! much.
 //!
 //! [`find_images`] expands folders into the image files under them.

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod device;
 pub mod error;
 pub mod ffi;
+pub mod file;
 pub mod imagenet;
 pub mod images;
 pub mod info;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference tensors for the normalization layers (tests/norm_parity.rs).
+"""Reference tensors for the normalization layers (tests/it/norm_parity.rs).
 
 Runs torch.nn.BatchNorm1d/2d, InstanceNorm1d/2d, LayerNorm and GroupNorm (and the modules that
 `NormKind::build` stands for) over a grid of shapes and options, and writes, per case: the

@@ -9,6 +9,7 @@ use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
+use mobilenet::file::{read_regular, Refusal};
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::pipeline::ordered_map;
@@ -201,13 +202,11 @@ fn prepare_model(
         precision: args.precision,
         fold: true,
     };
+    // The load error names the file; this says what it was loaded into.
     let does_not_fit = || {
         format!(
-            "{} does not fit {} width {} with {} classes",
-            weights_path.display(),
-            config.arch,
-            config.width_mult,
-            config.num_classes
+            "the weights do not fit {} width {} with {} classes",
+            config.arch, config.width_mult, config.num_classes
         )
     };
     let mut model = Model::from_state_dict(config.clone(), &state_dict, weights_path, &placement)
@@ -366,39 +365,27 @@ fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
-/// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
 /// Image files larger than this are refused (a photo is a few MB; this bounds the memory a
 /// single input can take before decoding).
 const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
-/// Reads a regular file of at most [`MAX_IMAGE_BYTES`].
+/// Reads a regular file of at most [`MAX_IMAGE_BYTES`] ([`read_regular`]).
 fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_IMAGE_BYTES {
-        return Err(format!(
-            "file is {} bytes, more than the {} MiB limit for an image",
-            meta.len(),
-            MAX_IMAGE_BYTES >> 20
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_IMAGE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_IMAGE_BYTES {
-        return Err(format!(
-            "file grew past the {} MiB limit while being read",
-            MAX_IMAGE_BYTES >> 20
-        ));
-    }
-    Ok(bytes)
+    let limit = MAX_IMAGE_BYTES >> 20;
+    read_regular(path, MAX_IMAGE_BYTES).map_err(|refusal| match refusal {
+        Refusal::Io(e) => format!("cannot read: {e}"),
+        Refusal::NotRegular(_) => "not a regular file".into(),
+        Refusal::TooLarge { grew: false, bytes } => {
+            format!("file is {bytes} bytes, more than the {limit} MiB limit for an image")
+        }
+        Refusal::TooLarge { grew: true, .. } => {
+            format!("file grew past the {limit} MiB limit while being read")
+        }
+        Refusal::NoMemory { bytes } => format!("cannot hold {bytes} bytes"),
+    })
 }
 
+/// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
 fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     let path = match input {
         Input::Image(path) => path,

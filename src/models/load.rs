@@ -95,7 +95,7 @@ impl Model {
             match weights::detect_architecture(sd) {
                 Some(g) => match ModelConfig::from_guess(&g) {
                     Some(held) if !same_shape(&held, &model.config) => {
-                        Error::file(path, holds_other(&g, &held, &model.config, &e))
+                        Error::file(path, holds_other(path, &g, &held, &model.config, &e))
                     }
                     _ => e,
                 },
@@ -111,8 +111,19 @@ fn same_shape(a: &ModelConfig, b: &ModelConfig) -> bool {
     a.arch == b.arch && a.width_mult == b.width_mult && a.num_classes == b.num_classes
 }
 
-/// "holds X (width, classes), not the requested Y (...): pass --arch ...", then the load error.
-fn holds_other(guess: &ArchGuess, held: &ModelConfig, asked: &ModelConfig, e: &Error) -> String {
+/// "holds X (width, classes), not the requested Y (...): pass --arch ...", then the load error
+/// (without its own leading path: the message is already about `path`).
+fn holds_other(
+    path: &Path,
+    guess: &ArchGuess,
+    held: &ModelConfig,
+    asked: &ModelConfig,
+    e: &Error,
+) -> String {
+    let e = e.to_string();
+    let e = e
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(&e);
     format!(
         "holds {} (width {}, {} classes), not the requested {} (width {}, {} classes): pass \
          --arch {} --width-mult {} --num-classes {}\n{e}",

@@ -5,7 +5,7 @@
 
 use super::ModelConfig;
 use crate::nn::conv::{join_dotted, ConvKind, ConvSpec};
-use crate::nn::{BatchNormConfig, NormKind, UnitSpec};
+use crate::nn::{BatchNormConfig, NormKind, SqueezeExcitation, UnitSpec};
 use serde::Serialize;
 
 /// One layer of the summary.
@@ -110,9 +110,8 @@ pub fn rows_from_units(
                     name: join_dotted(block, path),
                     kind: "squeeze-excite".into(),
                     output_shape: vec![*c, h, w],
-                    parameters: 2 * c * s + c + s,
-                    // Two 1x1 convs on the pooled vector, then the channel-wise scaling.
-                    mult_adds: 2 * c * s + c * h * w,
+                    parameters: SqueezeExcitation::parameter_count(*c, *s),
+                    mult_adds: SqueezeExcitation::mult_adds(*c, *s, h, w),
                     separable: None,
                 });
                 continue;

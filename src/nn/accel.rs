@@ -4,7 +4,7 @@
 //! instead of `conv2d` + `clamp_` (+ `add_`) with a weight reorder inside every call.
 //!
 //! It computes the same convolution as `conv2d` (within float rounding: about 3e-7 of the
-//! largest logit on MobileNetV2); `tests/optimizations.rs` holds it to the plain model.
+//! largest logit on MobileNetV2); `tests/it/optimizations.rs` holds it to the plain model.
 
 use super::activation::Activation;
 use crate::ffi::{self, ConvGeometry};

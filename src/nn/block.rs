@@ -64,14 +64,12 @@ impl BlockSpec {
                     norm: at,
                     spec,
                 } => {
-                    let groups_in = spec.in_channels / spec.groups.max(1);
-                    let (o, k) = (spec.out_channels, spec.kernel);
                     out.push((
                         join_dotted(&join_dotted(path, conv), "weight"),
-                        vec![o, groups_in, k, k],
+                        spec.weight_shape().to_vec(),
                     ));
                     let at = join_dotted(path, at);
-                    for (name, shape) in norm.state_shapes(o, self.bn) {
+                    for (name, shape) in norm.state_shapes(spec.out_channels, self.bn) {
                         out.push((join_dotted(&at, name), shape));
                     }
                 }
@@ -81,10 +79,9 @@ impl BlockSpec {
                     squeeze_channels: s,
                 } => {
                     let at = join_dotted(path, at);
-                    out.push((format!("{at}.fc1.weight"), vec![*s, *c, 1, 1]));
-                    out.push((format!("{at}.fc1.bias"), vec![*s]));
-                    out.push((format!("{at}.fc2.weight"), vec![*c, *s, 1, 1]));
-                    out.push((format!("{at}.fc2.bias"), vec![*c]));
+                    for (name, shape) in SqueezeExcitation::shapes(*c, *s) {
+                        out.push((join_dotted(&at, name), shape));
+                    }
                 }
             }
         }

@@ -86,9 +86,16 @@ impl ConvSpec {
     pub fn out_size(&self, size: i64) -> i64 {
         (size + 2 * self.padding() - self.dilation * (self.kernel - 1) - 1) / self.stride + 1
     }
-    /// Number of convolution weights (no bias: MobileNet convs before a norm have none).
+    /// The weight's shape `[out_channels, in_channels / groups, k, k]` (no bias: MobileNet
+    /// convs before a norm have none).
+    pub fn weight_shape(&self) -> [i64; 4] {
+        let k = self.kernel;
+        [self.out_channels, self.in_channels / self.groups, k, k]
+    }
+
+    /// Number of convolution weights.
     pub fn weight_count(&self) -> i64 {
-        self.out_channels * (self.in_channels / self.groups) * self.kernel * self.kernel
+        self.weight_shape().iter().product()
     }
 
     /// The geometry the fused kernel takes.
@@ -152,12 +159,7 @@ impl ConvNormAct {
                 ),
             ));
         }
-        let dims = [
-            spec.out_channels,
-            spec.in_channels / spec.groups,
-            spec.kernel,
-            spec.kernel,
-        ];
+        let dims = spec.weight_shape();
         let weight = conv.f_var("weight", &dims, nn::init::DEFAULT_KAIMING_UNIFORM)?;
         let name = dotted(&conv);
         let norm = norm_kind.build(&norm, spec.out_channels, bn)?;
@@ -308,16 +310,6 @@ impl ConvNormAct {
     /// Drops the folded weights (back to conv → norm).
     pub fn unfold(&mut self) {
         self.state = ConvState::Plain;
-    }
-
-    /// Trainable parameters of the conv and its norm.
-    pub fn parameter_count(&self) -> i64 {
-        self.weight.numel() as i64 + self.norm_parameter_count()
-    }
-
-    pub fn norm_parameter_count(&self) -> i64 {
-        let count = |t: Option<&Tensor>| t.map_or(0, |t| t.numel() as i64);
-        count(self.norm.weight()) + count(self.norm.bias())
     }
 
     /// Converts the weights (and folded weights) to a memory format: channels-last when

@@ -31,13 +31,14 @@ impl SqueezeExcitation {
 
     pub fn new(p: nn::Path, channels: i64, squeeze_channels: i64) -> Result<Self> {
         let init = nn::init::DEFAULT_KAIMING_UNIFORM;
+        let [(_, w1), (_, b1), (_, w2), (_, b2)] = Self::shapes(channels, squeeze_channels);
         let fc1 = &p / "fc1";
         let fc2 = &p / "fc2";
         Ok(SqueezeExcitation {
-            fc1_weight: fc1.f_var("weight", &[squeeze_channels, channels, 1, 1], init)?,
-            fc1_bias: fc1.f_zeros("bias", &[squeeze_channels])?,
-            fc2_weight: fc2.f_var("weight", &[channels, squeeze_channels, 1, 1], init)?,
-            fc2_bias: fc2.f_zeros("bias", &[channels])?,
+            fc1_weight: fc1.f_var("weight", &w1, init)?,
+            fc1_bias: fc1.f_zeros("bias", &b1)?,
+            fc2_weight: fc2.f_var("weight", &w2, init)?,
+            fc2_bias: fc2.f_zeros("bias", &b2)?,
             channels,
             squeeze_channels,
             name: dotted(&p),
@@ -75,14 +76,29 @@ impl SqueezeExcitation {
         &self.name
     }
 
-    pub fn parameter_count(&self) -> i64 {
-        2 * self.channels * self.squeeze_channels + self.channels + self.squeeze_channels
+    /// The variables under the layer's path and their shapes, in module order.
+    pub fn shapes(channels: i64, squeeze_channels: i64) -> [(&'static str, Vec<i64>); 4] {
+        let (c, s) = (channels, squeeze_channels);
+        [
+            ("fc1.weight", vec![s, c, 1, 1]),
+            ("fc1.bias", vec![s]),
+            ("fc2.weight", vec![c, s, 1, 1]),
+            ("fc2.bias", vec![c]),
+        ]
+    }
+
+    /// Trainable parameters of a layer on `channels` squeezed to `squeeze_channels`.
+    pub fn parameter_count(channels: i64, squeeze_channels: i64) -> i64 {
+        Self::shapes(channels, squeeze_channels)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<i64>())
+            .sum()
     }
 
     /// Multiply-adds for one sample on an `h`x`w` map: the two 1x1 convs on the pooled vector,
     /// then the channel-wise scaling.
-    pub fn mult_adds(&self, h: i64, w: i64) -> i64 {
-        2 * self.channels * self.squeeze_channels + self.channels * h * w
+    pub fn mult_adds(channels: i64, squeeze_channels: i64, h: i64, w: i64) -> i64 {
+        2 * channels * squeeze_channels + channels * h * w
     }
 }
 
