@@ -106,3 +106,29 @@ impl Failures {
         );
     }
 }
+
+/// Standard-normal `f32` values of `shape` from `seed`, drawn here (splitmix64 and Box-Muller)
+/// rather than from libtorch's global generator, which every test running beside this one in
+/// the one test crate shares: the same inputs on every run, whatever runs alongside.
+pub fn normal(shape: &[i64], seed: u64) -> tch::Tensor {
+    let n = shape.iter().product::<i64>() as usize;
+    let mut state = seed;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        // In (0, 1): never 0, so the logarithm below is finite.
+        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut values = Vec::with_capacity(n + 1);
+    while values.len() < n {
+        let (r, t) = (
+            (-2.0 * uniform().ln()).sqrt(),
+            std::f64::consts::TAU * uniform(),
+        );
+        values.extend([(r * t.cos()) as f32, (r * t.sin()) as f32]);
+    }
+    values.truncate(n);
+    tch::Tensor::from_slice(&values).reshape(shape)
+}

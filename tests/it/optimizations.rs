@@ -23,7 +23,7 @@ use mobilenet::parity::{self, diff, Diff};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-use crate::common::{model_fixture as fixture, output_ok, Failures, Tol, BIN};
+use crate::common::{model_fixture as fixture, normal, output_ok, Failures, Tol, BIN};
 
 /// One seeded checkpoint per architecture.
 const EVERY_ARCH: [(Arch, &str); 4] = [
@@ -155,8 +155,7 @@ fn folding_and_channels_last_are_exact() {
     for (arch, name) in EVERY_ARCH {
         let reference = load(arch, name);
         let mut model = load(arch, name);
-        tch::manual_seed(7);
-        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let x = normal(&[2, 3, 160, 160], 7);
         let plain = logits(&model, &x);
 
         let folded = model.fold_batch_norm().unwrap();
@@ -215,10 +214,10 @@ fn fused_kernel_is_exact() {
                 arch,
                 format!("only {n} convs fused"),
             );
-            tch::manual_seed(11);
-            for (batch, size) in [(1, 224), (3, 160), (1, 224), (2, 192), (5, 128), (3, 160)] {
+            let shapes = [(1, 224), (3, 160), (1, 224), (2, 192), (5, 128), (3, 160)];
+            for (i, (batch, size)) in shapes.into_iter().enumerate() {
                 let what = format!("{arch} NHWC {channels_last} {batch}x{size}");
-                let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+                let x = normal(&[batch, 3, size, size], 1100 + i as u64);
                 let plain = logits(&reference, &x);
                 let d = diff("fused", &logits(&model, &x), &plain).unwrap();
                 f.within(&what, &d, Tol::Rel(1e-5));
@@ -228,7 +227,7 @@ fn fused_kernel_is_exact() {
         }
         model.deaccelerate();
         assert!(!model.is_accelerated());
-        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let x = normal(&[2, 3, 160, 160], 13);
         let d = diff(
             "deaccelerated",
             &logits(&model, &x),
@@ -265,7 +264,7 @@ fn fused_kernel_is_exact() {
         model.accelerate().unwrap();
         model.unfold_batch_norm();
         assert!(!model.is_accelerated());
-        let x = Tensor::randn([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+        let x = normal(&[2, 3, 160, 160], 13);
         let d = diff("unfolded", &logits(&model, &x), &logits(&reference, &x)).unwrap();
         f.within(arch, &d, Tol::Abs(0.0));
     }
@@ -294,8 +293,7 @@ fn graph_forward_is_exact() {
             continue;
         }
         assert!(model.has_graph(), "{arch}");
-        tch::manual_seed(5);
-        for (batch, size) in [
+        for (i, (batch, size)) in [
             (1, 224),
             (1, 224),
             (1, 224),
@@ -303,8 +301,11 @@ fn graph_forward_is_exact() {
             (1, 160),
             (2, 160),
             (1, 224),
-        ] {
-            let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = normal(&[batch, 3, size, size], 500 + i as u64);
             let d = diff("graph", &logits(&model, &x), &logits(&reference, &x)).unwrap();
             f.within(format!("{arch} {batch}x{size}"), &d, Tol::Rel(1e-5));
         }
@@ -391,7 +392,7 @@ fn cuda_fp16_within_tolerance_when_present() {
     gpu.fold_batch_norm().unwrap();
     gpu.to(Device::Cuda(0), Precision::Fp16).unwrap();
     gpu.set_channels_last(true).unwrap();
-    let x = Tensor::randn([4, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let x = normal(&[4, 3, 224, 224], 17);
     let want = logits(&cpu, &x);
     let got = logits(&gpu, &x.to_device(Device::Cuda(0)).to_kind(Kind::Half));
     let d = diff("fp16 cuda", &got, &want).unwrap();
@@ -412,17 +413,17 @@ fn fused_kernel_errors_are_errors() {
         dilation: 1,
         groups: 1,
     };
-    let w = Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu));
+    let w = normal(&[8, 4, 3, 3], 19);
     let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
     // 5 input channels against a weight made for 4.
-    let x = Tensor::randn([1, 5, 16, 16], (Kind::Float, Device::Cpu));
+    let x = normal(&[1, 5, 16, 16], 23);
     let err = tch::no_grad(|| conv_pointwise(&x, &w, Some(&b), g, relu6))
         .unwrap_err()
         .to_string();
     assert!(err.contains("mkldnn::_convolution_pointwise"), "{err}");
     // A residual of the wrong shape.
-    let x = Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu));
-    let other = Tensor::randn([1, 8, 15, 15], (Kind::Float, Device::Cpu));
+    let x = normal(&[1, 4, 16, 16], 29);
+    let other = normal(&[1, 8, 15, 15], 31);
     let err = tch::no_grad(|| conv_pointwise_add(&x, &other, &w, Some(&b), g))
         .unwrap_err()
         .to_string();
