@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod card;
 pub mod device;
 pub mod error;
 pub mod ffi;

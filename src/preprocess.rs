@@ -13,7 +13,7 @@
 
 use crate::models::{Arch, PublishedWeights};
 use crate::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -29,7 +29,7 @@ pub const INCEPTION_STD: [f64; 3] = [0.5, 0.5, 0.5];
 pub const MAX_RESIZED_PIXELS: i64 = 1 << 24;
 
 /// The resampling filter of the resize step (always antialiased, as torchvision's default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     Bilinear,
@@ -47,7 +47,7 @@ impl std::fmt::Display for Interpolation {
 
 /// Resize the shorter side to `resize`, center-crop `crop` x `crop`, scale to `[0, 1]`,
 /// normalize per channel.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Transform {
     pub resize: i64,
     pub crop: i64,

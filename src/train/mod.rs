@@ -5,11 +5,13 @@
 //! run continues exactly.
 
 pub mod groups;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
 
 pub use crate::value::{Dict, Key, Value};
 pub use groups::{set_weight_decay, DecayGroup, DecayKind};
+pub use metrics::EpochMetrics;
 pub use optim::{
     AdamW, AdamWOptions, AdamWState, Algorithm, Optimize, Optimizer, ParamGroup, RmsProp,
     RmsPropOptions, RmsPropState, Sgd, SgdOptions, SgdState, Step,
