@@ -27,6 +27,7 @@ fixtures: check-torch
 	@$(PY) tests/gen_weights.py --out fixtures/weights
 	@$(PY) tests/gen_classify.py --out fixtures/classify
 	@$(PY) tests/gen_optim.py --out fixtures/optim
+	@$(PY) tests/gen_train.py --out fixtures/train
 
 test: check-torch fixtures
 	$(CARGO) fmt --check

@@ -34,7 +34,7 @@ impl ModelCard {
         ModelCard {
             arch: config.arch.name().to_string(),
             width_mult: config.width_mult,
-            norm: config.norm.clone(),
+            norm: config.norm,
             num_classes: config.num_classes,
             dropout: config.dropout,
             transform,
@@ -49,7 +49,7 @@ impl ModelCard {
         let config = ModelConfig {
             width_mult: self.width_mult,
             num_classes: self.num_classes,
-            norm: self.norm.clone(),
+            norm: self.norm,
             dropout: self.dropout,
             ..ModelConfig::new(arch)
         };

@@ -51,6 +51,28 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
     decode(&bytes).map_err(|msg| Error::file(path, msg))
 }
 
+/// The largest image file read (256 MiB).
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// Reads a regular file of at most [`MAX_IMAGE_BYTES`] ([`crate::file::read_regular`]) and
+/// decodes it to RGB ([`decode`]); the error says why it cannot, without the path.
+pub fn read_and_decode(path: &Path) -> std::result::Result<RgbImage, String> {
+    use crate::file::{read_regular, Refusal};
+    let limit = MAX_IMAGE_BYTES >> 20;
+    let bytes = read_regular(path, MAX_IMAGE_BYTES).map_err(|refusal| match refusal {
+        Refusal::Io(e) => format!("cannot read: {e}"),
+        Refusal::NotRegular(_) => "not a regular file".into(),
+        Refusal::TooLarge { grew: false, bytes } => {
+            format!("file is {bytes} bytes, more than the {limit} MiB limit for an image")
+        }
+        Refusal::TooLarge { grew: true, .. } => {
+            format!("file grew past the {limit} MiB limit while being read")
+        }
+        Refusal::NoMemory { bytes } => format!("cannot hold {bytes} bytes"),
+    })?;
+    decode(&bytes)
+}
+
 /// The most pixels an image may have: Pillow's decompression-bomb limit
 /// (`Image.MAX_IMAGE_PIXELS * 2`, above which `PIL.Image.open` raises `DecompressionBombError`).
 /// Checked from the header, before anything is decoded.

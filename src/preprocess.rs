@@ -140,13 +140,7 @@ impl Transform {
         }
         let resized = self.resize_uint8(image, h, w)?;
         let cropped = center_crop(&resized, self.crop)?;
-        // convert_image_dtype: uint8 -> float / 255; then normalize (sub_ mean, div_ std).
-        let x = cropped
-            .f_to_dtype(Kind::Float, false, false)?
-            .f_div_scalar(255.0)?;
-        let mean = channel_tensor(self.mean, &x)?;
-        let std = channel_tensor(self.std, &x)?;
-        Ok(x.f_sub(&mean)?.f_div(&std)?)
+        normalize(&cropped, self.mean, self.std)
     }
 
     /// torchvision's `resize` on a `uint8` tensor: float32, antialiased interpolation, (bicubic:
@@ -166,21 +160,43 @@ impl Transform {
                 ),
             ));
         }
-        let x = image
-            .f_unsqueeze(0)?
-            .f_to_dtype(Kind::Float, false, false)?;
-        let y = match self.interpolation {
-            Interpolation::Bilinear => {
-                x.f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?
-            }
-            Interpolation::Bicubic => x
-                .f_internal_upsample_bicubic2d_aa([nh, nw], false, None, None)?
-                .f_clamp(0.0, 255.0)?,
-        };
-        Ok(y.f_squeeze_dim(0)?
-            .f_round()?
-            .f_to_dtype(Kind::Uint8, false, false)?)
+        resize_uint8(image, nh, nw, self.interpolation)
     }
+}
+
+/// torchvision's `resize` of a `uint8 [C, H, W]` tensor to `nh` x `nw`: float32, antialiased
+/// interpolation, (bicubic: clamp to [0, 255]), round, back to `uint8`.
+pub fn resize_uint8(
+    image: &Tensor,
+    nh: i64,
+    nw: i64,
+    interpolation: Interpolation,
+) -> Result<Tensor> {
+    let x = image
+        .f_unsqueeze(0)?
+        .f_to_dtype(Kind::Float, false, false)?;
+    let y = match interpolation {
+        Interpolation::Bilinear => {
+            x.f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?
+        }
+        Interpolation::Bicubic => x
+            .f_internal_upsample_bicubic2d_aa([nh, nw], false, None, None)?
+            .f_clamp(0.0, 255.0)?,
+    };
+    Ok(y.f_squeeze_dim(0)?
+        .f_round()?
+        .f_to_dtype(Kind::Uint8, false, false)?)
+}
+
+/// `convert_image_dtype` (uint8 to float32 / 255), then `normalize` (subtract `mean`, divide by
+/// `std`, per channel) of a `uint8 [3, H, W]` image.
+pub fn normalize(image: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Result<Tensor> {
+    let x = image
+        .f_to_dtype(Kind::Float, false, false)?
+        .f_div_scalar(255.0)?;
+    let mean = channel_tensor(mean, &x)?;
+    let std = channel_tensor(std, &x)?;
+    Ok(x.f_sub(&mean)?.f_div(&std)?)
 }
 
 impl std::fmt::Display for Transform {

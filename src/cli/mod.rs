@@ -8,6 +8,7 @@ mod info;
 mod inspect;
 mod parity;
 mod summary;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Convert(convert::Args),
     /// ImageNet top-k classes of image files and folders (streamed, batched).
     Classify(classify::Args),
+    /// Fine-tune or train from scratch on an image folder; checkpoints PyTorch loads.
+    Train(Box<train::Args>),
 }
 
 /// Parses the arguments and runs the subcommand. Exit codes: 0 success, 1 the command's own
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Train(args) => train::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -35,6 +35,14 @@ extern "C" {
     fn mn_graph_free(module: *mut std::ffi::c_void);
     fn mn_enable_onednn_fusion(enabled: bool);
     fn mn_clear_grad(t: *const C_tensor);
+    fn mn_scaled_op(
+        op: i32,
+        t: *const C_tensor,
+        a: *const C_tensor,
+        b: *const C_tensor,
+        s: f64,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
     #[allow(clippy::too_many_arguments)]
     fn mn_conv_pointwise(
         x: *const C_tensor,
@@ -167,6 +175,40 @@ pub fn enable_onednn_fusion(enabled: bool) {
 pub fn clear_grad(t: &Tensor) {
     // SAFETY: `t` is valid for the call; only its gradient slot is reset.
     unsafe { mn_clear_grad(t.as_ptr()) }
+}
+
+/// An op with a scalar argument that tch binds without it, as torch.optim calls it (the same
+/// kernel, so the same bits: `a + alpha * b` is one fused multiply-add in libtorch's vectorized
+/// kernels, not two roundings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaledOp {
+    /// `t.add_(a, alpha=s)`.
+    AddInPlace = 0,
+    /// `t.add(a, alpha=s)`.
+    Add = 1,
+    /// `t.addcmul_(a, b, value=s)`.
+    AddcmulInPlace = 2,
+    /// `t.addcmul(a, b, value=s)`.
+    Addcmul = 3,
+    /// `t.addcdiv_(a, b, value=s)`.
+    AddcdivInPlace = 4,
+}
+
+/// Runs `op` on `t` with `a` (and `b` for the addc* ops; ignored otherwise) and the scalar `s`.
+pub fn scaled_op(
+    op: ScaledOp,
+    t: &Tensor,
+    a: &Tensor,
+    b: Option<&Tensor>,
+    s: f64,
+) -> Result<Tensor> {
+    let b = b.unwrap_or(a);
+    let mut err = std::ptr::null_mut();
+    // SAFETY: the tensors are valid for the call; the result is a new handle we own.
+    let ptr = unsafe { mn_scaled_op(op as i32, t.as_ptr(), a.as_ptr(), b.as_ptr(), s, &mut err) };
+    let ptr = take(ptr, err, "scaled op")?;
+    // SAFETY: a fresh `at::Tensor*` from the shim, owned by the returned Tensor.
+    Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
 }
 
 /// A forward pass compiled by TorchScript with the oneDNN Graph fuser (src/ffi/graph.cpp): built

@@ -10,7 +10,11 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/addcdiv.h>
+#include <ATen/ops/addcmul.h>
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -94,6 +98,32 @@ at::Tensor* mn_conv_pointwise(const at::Tensor* x, const at::Tensor* other, cons
       binary.callBoxed(&stack);
     }
     return new at::Tensor(stack.at(0).toTensor());
+  })
+  return nullptr;
+}
+
+// The ops with a scalar argument that torch.optim's updates use and tch 0.24 binds without it:
+// op 0 `t.add_(a, alpha=s)`, 1 `t.add(a, alpha=s)`, 2 `t.addcmul_(a, b, value=s)`,
+// 3 `t.addcmul(a, b, value=s)`, 4 `t.addcdiv_(a, b, value=s)`. Returns the result (for the
+// in-place ops, a new handle to `t`).
+at::Tensor* mn_scaled_op(int op, const at::Tensor* t, const at::Tensor* a, const at::Tensor* b,
+                         double s, char** err) {
+  MN_PROTECT({
+    at::Scalar scalar(s);
+    switch (op) {
+      case 0:
+        return new at::Tensor(t->add_(*a, scalar));
+      case 1:
+        return new at::Tensor(t->add(*a, scalar));
+      case 2:
+        return new at::Tensor(t->addcmul_(*a, *b, scalar));
+      case 3:
+        return new at::Tensor(t->addcmul(*a, *b, scalar));
+      case 4:
+        return new at::Tensor(t->addcdiv_(*a, *b, scalar));
+      default:
+        throw std::invalid_argument("mn_scaled_op: unknown op");
+    }
   })
   return nullptr;
 }

@@ -4,10 +4,14 @@
 //! as plain data in the shape of torch's `state_dict()`s ([`crate::value`]), so that a resumed
 //! run continues exactly.
 
+pub mod augment;
+pub mod data;
 pub mod groups;
+pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use crate::value::{Dict, Key, Value};
 pub use groups::{set_weight_decay, DecayGroup, DecayKind};

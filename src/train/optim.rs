@@ -42,6 +42,7 @@ use std::fmt::Debug;
 use tch::Tensor;
 
 use super::schedule::LrGroups;
+use crate::ffi::{scaled_op, ScaledOp};
 use crate::value::{Dict, Key, Parse, Value};
 use crate::{Error, Result};
 use fields::{check_flags, read_options, write_options};
@@ -422,38 +423,39 @@ impl<A: Algorithm> LrGroups for Optimizer<A> {
     }
 }
 
-// torch's ops with a scalar argument, which tch binds without it: each computes the kernel's
-// expression in its order, in the tensor's dtype (where the kernel fuses a multiply-add, the
-// result may differ in the last bit).
+// torch's ops with a scalar argument, which tch binds without it: through the shim, so that each
+// runs libtorch's own kernel (a fused multiply-add where the kernel has one), bit for bit.
 
 /// `t.add_(other, alpha=alpha)`.
 fn add_scaled_(t: &mut Tensor, other: &Tensor, alpha: f64) -> Result<()> {
-    let _ = t.f_add_(&other.f_mul_scalar(alpha)?)?;
-    Ok(())
+    scaled_op(ScaledOp::AddInPlace, t, other, None, alpha).map(drop)
 }
 
 /// `t.addcmul_(a, b, value=value)`: `t + value * a * b`.
 fn addcmul_(t: &mut Tensor, a: &Tensor, b: &Tensor, value: f64) -> Result<()> {
-    let _ = t.f_add_(&a.f_mul_scalar(value)?.f_mul(b)?)?;
-    Ok(())
+    scaled_op(ScaledOp::AddcmulInPlace, t, a, Some(b), value).map(drop)
 }
 
 /// `t.addcmul(a, b, value=value)`, out of place.
 fn addcmul(t: &Tensor, a: &Tensor, b: &Tensor, value: f64) -> Result<Tensor> {
-    Ok(t.f_add(&a.f_mul_scalar(value)?.f_mul(b)?)?)
+    scaled_op(ScaledOp::Addcmul, t, a, Some(b), value)
 }
 
 /// `t.addcdiv_(a, b, value=value)`: `t + value * a / b`.
 fn addcdiv_(t: &mut Tensor, a: &Tensor, b: &Tensor, value: f64) -> Result<()> {
-    let _ = t.f_add_(&a.f_mul_scalar(value)?.f_div(b)?)?;
-    Ok(())
+    scaled_op(ScaledOp::AddcdivInPlace, t, a, Some(b), value).map(drop)
+}
+
+/// `t.add(other, alpha=alpha)`, out of place.
+fn add_scaled(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor> {
+    scaled_op(ScaledOp::Add, t, other, None, alpha)
 }
 
 /// `grad.add(param, alpha=weight_decay)` when `weight_decay != 0` (L2 decay in the gradient),
 /// else `grad` itself.
 fn decayed_grad(grad: &Tensor, param: &Tensor, weight_decay: f64) -> Result<Tensor> {
     if weight_decay != 0.0 {
-        Ok(grad.f_add(&param.f_mul_scalar(weight_decay)?)?)
+        add_scaled(grad, param, weight_decay)
     } else {
         Ok(grad.shallow_clone())
     }

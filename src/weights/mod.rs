@@ -182,6 +182,17 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     })
 }
 
+/// Reads a `torch.save` zip file of plain data, such as a training checkpoint (`{"model": ...,
+/// "optimizer": ..., "epoch": ...}`), as a [`crate::value::Value`], with the limits and checks of
+/// [`read`]. Tensors come back on the CPU.
+pub fn read_value(path: &Path) -> Result<crate::value::Value> {
+    let bytes = read_file(path)?;
+    if formats::detect(&bytes) != Some(Format::TorchZip) {
+        return Err(fault::Fault::malformed("not a torch.save zip file").in_file(path));
+    }
+    torch_file::read_zip_value(&bytes).map_err(|e| e.in_file(path))
+}
+
 /// Writes tensors as safetensors (contiguous, in the given order, `{"format": "pt"}` metadata),
 /// readable by the `safetensors` Python package and timm.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {

@@ -19,6 +19,7 @@
 use super::fault::{Fault, Res, Within};
 use super::pickle::{self, DType, Id, Node, Pickle, TensorRef};
 use super::zip::Zip;
+use crate::value::{Dict, Key, Value};
 use std::collections::HashMap;
 use std::rc::Rc;
 use tch::{Device, Tensor};
@@ -89,50 +90,170 @@ pub fn is_torchscript(zip: &Zip) -> bool {
 /// Reads a torch zip archive or a TorchScript archive.
 /// The flag tells a TorchScript archive.
 pub fn read_zip(bytes: &[u8]) -> Res<(Vec<(String, Tensor)>, bool)> {
-    let zip = Zip::parse(bytes)?;
-    let first = zip
-        .entries
-        .first()
-        .ok_or_else(|| Fault::malformed("zip archive has no entries"))?;
-    let top = first.name.split('/').next().unwrap_or("").to_string();
-    let pkl_name = format!("{top}/data.pkl");
-    let pkl = zip.find(&pkl_name).ok_or_else(|| {
-        Fault::malformed(format!(
-            "no {pkl_name} in the zip archive: not a torch.save file"
-        ))
-    })?;
-    let pkl = zip.read(pkl)?;
-    let torchscript = is_torchscript(&zip);
-    let big_endian = zip_big_endian(&zip, &top)?;
-    let pk = pickle::unpickle(pkl, 0, pickle::Options { torchscript }).within(|| pkl_name)?;
-    let named = if torchscript {
-        script_tensors(&pk, pkl.len())?
+    let archive = Archive::open(bytes)?;
+    let named = if archive.torchscript {
+        script_tensors(&archive.pickle, archive.pickle_len)?
     } else {
-        state_dict(&pk)?
+        state_dict(&archive.pickle)?
     };
-    // Storages actually referenced, CRC-checked.
-    let mut data = HashMap::new();
-    for (_, t) in &named {
-        let key = &t.storage.key;
-        if !data.contains_key(key) {
-            let name = format!("{top}/data/{key}");
-            let e = zip.find(&name).ok_or_else(|| {
-                Fault::malformed(format!("storage {name} is missing from the archive"))
-            })?;
-            data.insert(key.clone(), zip.read(e)?);
-        }
+    Ok((archive.materialize(named)?, archive.torchscript))
+}
+
+/// Reads a `torch.save` zip file of plain data (a checkpoint: nested dicts, lists, numbers,
+/// strings and tensors) as a [`Value`], through the same restricted unpickler and checks as
+/// [`read_zip`].
+pub fn read_zip_value(bytes: &[u8]) -> Res<Value> {
+    let archive = Archive::open(bytes)?;
+    if archive.torchscript {
+        return Err(Fault::malformed(
+            "a TorchScript archive, not a torch.save file of plain data",
+        ));
     }
-    let origin = move |key: &str| format!("{top}/data/{key}");
-    let tensors = materialize(
-        named,
-        Storages {
-            data,
+    let pk = &archive.pickle;
+    let mut named = Vec::new();
+    collect_tensors(pk, pk.root, 0, &mut named)?;
+    let mut tensors = archive.materialize(named)?.into_iter().map(|(_, t)| t);
+    to_value(pk, pk.root, &mut tensors)
+}
+
+/// How deep a checkpoint's containers may nest.
+const MAX_VALUE_DEPTH: usize = 32;
+
+/// The tensors under `id`, depth first, named by their order.
+fn collect_tensors(pk: &Pickle, id: Id, depth: usize, out: &mut Named) -> Res<()> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(Fault::malformed(format!(
+            "containers nest more than {MAX_VALUE_DEPTH} levels deep"
+        )));
+    }
+    match pk.node(id) {
+        Node::Tensor(t) => out.push((format!("tensor {}", out.len()), Rc::clone(t))),
+        Node::Tuple(items) | Node::List(items) => {
+            for &i in items {
+                collect_tensors(pk, i, depth + 1, out)?;
+            }
+        }
+        Node::Dict(_) => {
+            for (k, v) in pk.dict_entries(id).unwrap_or_default() {
+                collect_tensors(pk, k, depth + 1, out)?;
+                collect_tensors(pk, v, depth + 1, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The value of `id`, taking its tensors from `tensors` in [`collect_tensors`]'s order.
+fn to_value(pk: &Pickle, id: Id, tensors: &mut impl Iterator<Item = Tensor>) -> Res<Value> {
+    let mut seq = |items: &[Id]| -> Res<Vec<Value>> {
+        items.iter().map(|&i| to_value(pk, i, tensors)).collect()
+    };
+    Ok(match pk.node(id) {
+        Node::None => Value::None,
+        Node::Bool(b) => Value::Bool(*b),
+        Node::Int(i) => Value::Int(*i),
+        Node::Float(f) => Value::Float(*f),
+        Node::Str(s) => Value::Str(s.clone()),
+        Node::Tuple(items) => Value::Tuple(seq(items)?),
+        Node::List(items) => Value::List(seq(items)?),
+        Node::Tensor(_) => Value::Tensor(
+            tensors
+                .next()
+                .ok_or_else(|| Fault::malformed("a tensor was not materialized"))?,
+        ),
+        Node::Dict(_) => {
+            let mut d = Dict::new();
+            for (k, v) in pk.dict_entries(id).unwrap_or_default() {
+                let key = match pk.node(k) {
+                    Node::Str(s) => Key::Str(s.clone()),
+                    Node::Int(i) => Key::Int(*i),
+                    other => {
+                        return Err(Fault::malformed(format!(
+                            "a dict key is {} (keys must be strings or ints)",
+                            other.a_type()
+                        )))
+                    }
+                };
+                d.insert(key, to_value(pk, v, tensors)?);
+            }
+            Value::Dict(d)
+        }
+        other => {
+            return Err(Fault::malformed(format!(
+                "the file holds {}, which a checkpoint does not",
+                other.a_type()
+            )))
+        }
+    })
+}
+
+/// An opened torch zip archive: its pickle, unpickled, and where its storages are.
+struct Archive<'a> {
+    zip: Zip<'a>,
+    top: String,
+    pickle: Pickle,
+    pickle_len: usize,
+    torchscript: bool,
+    big_endian: bool,
+    file_len: usize,
+}
+
+impl<'a> Archive<'a> {
+    fn open(bytes: &'a [u8]) -> Res<Archive<'a>> {
+        let zip = Zip::parse(bytes)?;
+        let first = zip
+            .entries
+            .first()
+            .ok_or_else(|| Fault::malformed("zip archive has no entries"))?;
+        let top = first.name.split('/').next().unwrap_or("").to_string();
+        let pkl_name = format!("{top}/data.pkl");
+        let pkl = zip.find(&pkl_name).ok_or_else(|| {
+            Fault::malformed(format!(
+                "no {pkl_name} in the zip archive: not a torch.save file"
+            ))
+        })?;
+        let pkl = zip.read(pkl)?;
+        let torchscript = is_torchscript(&zip);
+        let big_endian = zip_big_endian(&zip, &top)?;
+        let pickle =
+            pickle::unpickle(pkl, 0, pickle::Options { torchscript }).within(|| pkl_name)?;
+        Ok(Archive {
+            pickle,
+            pickle_len: pkl.len(),
+            torchscript,
             big_endian,
-            origin: Box::new(origin),
             file_len: bytes.len(),
-        },
-    )?;
-    Ok((tensors, torchscript))
+            zip,
+            top,
+        })
+    }
+
+    /// The tensors `named`, from the storages they reference (each CRC-checked).
+    fn materialize(&self, named: Named) -> Res<Vec<(String, Tensor)>> {
+        let mut data = HashMap::new();
+        for (_, t) in &named {
+            let key = &t.storage.key;
+            if !data.contains_key(key) {
+                let name = format!("{}/data/{key}", self.top);
+                let e = self.zip.find(&name).ok_or_else(|| {
+                    Fault::malformed(format!("storage {name} is missing from the archive"))
+                })?;
+                data.insert(key.clone(), self.zip.read(e)?);
+            }
+        }
+        let top = self.top.clone();
+        let origin = move |key: &str| format!("{top}/data/{key}");
+        materialize(
+            named,
+            Storages {
+                data,
+                big_endian: self.big_endian,
+                origin: Box::new(origin),
+                file_len: self.file_len,
+            },
+        )
+    }
 }
 
 /// Whether the archive's storages are big-endian (`<top>/byteorder`; absent means little).

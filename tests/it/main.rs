@@ -15,6 +15,7 @@ mod norm_parity;
 mod optimizations;
 mod parity_cli;
 mod pth_writer;
+mod train_cli;
 mod train_optim;
 mod weights_files;
 mod weights_fuzz;

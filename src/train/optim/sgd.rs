@@ -4,7 +4,8 @@
 use tch::Tensor;
 
 use super::{
-    add_scaled_, check_non_negative, copy, decayed_grad, param_state, Algorithm, OptionFields, Step,
+    add_scaled, add_scaled_, check_non_negative, copy, decayed_grad, param_state, Algorithm,
+    OptionFields, Step,
 };
 use crate::value::Parse;
 use crate::Result;
@@ -50,7 +51,7 @@ impl Algorithm for Sgd {
                 none => none.insert(copy(&grad)?),
             };
             grad = if o.nesterov {
-                grad.f_add(&buf.f_mul_scalar(o.momentum)?)?
+                add_scaled(&grad, buf, o.momentum)?
             } else {
                 buf.shallow_clone()
             };
