@@ -1,4 +1,5 @@
-//! `mobilenet classify`: the ImageNet top-k classes of image files and folders.
+//! `mobilenet classify`: the top-k classes of image files and folders (ImageNet's, or those of the
+//! model card beside the weights that `mobilenet train` writes, [`mobilenet::card`]).
 //!
 //! Streamed: worker threads decode (and, on the CPU, preprocess) the images while the model runs
 //! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
@@ -8,7 +9,9 @@ use super::common::{BATCH_SIZES, MAX_CLASSES, THREADS};
 use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mobilenet::card::{self, ModelCard};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
+use mobilenet::error::escape;
 use mobilenet::file::{read_regular, Refusal};
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
@@ -34,6 +37,13 @@ mean/std) or timm's (bicubic, crop_pct, mean = std = 0.5), picked from the weigh
 when it is a published one, else from the architecture's default weights. --resize/--crop
 override the sizes.
 
+Model card: when the weight file's folder holds a model.json (as `mobilenet train --out DIR`
+writes beside DIR/model.pth), it gives the architecture, width, norm, class count and the
+evaluation transform (--arch must agree with it; --resize/--crop still override), and the labels
+come from classes.json beside it (\"class N\" without one). Without a card, the class count is
+the file's; labels are ImageNet's for 1000 classes, else \"class N\". A model.json or
+classes.json that is there but unreadable or wrong is an error (exit 2).
+
 Output: per image a table (rank, class index, probability, label) on stdout, or with --json one
 JSON object per input line: {\"path\": ..., \"top\": [{\"index\", \"label\", \"probability\"}, ...]}
 or {\"path\": ..., \"error\": ...}. Results come in input order.
@@ -48,7 +58,8 @@ pub struct Args {
     /// Image files and folders.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Architecture [default: the one the weight file holds; mobilenet_v2 without --weights].
+    /// Architecture [default: the model card's, else the one the weight file holds;
+    /// mobilenet_v2 without --weights].
     #[arg(long, value_enum)]
     arch: Option<Arch>,
     /// Weight file (torch .pth zip or legacy, .safetensors, .ot) [default: the published
@@ -103,17 +114,53 @@ enum Record<'a> {
 #[derive(Serialize, Debug, Clone)]
 struct Class {
     index: i64,
-    label: Option<&'static str>,
+    label: String,
     probability: f32,
+}
+
+/// The names classes are printed with.
+enum Labels {
+    /// `classes.json`'s, one per class.
+    Named(Vec<String>),
+    /// torchvision's ImageNet labels (a 1000-class model without a card).
+    ImageNet,
+    /// `class N`.
+    Numbered,
+}
+
+impl Labels {
+    fn label(&self, index: i64) -> String {
+        let name = match self {
+            Labels::Named(names) => usize::try_from(index)
+                .ok()
+                .and_then(|i| names.get(i))
+                .map(String::as_str),
+            Labels::ImageNet => imagenet::label(index),
+            Labels::Numbered => None,
+        };
+        name.map_or_else(|| format!("class {index}"), str::to_string)
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = resolve_device(&args)?;
     let (weights_path, state_dict) = read_weights(&args)?;
-    let config = model_config(args.arch, &state_dict, &weights_path)?;
-    let (transform, transform_source) = transform(&args, &config, &weights_path)?;
+    let Setup {
+        config,
+        transform,
+        transform_source,
+        labels,
+        card,
+    } = setup(&args, &weights_path, &state_dict)?;
     let inputs = find_inputs(&args.paths)?;
-    let model = prepare_model(&args, &config, state_dict, &weights_path, device)?;
+    let model = prepare_model(
+        &args,
+        &config,
+        card.as_deref(),
+        state_dict,
+        &weights_path,
+        device,
+    )?;
     if std::io::stderr().is_terminal() {
         eprintln!(
             "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source})",
@@ -125,8 +172,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let num_classes = config.num_classes;
-    let (report, completed) =
-        classify_inputs(&args, &model, num_classes, device, transform, inputs)?;
+    let (report, completed) = classify_inputs(
+        &args,
+        &model,
+        num_classes,
+        labels,
+        device,
+        transform,
+        inputs,
+    )?;
     if !completed {
         return Ok(report.exit_code());
     }
@@ -153,19 +207,53 @@ fn read_weights(args: &Args) -> anyhow::Result<(PathBuf, weights::StateDict)> {
     Ok((path, state_dict))
 }
 
-/// The weights' own evaluation transform, with `--resize` and `--crop` applied, and where it
-/// comes from.
-fn transform(
-    args: &Args,
-    config: &ModelConfig,
-    weights_path: &Path,
-) -> anyhow::Result<(Transform, String)> {
-    let (mut transform, source) =
-        preprocess::transform_for(config.arch, config.width_mult, Some(weights_path));
+/// How the weights are run: as what model, with which evaluation transform (`--resize` and
+/// `--crop` applied) from where, and with which class names.
+struct Setup {
+    config: ModelConfig,
+    transform: Transform,
+    transform_source: String,
+    labels: Labels,
+    /// The model card the model and transform come from, if any.
+    card: Option<PathBuf>,
+}
+
+/// The [`Setup`] of the weights at `weights_path`: the model card's beside them, else what the
+/// file holds (and its name says) with `--arch`.
+fn setup(args: &Args, weights_path: &Path, sd: &weights::StateDict) -> anyhow::Result<Setup> {
+    let mut setup = match ModelCard::beside(weights_path)? {
+        Some((card, classes)) => {
+            let card_path = card::beside(weights_path, card::MODEL_CARD);
+            Setup {
+                config: card_config(args.arch, &card, &card_path)?,
+                transform: card.transform,
+                transform_source: card_path.display().to_string(),
+                labels: classes.map_or(Labels::Numbered, Labels::Named),
+                card: Some(card_path),
+            }
+        }
+        None => {
+            let config = model_config(args.arch, sd, weights_path)?;
+            let (transform, transform_source) =
+                preprocess::transform_for(config.arch, config.width_mult, Some(weights_path));
+            let labels = match config.num_classes == imagenet::NUM_CLASSES as i64 {
+                true => Labels::ImageNet,
+                false => Labels::Numbered,
+            };
+            Setup {
+                config,
+                transform,
+                transform_source,
+                labels,
+                card: None,
+            }
+        }
+    };
+    let transform = &mut setup.transform;
     transform.resize = args.resize.unwrap_or(transform.resize);
     transform.crop = args.crop.unwrap_or(transform.crop);
     transform.validate()?;
-    Ok((transform, source))
+    Ok(setup)
 }
 
 /// The image files under `paths`; an error when there are none.
@@ -193,6 +281,7 @@ fn find_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
 fn prepare_model(
     args: &Args,
     config: &ModelConfig,
+    card: Option<&Path>,
     state_dict: weights::StateDict,
     weights_path: &Path,
     device: Device,
@@ -202,10 +291,11 @@ fn prepare_model(
         precision: args.precision,
         fold: true,
     };
-    // The load error names the file; this says what it was loaded into.
+    // The load error names the file; this says what it was loaded into, and who said so.
     let does_not_fit = || {
+        let said = card.map_or_else(String::new, |c| format!(" (as {} says)", c.display()));
         format!(
-            "the weights do not fit {} width {} with {} classes",
+            "the weights do not fit {} width {} with {} classes{said}",
             config.arch, config.width_mult, config.num_classes
         )
     };
@@ -233,6 +323,7 @@ fn classify_inputs(
     args: &Args,
     model: &Model,
     num_classes: i64,
+    labels: Labels,
     device: Device,
     transform: Transform,
     inputs: Vec<Input>,
@@ -256,7 +347,7 @@ fn classify_inputs(
         json: args.json,
         out: std::io::stdout().lock(),
         bar,
-        labels: num_classes == imagenet::NUM_CLASSES as i64,
+        labels,
         failed: 0,
         total: 0,
     };
@@ -308,6 +399,33 @@ fn finish<W: Write>(args: &Args, report: Report<W>) -> ExitCode {
         }
     }
     report.exit_code()
+}
+
+/// The model configuration the card at `card_path` describes; `--arch`, if given, must agree.
+fn card_config(
+    arch: Option<Arch>,
+    card: &ModelCard,
+    card_path: &Path,
+) -> anyhow::Result<ModelConfig> {
+    let config = card
+        .config()
+        .with_context(|| card_path.display().to_string())?;
+    if let Some(asked) = arch.filter(|&asked| asked != config.arch) {
+        bail!(
+            "{}: the model card says {}, not {asked}; leave --arch out (or pass --arch {})",
+            card_path.display(),
+            config.arch,
+            config.arch
+        );
+    }
+    if config.num_classes > MAX_CLASSES {
+        bail!(
+            "{}: {} classes, more than the {MAX_CLASSES} classify takes",
+            card_path.display(),
+            config.num_classes
+        );
+    }
+    Ok(config)
 }
 
 /// The model configuration for `path`: `--arch` if given (and the file does not hold another
@@ -464,7 +582,7 @@ struct Report<W: Write> {
     json: bool,
     out: W,
     bar: Option<ProgressBar>,
-    labels: bool,
+    labels: Labels,
     failed: usize,
     total: usize,
 }
@@ -518,11 +636,7 @@ impl<W: Write> Report<W> {
                 .iter()
                 .map(|&(index, probability)| Class {
                     index,
-                    label: if self.labels {
-                        imagenet::label(index)
-                    } else {
-                        None
-                    },
+                    label: self.labels.label(index),
                     probability,
                 })
                 .collect(),
@@ -554,14 +668,13 @@ impl<W: Write> Report<W> {
         } else {
             let mut text = format!("{shown}\n  rank  class     prob  label\n");
             for (rank, c) in top.iter().enumerate() {
-                let label = c
-                    .label
-                    .map_or_else(|| format!("class {}", c.index), str::to_string);
+                // Names from classes.json may hold control characters.
                 text += &format!(
-                    "  {:>4}  {:>5}  {:>6.2}%  {label}\n",
+                    "  {:>4}  {:>5}  {:>6.2}%  {}\n",
                     rank + 1,
                     c.index,
-                    c.probability * 100.0
+                    c.probability * 100.0,
+                    escape(&c.label)
                 );
             }
             text + "\n"

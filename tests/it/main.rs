@@ -1,5 +1,6 @@
 //! The integration tests, one crate (libtorch links once), one module per area.
 
+mod card_cli;
 mod classify_cli;
 mod classify_memory;
 mod classify_preprocess;
