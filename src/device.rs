@@ -2,7 +2,7 @@
 //! `--precision fp32|fp16|bf16`, and the [`Placement`] a loaded model is prepared for.
 
 use crate::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use tch::{Device, Kind};
 
@@ -70,7 +70,7 @@ impl DeviceChoice {
 }
 
 /// Floating-point precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

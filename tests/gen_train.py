@@ -18,6 +18,8 @@ or `other` then `norm` with `--norm-weight-decay`); the optimizer as train.py bu
 (`SGD(momentum, weight_decay, nesterov)`, `AdamW(weight_decay)`, `RMSprop(momentum,
 weight_decay, eps=0.0316, alpha=0.9)`) and `CosineAnnealingLR(T_max=epochs)` stepped after each
 epoch (8 images in batches of 4: 2 steps per epoch, so the third step runs at epoch 2's rate).
+Two cases run the forward and the loss under `torch.autocast("cpu", bfloat16 / float16)`, the
+fp16 one with `torch.amp.GradScaler("cpu")`, as train.py's `--amp` does.
 
 Output per case: `<out>/<case>/init.pth`, `<out>/<case>/expected.safetensors` (the state dict
 after the steps: parameters, running statistics, `num_batches_tracked`), and
@@ -72,6 +74,14 @@ CASES = {
                           dict(optimizer="adamw", lr=1e-3, weight_decay=0.05)),
     "v3s_group8_sgd": ("mobilenet_v3_small", 0.5, "group:8",
                        dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)),
+    # torch.autocast("cpu", bfloat16) around the forward and the loss.
+    "v2_batch_sgd_bf16": ("mobilenet_v2", 0.35, "batch",
+                          dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
+                               precision="bf16")),
+    # torch.autocast("cpu", float16) and torch.amp.GradScaler("cpu").
+    "v3s_batch_adamw_fp16": ("mobilenet_v3_small", 0.5, "batch",
+                             dict(optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                                  precision="fp16")),
 }
 
 NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
@@ -150,15 +160,24 @@ def run(case, arch, width, norm, flags, data, out):
     crit = nn.CrossEntropyLoss(label_smoothing=flags.get("label_smoothing", 0.0))
     model.train()
     step = 0
+    precision = flags.get("precision", "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
     for _epoch in range(epochs):
         for b in range(per_epoch):
             if step == STEPS:
                 break
             x, y = xs[b * BATCH:(b + 1) * BATCH], ys[b * BATCH:(b + 1) * BATCH]
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = crit(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss = crit(model(x), y)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             step += 1
         sched.step()
     from safetensors.torch import save_file

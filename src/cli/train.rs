@@ -131,7 +131,8 @@ pub struct Args {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// fp32 only for now (bf16/fp16 autocast is not implemented yet).
+    /// fp32; bf16 or fp16 autocast (fp16 with loss scaling, as torch.amp.GradScaler), as
+    /// torchvision's --amp runs it. The weights and the optimizer stay fp32.
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
     /// Decoding threads [default: the number of CPUs, at most 8].
@@ -166,11 +167,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tch::set_num_threads(n);
     }
     let device = args.device.resolve()?;
-    if args.precision != Precision::Fp32 {
+    if args.precision == Precision::Bf16 && device == Device::Cpu && !tch::utils::has_mkldnn() {
         bail!(
-            "--precision {}: training runs in fp32 only for now (bf16/fp16 autocast is not \
-             implemented yet)",
-            args.precision
+            "--precision bf16 on the CPU needs libtorch with oneDNN (mkldnn), which this one lacks"
         );
     }
     let (train_set, val_set) = data_sets(&args)?;
@@ -212,6 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ema: args.ema,
         workers: args.workers.unwrap_or_else(default_workers),
         freeze_features: args.freeze_features,
+        precision: args.precision,
         mean: family.mean,
         std: family.std,
     };
@@ -468,7 +468,7 @@ fn json_value(v: serde_json::Value) -> Value {
 
 /// The settings that must not change across `--resume` (the others, such as the epoch count or
 /// the workers, may).
-const FIXED_ON_RESUME: [&str; 10] = [
+const FIXED_ON_RESUME: [&str; 11] = [
     "arch",
     "width_mult",
     "norm",
@@ -479,6 +479,7 @@ const FIXED_ON_RESUME: [&str; 10] = [
     "resolution",
     "seed",
     "schedule",
+    "precision",
 ];
 
 /// Restores `trainer` from `dir/checkpoint.pth` and returns the metrics rows of the epochs done.

@@ -35,6 +35,15 @@ extern "C" {
     fn mn_graph_free(module: *mut std::ffi::c_void);
     fn mn_enable_onednn_fusion(enabled: bool);
     fn mn_clear_grad(t: *const C_tensor);
+    fn mn_hardtanh(
+        t: *const C_tensor,
+        lo: f64,
+        hi: f64,
+        inplace: bool,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    fn mn_autocast_enter(device: i32, dtype: i32);
+    fn mn_autocast_exit(device: i32);
     fn mn_scaled_op(
         op: i32,
         t: *const C_tensor,
@@ -175,6 +184,59 @@ pub fn enable_onednn_fusion(enabled: bool) {
 pub fn clear_grad(t: &Tensor) {
     // SAFETY: `t` is valid for the call; only its gradient slot is reset.
     unsafe { mn_clear_grad(t.as_ptr()) }
+}
+
+/// `F.hardtanh(t, lo, hi, inplace)`, what `nn.ReLU6` runs: the gradient is zero where the input
+/// is at a bound (clamp's passes there), which matters where values land exactly on 0 or 6, as
+/// bf16 values often do.
+pub fn hardtanh(t: &Tensor, lo: f64, hi: f64, inplace: bool) -> Result<Tensor> {
+    let mut err = std::ptr::null_mut();
+    // SAFETY: `t` is valid for the call; the result is a new handle we own.
+    let ptr = unsafe { mn_hardtanh(t.as_ptr(), lo, hi, inplace, &mut err) };
+    let ptr = take(ptr, err, "hardtanh")?;
+    // SAFETY: a fresh `at::Tensor*` from the shim, owned by the returned Tensor.
+    Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
+}
+
+/// Automatic mixed precision for the current thread, as `with torch.autocast(device, dtype):`
+/// runs it: while the value lives, libtorch's autocast casts the inputs of the ops on its lists
+/// (convolutions and linear layers to `dtype`, losses and reductions to float32). Dropping it
+/// ends the region. Not nested.
+#[derive(Debug)]
+pub struct Autocast {
+    device: i32,
+    /// Autocast state is per thread: the region must end on the thread that began it.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Autocast {
+    /// `kind` is `Kind::BFloat16` or `Kind::Half`.
+    pub fn enter(device: tch::Device, kind: tch::Kind) -> Result<Autocast> {
+        let dtype = match kind {
+            tch::Kind::BFloat16 => 0,
+            tch::Kind::Half => 1,
+            other => {
+                return Err(Error::config(
+                    "autocast",
+                    format!("{other:?} is not bf16 or fp16"),
+                ))
+            }
+        };
+        let device = i32::from(device.is_cuda());
+        // SAFETY: sets thread-local autocast state in libtorch.
+        unsafe { mn_autocast_enter(device, dtype) };
+        Ok(Autocast {
+            device,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // SAFETY: ends the region `enter` began on this thread.
+        unsafe { mn_autocast_exit(self.device) }
+    }
 }
 
 /// An op with a scalar argument that tch binds without it, as torch.optim calls it (the same

@@ -7,12 +7,14 @@
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`. Every function reports
 // a C++ exception as a malloc'd message in `*err` (freed with `mn_free_error`) and returns null.
 
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addcdiv.h>
 #include <ATen/ops/addcmul.h>
+#include <ATen/ops/hardtanh.h>
 
 #include <stdexcept>
 #include <string>
@@ -126,6 +128,37 @@ at::Tensor* mn_scaled_op(int op, const at::Tensor* t, const at::Tensor* a, const
     }
   })
   return nullptr;
+}
+
+// `F.hardtanh(t, lo, hi, inplace)` (nn.ReLU6 is hardtanh(0, 6)): tch binds hardtanh without its
+// bounds. Its gradient is zero at the bounds themselves, unlike clamp's.
+at::Tensor* mn_hardtanh(const at::Tensor* t, double lo, double hi, bool inplace, char** err) {
+  MN_PROTECT({
+    if (inplace) {
+      return new at::Tensor(at::hardtanh_(*const_cast<at::Tensor*>(t), lo, hi));
+    }
+    return new at::Tensor(at::hardtanh(*t, lo, hi));
+  })
+  return nullptr;
+}
+
+// `torch.autocast(device, dtype)`'s `__enter__` (cuda: device 1, else the CPU; dtype 1 float16,
+// else bfloat16): enables autocast for the device in this thread with the weight-cast cache on.
+void mn_autocast_enter(int device, int dtype) {
+  at::DeviceType d = device == 1 ? at::kCUDA : at::kCPU;
+  at::autocast::set_autocast_enabled(d, true);
+  at::autocast::set_autocast_dtype(d, dtype == 1 ? at::kHalf : at::kBFloat16);
+  at::autocast::increment_nesting();
+  at::autocast::set_autocast_cache_enabled(true);
+}
+
+// `__exit__`: clears the cast cache when the outermost region ends, and disables autocast.
+void mn_autocast_exit(int device) {
+  at::DeviceType d = device == 1 ? at::kCUDA : at::kCPU;
+  if (at::autocast::decrement_nesting() == 0) {
+    at::autocast::clear_cache();
+  }
+  at::autocast::set_autocast_enabled(d, false);
 }
 
 // `p.grad = None`: drops a parameter's gradient, as torch.optim's `zero_grad(set_to_none=True)`

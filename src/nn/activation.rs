@@ -31,8 +31,8 @@ impl Activation {
             (Activation::Identity, _) => xs,
             (Activation::Relu, true) => xs.f_relu_()?,
             (Activation::Relu, false) => xs.f_relu()?,
-            (Activation::Relu6, true) => xs.f_clamp_(0.0, 6.0)?,
-            (Activation::Relu6, false) => xs.f_clamp(0.0, 6.0)?,
+            // nn.ReLU6: hardtanh, whose gradient at 0 and 6 themselves is zero (clamp's is not).
+            (Activation::Relu6, inplace) => crate::ffi::hardtanh(&xs, 0.0, 6.0, inplace)?,
             (Activation::Hardswish, true) => xs.f_hardswish_()?,
             (Activation::Hardswish, false) => xs.f_hardswish()?,
             (Activation::Hardsigmoid, true) => xs.f_hardsigmoid_()?,

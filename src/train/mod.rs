@@ -4,6 +4,7 @@
 //! as plain data in the shape of torch's `state_dict()`s ([`crate::value`]), so that a resumed
 //! run continues exactly.
 
+pub mod amp;
 pub mod augment;
 pub mod data;
 pub mod groups;

@@ -10,6 +10,7 @@
 //! `lr_scheduler`, `epoch`, `args`, plus `model_ema`, `step` and `rng`), so `--resume`
 //! continues exactly, and `torch.load(weights_only=True)` reads them.
 
+use super::amp::GradScaler;
 use super::augment::{Augment, Rng, SamplePrep};
 use super::data::{batches, Batch, Sample};
 use super::metrics::EpochMetrics;
@@ -17,6 +18,8 @@ use super::{
     set_weight_decay, AdamW, AdamWOptions, LrGroups, Optimize, Optimizer, RmsProp, RmsPropOptions,
     Rule, Scheduler, Sgd, SgdOptions,
 };
+use crate::device::Precision;
+use crate::ffi::Autocast;
 use crate::models::{Dropout, Model};
 use crate::nn::NormKind;
 use crate::value::{Dict, Value};
@@ -85,6 +88,8 @@ pub struct TrainOptions {
     pub workers: usize,
     /// Train the classifier only; the features run in eval mode (running statistics fixed).
     pub freeze_features: bool,
+    /// fp32, or autocast in bf16 or fp16 (with loss scaling), as `torch.autocast` runs it.
+    pub precision: Precision,
     /// ImageNet (or the family's) normalization of the inputs.
     pub mean: [f64; 3],
     pub std: [f64; 3],
@@ -248,6 +253,10 @@ pub struct Trainer {
     optimizer: AnyOptimizer,
     scheduler: Scheduler,
     ema: Option<Ema>,
+    /// fp16 only.
+    scaler: Option<GradScaler>,
+    /// The parameters the optimizer steps.
+    params: Vec<Tensor>,
     /// Epochs finished.
     epoch: i64,
     /// Optimizer steps taken.
@@ -309,6 +318,7 @@ impl Trainer {
             let is_norm = norm_ptrs.contains(&(t.data_ptr() as usize));
             params.push((key.clone(), t.shallow_clone(), is_norm));
         }
+        let trainable: Vec<Tensor> = params.iter().map(|(_, t, _)| t.shallow_clone()).collect();
         let groups = set_weight_decay(params, options.weight_decay, options.norm_weight_decay, &[]);
         let lr = options.lr;
         let mut optimizer = match options.optimizer {
@@ -358,11 +368,16 @@ impl Trainer {
             optimizer,
             scheduler,
             ema: None,
+            scaler: None,
+            params: trainable,
             epoch: 0,
             step: 0,
             total_epochs,
             keys,
         };
+        if trainer.options.precision == Precision::Fp16 {
+            trainer.scaler = Some(GradScaler::new(trainer.model.device())?);
+        }
         if let Some(decay) = trainer.options.ema {
             trainer.ema = Some(Ema::new(decay, &trainer.state_dict()?)?);
         }
@@ -513,6 +528,12 @@ impl Trainer {
 
     /// One optimizer step on a batch: the batch's mean loss and how many top-1 hits.
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, i64)> {
+        // The forward and the loss under autocast (bf16/fp16), the backward outside it, as
+        // torchvision's train.py runs `--amp`.
+        let autocast = match self.options.precision {
+            Precision::Fp32 => None,
+            p => Some(Autocast::enter(self.model.device(), p.kind())?),
+        };
         let logits = if self.options.freeze_features {
             self.model.forward_with_stages(x, false, Dropout::On)?.0
         } else {
@@ -525,10 +546,23 @@ impl Trainer {
             -100,
             self.options.label_smoothing,
         )?;
+        drop(autocast);
         let opt = self.optimizer.optimize();
         opt.zero_grad();
-        loss.f_backward()?;
-        opt.step()?;
+        match &mut self.scaler {
+            None => {
+                loss.f_backward()?;
+                opt.step()?;
+            }
+            Some(scaler) => {
+                scaler.scale(&loss)?.f_backward()?;
+                let found_inf = scaler.unscale(&self.params)?;
+                if !found_inf {
+                    opt.step()?;
+                }
+                scaler.update(found_inf)?;
+            }
+        }
         self.step += 1;
         if let Some(ema) = &mut self.ema {
             ema.update()?;
@@ -618,6 +652,9 @@ impl Trainer {
         if let Some(ema) = &self.ema {
             d.insert("model_ema", Value::state_dict(&ema.state_dict()));
         }
+        if let Some(scaler) = &self.scaler {
+            d.insert("scaler", scaler.state_dict()?);
+        }
         d.insert("step", Value::Int(self.step));
         let rng = Dict::new()
             .with("generator", "splitmix64")
@@ -665,6 +702,11 @@ impl Trainer {
         self.scheduler
             .load_state_dict(field("lr_scheduler")?)
             .map_err(|e| bad(format!("lr_scheduler: {e}")))?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler
+                .load_state_dict(field("scaler")?)
+                .map_err(|e| bad(format!("scaler: {e}")))?;
+        }
         self.epoch = epoch;
         self.step = step;
         Ok(())
