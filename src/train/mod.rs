@@ -5,6 +5,7 @@
 //! run continues exactly.
 
 pub mod augment;
+pub mod curves;
 pub mod data;
 pub mod groups;
 pub mod init;
