@@ -9,19 +9,24 @@ batch, resolution, threads and data, data loading included on both sides.
 Data: DIR/train and DIR/val as ImageFolders; without --data, scikit-learn's digits at the
 resolution (scripts/digits_imagefolder.py) in a temporary folder, removed afterwards.
 
-PyTorch side (a child process, so that it is timed whole as ours is): torchvision's
-ClassificationPresetTrain (RandomResizedCrop(R, antialias=True), RandomHorizontalFlip,
-PILToTensor, ConvertImageDtype(float), Normalize(ImageNet mean/std)) on an ImageFolder,
-DataLoader(batch_size=B, shuffle=True, num_workers=W, drop_last=True), torchvision's model with
-num_classes = the data's class count, SGD(lr 0.01, momentum 0.9, weight decay 4e-5),
-CrossEntropyLoss, torch.set_num_threads(T), N steps. Its loop rate counts the steps after the
-first 2 (warm-up).
+Both sides run as child processes, timed whole, with OMP_NUM_THREADS=MKL_NUM_THREADS=T and the
+rest of this environment. On a loaded machine OpenMP's spin-waiting can slow PyTorch's loop
+several-fold (its loader processes and other programs compete with the spinning threads);
+OMP_WAIT_POLICY=PASSIVE in the environment applies to both sides, and the table names it.
 
-Our side: `mobilenet train ... --steps N --json` with the same settings and OMP_NUM_THREADS=T
-(and `--threads T`, `--seed S` when the command has them), timed whole. Its loop rate comes from
-the JSON lines it prints: per-step lines with `step` and `elapsed` (seconds since the loop
-began) give the rate after 2 warm-up steps as for PyTorch; otherwise the final line's `steps` /
-`seconds` (or its `images_per_s`).
+PyTorch side: torchvision's ClassificationPresetTrain (RandomResizedCrop(R, antialias=True),
+RandomHorizontalFlip, PILToTensor, ConvertImageDtype(float), Normalize(ImageNet mean/std)) on an
+ImageFolder, DataLoader(batch_size=B, shuffle=True, num_workers=W, drop_last=True), torchvision's
+model with num_classes = the data's class count, SGD(lr 0.01, momentum 0.9, weight decay 4e-5),
+CrossEntropyLoss, torch.set_num_threads(T), N steps; then, as `mobilenet train` does, one pass
+over DIR/val (resize to floor(R / 0.875), center-crop R) and torch.save of the model and a
+checkpoint. Its loop rate counts the steps after the first 2 (warm-up).
+
+Our side: `mobilenet train ... --steps N --json` with the same settings (and `--threads T`,
+`--seed S` when the command has them). Its loop rate comes from the JSON lines it prints:
+per-step lines with `step` and `elapsed` (seconds since the loop began) give the rate after 2
+warm-up steps as for PyTorch; otherwise the final line's `images_per_s` (the training loop's,
+data loading included), else its `steps` / `seconds`.
 
 Prints a table (steps/s, images/s, ours/PyTorch; higher is faster for us) for the training loop
 and for the whole process, with the CPU model and its AVX flags, and writes it all as JSON.
@@ -73,6 +78,33 @@ def rate_after_warmup(times, steps_done):
     return (steps_done[-1] - WARMUP) / (times[-1] - t0) if times[-1] > t0 else None
 
 
+def validate(model, criterion, args):
+    """(loss, top-1) on DIR/val with torchvision's eval transform for R: resize the shorter side
+    to floor(R / 0.875), center-crop R."""
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    transform = T.Compose([
+        T.Resize(int(args.resolution / 0.875), antialias=True),
+        T.CenterCrop(args.resolution),
+        T.PILToTensor(),
+        T.ConvertImageDtype(torch.float),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    data = torchvision.datasets.ImageFolder(os.path.join(args.data, "val"), transform=transform)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size,
+                                         num_workers=args.workers)
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x)
+            loss += criterion(logits, y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(data), correct / len(data)
+
+
 def torch_worker(args):
     """Child process: the PyTorch training loop; prints one JSON line."""
     import torch
@@ -110,26 +142,44 @@ def torch_worker(args):
             if len(times) == args.steps:
                 break
     steps = list(range(1, len(times) + 1))
+    # What `mobilenet train` also does before it exits: validate, then save the model and a
+    # checkpoint, so that the whole-process times compare like with like.
+    start = time.perf_counter()
+    val_loss, val_top1 = validate(model, criterion, args)
+    os.makedirs(args.out_dir, exist_ok=True)
+    save = os.path.join(args.out_dir, "{}.pth")
+    torch.save(model.state_dict(), save.format("model"))
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": len(times)}, save.format("checkpoint"))
     print(json.dumps({"steps": len(times), "seconds": times[-1], "step_seconds": times,
+                      "val_and_save_seconds": time.perf_counter() - start,
+                      "val_loss": val_loss, "val_top1": val_top1,
                       "steps_per_s_after_warmup": rate_after_warmup(times, steps),
                       "first_loss": losses[0], "last_loss": losses[-1],
                       "torch": torch.__version__, "torchvision": torchvision.__version__}))
 
 
-def run_torch(args):
+def threads_env(args):
+    """The environment of both sides: libtorch's OpenMP and MKL pools at T threads from the start."""
+    n = str(args.threads)
+    return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def run_torch(args, out_dir):
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--arch", args.arch,
            "--width-mult", str(args.width_mult), "--batch-size", str(args.batch_size),
            "--resolution", str(args.resolution), "--steps", str(args.steps),
            "--threads", str(args.threads), "--workers", str(args.workers), "--data", args.data,
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed), "--out-dir", out_dir]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=threads_env(args))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"train_compare: the PyTorch loop failed ({proc.returncode}):\n{proc.stderr}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"pytorch: {out['steps']} steps, loss {out['first_loss']:.3f} -> {out['last_loss']:.3f}, "
-          f"loop {out['seconds']:.2f} s, process {wall:.2f} s", file=sys.stderr)
+          f"val top-1 {out['val_top1']:.3f}; loop {out['seconds']:.2f} s, validation and saving "
+          f"{out['val_and_save_seconds']:.2f} s, process {wall:.2f} s", file=sys.stderr)
     return {"loop_steps_per_s": out["steps_per_s_after_warmup"],
             "loop_measure": f"loop, after {WARMUP} warm-up steps",
             "process_seconds": wall, "process_steps_per_s": out["steps"] / wall, "raw": out}
@@ -168,12 +218,12 @@ def our_loop_rate(rows, batch_size):
         if rate:
             return rate, f"loop, after {WARMUP} warm-up steps (per-step JSON lines)"
     final = next((r for r in reversed(rows) if "steps" in r), rows[-1] if rows else {})
-    steps, seconds = number(final, "steps"), number(final, "seconds")
-    if steps and seconds:
-        return steps / seconds, "loop incl. warm-up (final JSON: steps / seconds)"
     ips = number(final, "images_per_s")
     if ips:
         return ips / batch_size, "loop incl. warm-up (final JSON: images_per_s)"
+    steps, seconds = number(final, "steps"), number(final, "seconds")
+    if steps and seconds:
+        return steps / seconds, "run incl. warm-up (final JSON: steps / seconds)"
     return None, "not found in its JSON"
 
 
@@ -194,9 +244,8 @@ def run_ours(args, out_dir):
     for flag, value in (("--threads", args.threads), ("--seed", args.seed)):
         if flag in help_text.stdout:
             cmd += [flag, str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=threads_env(args))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"train_compare: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -217,9 +266,10 @@ def show(value, spec, unit=""):
 
 def table(args, sides):
     name, flags = cpu_info()
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"\n{args.arch} width {args.width_mult}: batch {args.batch_size}, resolution "
           f"{args.resolution}, {args.threads} threads, {args.workers} loader workers, "
-          f"{args.steps} steps, fp32 CPU")
+          f"{args.steps} steps, fp32 CPU, OMP_WAIT_POLICY {wait}")
     has = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx", "avx2", "avx512f"))
     print(f"CPU: {name} ({os.cpu_count()} cores); {has}; avx flags: {' '.join(flags) or 'none'}")
     print(f"{'side':<18} {'measure':<52} {'steps/s':>8} {'images/s':>9} {'ours/pytorch':>13}")
@@ -228,7 +278,8 @@ def table(args, sides):
         base = sides.get("pytorch", {}).get(f"{kind}_steps_per_s")
         for side, r in sides.items():
             rate = r[f"{kind}_steps_per_s"]
-            measure = r["loop_measure"] if kind == "loop" else f"whole process ({r['process_seconds']:.2f} s)"
+            measure = (r["loop_measure"] if kind == "loop"
+                       else f"whole process ({r['process_seconds']:.2f} s)")
             ratio = rate / base if rate and base and side == "ours" else None
             rows.append({"side": side, "measure": measure, "steps_per_s": rate,
                          "images_per_s": rate * args.batch_size if rate else None,
@@ -236,7 +287,8 @@ def table(args, sides):
             print(f"{side:<18} {measure:<52} {show(rate, '.3f'):>8} "
                   f"{show(rate and rate * args.batch_size, '.1f'):>9} "
                   f"{show(ratio, '.2f', 'x'):>13}")
-    return {"cpu": name, "avx_flags": flags, "cores": os.cpu_count(), "rows": rows}
+    return {"cpu": name, "avx_flags": flags, "cores": os.cpu_count(), "omp_wait_policy": wait,
+            "rows": rows}
 
 
 def main():
@@ -255,6 +307,7 @@ def main():
     p.add_argument("--binary", default=os.path.join(ROOT, "target/release/mobilenet"))
     p.add_argument("--out", help="JSON results [default: bench-results/train-compare-ARCH.json]")
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smoke:
         args.steps = WARMUP + 1
@@ -278,9 +331,9 @@ def main():
                   + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()), file=sys.stderr)
         sides = {}
         if args.only != "ours":
-            sides["pytorch"] = run_torch(args)
+            sides["pytorch"] = run_torch(args, os.path.join(tmp, "torch-out"))
         if args.only != "torch":
-            sides["ours"] = run_ours(args, os.path.join(tmp, "out"))
+            sides["ours"] = run_ours(args, os.path.join(tmp, "ours-out"))
         summary = table(args, sides)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
