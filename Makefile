@@ -43,12 +43,14 @@ demo: check-torch
 weights: check-torch
 	$(PY) weights/export.py pretrained --out weights
 
-## Side-by-side CPU benchmark against PyTorch eager, TorchScript and ONNX Runtime.
+## Side-by-side CPU benchmark against PyTorch eager, TorchScript and ONNX Runtime; training
+## steps per second against PyTorch eager on scikit-learn's digits.
 bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v2 --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20
+	$(PY) scripts/train_compare.py --arch mobilenet_v2 --steps 20 --batch-size 32 --resolution 64
 
 ## Formatting, clippy, and the library built without the `cli` feature, with no clap or
 ## indicatif among its dependencies.

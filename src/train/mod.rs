@@ -6,6 +6,7 @@
 
 pub mod amp;
 pub mod augment;
+pub mod curves;
 pub mod data;
 pub mod groups;
 pub mod init;
