@@ -224,6 +224,7 @@ mod tests {
         );
         assert!(!beside(&file, ".partial").exists());
         assert!(!beside(&file, ".tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -238,5 +239,6 @@ mod tests {
         );
         let error = JsonLinesFile::create(&dir).err().unwrap().to_string();
         assert!(error.contains("is a folder"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
