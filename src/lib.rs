@@ -19,6 +19,7 @@ pub mod nn;
 pub mod parity;
 pub mod pipeline;
 pub mod preprocess;
+pub mod shard;
 pub mod train;
 pub mod value;
 pub mod weights;

@@ -4,6 +4,9 @@
 //! Streamed: worker threads decode (and, on the CPU, preprocess) the images while the model runs
 //! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
 //! files there are; results are printed in input order as each batch finishes.
+//!
+//! Sharded batch inference ([`mobilenet::shard`]): `--shard K/N|auto` takes one slice of the
+//! inputs, `--output FILE` writes JSON Lines atomically, `--resume` continues a killed run.
 
 use super::common::{BATCH_SIZES, MAX_CLASSES, THREADS};
 use super::without_backtrace;
@@ -17,6 +20,8 @@ use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::pipeline::ordered_map;
 use mobilenet::preprocess::{self, Transform};
+use mobilenet::shard::output::{JsonLinesFile, Recorded};
+use mobilenet::shard::{Shard, ShardSpec};
 use mobilenet::{imagenet, weights};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
@@ -48,9 +53,32 @@ Output: per image a table (rank, class index, probability, label) on stdout, or 
 JSON object per input line: {\"path\": ..., \"top\": [{\"index\", \"label\", \"probability\"}, ...]}
 or {\"path\": ..., \"error\": ...}. Results come in input order.
 
+Sharded batch inference: --shard K/N (0 <= K < N) classifies only the inputs of shard K: those
+whose key hashes to it, the key being the input's path relative to the folder argument it was
+found under (a file argument: its path as given), the hash 64-bit FNV-1a of the key's bytes,
+the shard floor(hash * N / 2^64). A file's shard depends on its key alone: adding files elsewhere
+in the tree moves no file to another shard, and the N shards together hold every input once.
+Within a shard the inputs keep their order. --shard auto reads the shard from the environment:
+a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, with MOBILENET_SHARDS set to the Job's
+.spec.completions (docs/k8s-indexed-job.yaml), or a Slurm array's SLURM_ARRAY_TASK_ID,
+SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_STEP (docs/slurm-classify.sbatch);
+neither set is an error (exit 2).
+
+--output FILE writes the JSON Lines (as --json prints them) to FILE instead of stdout; failed
+inputs are also reported on stderr. The lines go to FILE.partial as each batch finishes; at the
+end they are written, one line per path, to FILE.tmp, which is renamed over FILE, and
+FILE.partial is removed: FILE is never seen half-written. Without --resume an old FILE.partial
+is emptied first. With --resume, the inputs that FILE or FILE.partial already has a line for
+(result or error; paths compared as written, so resume with the same arguments) are skipped, a
+last line cut short by a kill is dropped, new lines are appended to FILE.partial, and the new
+FILE holds the old lines, then the new, no path twice. A line that is not a classify result is
+an error (exit 2). Rerunning a finished job with --resume classifies nothing (FILE is rewritten
+with the same lines). To retry failed inputs, delete their lines from FILE first.
+
 Exit status: 0 every input was classified; 1 some inputs could not be read or decoded (each is
 reported, with --json as an error line, else on stderr, and every other input is still
-classified); 2 bad usage, no inputs, or weights that cannot be loaded.";
+classified; with --resume, the error lines kept from FILE for this shard's inputs count too);
+2 bad usage, no inputs, or weights that cannot be loaded.";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = AFTER_HELP)]
@@ -98,6 +126,17 @@ pub struct Args {
     /// One JSON object per input per line instead of tables.
     #[arg(long)]
     json: bool,
+    /// Classify only shard K of N of the inputs (0 <= K < N), or `auto`: the shard of this
+    /// Kubernetes Indexed Job pod or Slurm array task (see below).
+    #[arg(long, value_name = "K/N|auto")]
+    shard: Option<ShardSpec>,
+    /// Write the results as JSON Lines to FILE, atomically, instead of to stdout (see below).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// With --output: skip the inputs FILE (or the FILE.partial of a killed run) already holds,
+    /// keeping their lines.
+    #[arg(long, requires = "output")]
+    resume: bool,
     /// Print the process's peak resident memory (VmHWM) to stderr at the end (for tests).
     #[arg(long, hide = true)]
     report_peak_rss: bool,
@@ -143,6 +182,10 @@ impl Labels {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let shard = args
+        .shard
+        .map(|spec| spec.resolve(|name| std::env::var(name).ok()))
+        .transpose()?;
     let device = resolve_device(&args)?;
     let (weights_path, state_dict) = read_weights(&args)?;
     let Setup {
@@ -152,7 +195,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         labels,
         card,
     } = setup(&args, &weights_path, &state_dict)?;
-    let inputs = find_inputs(&args.paths)?;
+    let (out, recorded) = open_output(&args)?;
+    let (inputs, total) = find_inputs(&args.paths, shard.map_or(Shard::ALL, |(s, _)| s))?;
+    let (inputs, kept) = skip_recorded(inputs, &recorded);
+    if let Some((shard, source)) = shard {
+        eprintln!(
+            "classify: shard {shard} (from {source}): {} of {total} input(s)",
+            inputs.len() + kept.total
+        );
+    }
+    if let (true, Some(file)) = (args.resume, &args.output) {
+        eprintln!(
+            "classify: resuming {}: {} input(s) done, {} to go",
+            file.display(),
+            kept.total,
+            inputs.len()
+        );
+    }
     let model = prepare_model(
         &args,
         &config,
@@ -172,11 +231,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let num_classes = config.num_classes;
+    let report = Report {
+        json: args.json || args.output.is_some(),
+        errors_to_stderr: !args.json || args.output.is_some(),
+        destination: out.name(),
+        out,
+        bar: None,
+        labels,
+        failed: kept.failed,
+        total: kept.total,
+    };
     let (report, completed) = classify_inputs(
         &args,
         &model,
         num_classes,
-        labels,
+        report,
         device,
         transform,
         inputs,
@@ -184,7 +253,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !completed {
         return Ok(report.exit_code());
     }
-    Ok(finish(&args, report))
+    finish(&args, report)
+}
+
+/// Where the results go: stdout, or `--output`'s file, with the records it holds already when
+/// `--resume`d.
+fn open_output(args: &Args) -> anyhow::Result<(Sink, Recorded)> {
+    Ok(match (&args.output, args.resume) {
+        (None, _) => (Sink::Stdout(std::io::stdout().lock()), Recorded::new()),
+        (Some(path), false) => (Sink::File(JsonLinesFile::create(path)?), Recorded::new()),
+        (Some(path), true) => {
+            let (file, recorded) = JsonLinesFile::resume(path)?;
+            (Sink::File(file), recorded)
+        }
+    })
+}
+
+/// Inputs whose results are kept from a resumed `--output` file.
+#[derive(Default)]
+struct Kept {
+    total: usize,
+    failed: usize,
+}
+
+/// `inputs` without those `recorded` has a line for (by the path as shown), and how many those
+/// were.
+fn skip_recorded(inputs: Vec<Input>, recorded: &Recorded) -> (Vec<Input>, Kept) {
+    let mut kept = Kept::default();
+    if recorded.is_empty() {
+        return (inputs, kept);
+    }
+    let todo = inputs
+        .into_iter()
+        .filter(
+            |input| match recorded.get(&input.path().display().to_string()) {
+                Some(&failed) => {
+                    kept.total += 1;
+                    kept.failed += failed as usize;
+                    false
+                }
+                None => true,
+            },
+        )
+        .collect();
+    (todo, kept)
 }
 
 /// `--threads`, `--device` and whether `--precision` runs there.
@@ -256,10 +368,11 @@ fn setup(args: &Args, weights_path: &Path, sd: &weights::StateDict) -> anyhow::R
     Ok(setup)
 }
 
-/// The image files under `paths`; an error when there are none.
-fn find_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
-    let inputs = images::find_images(paths);
-    if inputs.is_empty() {
+/// The image files under `paths` in `shard`, and how many there are in all; an error when there
+/// are none in all.
+fn find_inputs(paths: &[PathBuf], shard: Shard) -> anyhow::Result<(Vec<Input>, usize)> {
+    let (inputs, total) = shard.find_images(paths);
+    if total == 0 {
         bail!(
             "no image files found in {} (folders are searched for {})",
             paths
@@ -270,7 +383,7 @@ fn find_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
             images::EXTENSIONS.map(|e| format!(".{e}")).join(" ")
         );
     }
-    Ok(inputs)
+    Ok((inputs, total))
 }
 
 /// The model, loaded, folded in fp32 and cast (folding from rounded parameters would not match
@@ -318,21 +431,21 @@ fn prepare_model(
 }
 
 /// Streams `inputs` through decoding workers and the model in batches, printing each result in
-/// input order. Stops early when stdout is closed: then the flag returned is false.
+/// input order to `report`. Stops early when stdout is closed: then the flag returned is false.
 fn classify_inputs(
     args: &Args,
     model: &Model,
     num_classes: i64,
-    labels: Labels,
+    mut report: Report<Sink>,
     device: Device,
     transform: Transform,
     inputs: Vec<Input>,
-) -> anyhow::Result<(Report<std::io::StdoutLock<'static>>, bool)> {
+) -> anyhow::Result<(Report<Sink>, bool)> {
     let _no_grad = tch::no_grad_guard();
     let batch_size = args.batch_size as usize;
     let workers = args.workers.map_or_else(default_workers, |n| n as usize);
     let interactive = std::io::stderr().is_terminal();
-    let bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
+    report.bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
 
     let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path().to_path_buf()).collect();
     // On the CPU the workers preprocess too; elsewhere they decode and the model's device
@@ -343,14 +456,6 @@ fn classify_inputs(
         load(input, worker_transform)
     });
 
-    let mut report = Report {
-        json: args.json,
-        out: std::io::stdout().lock(),
-        bar,
-        labels,
-        failed: 0,
-        total: 0,
-    };
     let classifier = BatchClassifier {
         model,
         device,
@@ -380,12 +485,13 @@ fn classify_inputs(
     Ok((report, completed))
 }
 
-/// Clears the progress bar, says how many inputs failed and (hidden flag) the peak memory;
-/// the exit code.
-fn finish<W: Write>(args: &Args, report: Report<W>) -> ExitCode {
+/// Clears the progress bar, moves `--output`'s file into place, says how many inputs failed and
+/// (hidden flag) the peak memory; the exit code.
+fn finish(args: &Args, report: Report<Sink>) -> anyhow::Result<ExitCode> {
     if let Some(bar) = &report.bar {
         bar.finish_and_clear();
     }
+    let code = report.exit_code();
     if report.failed > 0 {
         eprintln!(
             "classify: {} of {} input(s) failed",
@@ -398,7 +504,10 @@ fn finish<W: Write>(args: &Args, report: Report<W>) -> ExitCode {
             None => eprintln!("peak_rss_kib=unknown"),
         }
     }
-    report.exit_code()
+    if let Sink::File(file) = report.out {
+        file.finish()?;
+    }
+    Ok(code)
 }
 
 /// The model configuration the card at `card_path` describes; `--arch`, if given, must agree.
@@ -578,8 +687,46 @@ impl BatchClassifier<'_> {
     }
 }
 
+/// Where the results go.
+enum Sink {
+    Stdout(std::io::StdoutLock<'static>),
+    /// `--output`.
+    File(JsonLinesFile),
+}
+
+impl Sink {
+    /// What write errors name: stdout, or the file written.
+    fn name(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "stdout".into(),
+            Sink::File(file) => file.partial().display().to_string(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout(out) => out.write(buf),
+            Sink::File(file) => file.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File(file) => file.flush(),
+        }
+    }
+}
+
 struct Report<W: Write> {
+    /// JSON Lines rather than tables.
     json: bool,
+    /// Whether failed inputs are also reported on stderr.
+    errors_to_stderr: bool,
+    /// What `out` is, for errors.
+    destination: String,
     out: W,
     bar: Option<ProgressBar>,
     labels: Labels,
@@ -588,8 +735,9 @@ struct Report<W: Write> {
 }
 
 impl<W: Write> Report<W> {
-    /// Classifies the images among `pending` and prints every entry in order. Returns false when
-    /// stdout is closed (e.g. piped into `head`), to stop quietly.
+    /// Classifies the images among `pending` and prints every entry in order, then flushes (a
+    /// file's lines reach the OS batch by batch). Returns false when stdout is closed (e.g.
+    /// piped into `head`), to stop quietly.
     fn flush(
         &mut self,
         classifier: &BatchClassifier,
@@ -612,12 +760,25 @@ impl<W: Write> Report<W> {
                 (Ok(_), Ok(tops)) => Ok(tops.next().context("one result per image")?),
                 (Ok(_), Err(reason)) => Err(reason.clone()),
             };
-            match self.print(&path, result) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
-                other => other.with_context(|| "cannot write the results to stdout")?,
+            let printed = self.print(&path, result);
+            if !self.written(printed)? {
+                return Ok(false);
             }
         }
-        Ok(true)
+        let flushed = self.out.flush();
+        self.written(flushed)
+    }
+
+    /// Whether a write went through: false when stdout is closed, an error naming where the
+    /// results go on any other failure.
+    fn written(&self, result: std::io::Result<()>) -> anyhow::Result<bool> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot write the results to {}", self.destination))
+            }
+        }
     }
 
     fn print(
@@ -644,12 +805,14 @@ impl<W: Write> Report<W> {
         };
         if let Err(reason) = &result {
             self.failed += 1;
-            if !self.json {
+            if self.errors_to_stderr {
                 let message = format!("error: {shown}: {reason}");
                 match &self.bar {
                     Some(bar) => bar.suspend(|| eprintln!("{message}")),
                     None => eprintln!("{message}"),
                 }
+            }
+            if !self.json {
                 return Ok(());
             }
         }

@@ -16,6 +16,7 @@ mod norm_parity;
 mod optimizations;
 mod parity_cli;
 mod pth_writer;
+mod shard_cli;
 mod train_cli;
 mod train_optim;
 mod weights_files;
