@@ -51,7 +51,8 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
     decode(&bytes).map_err(|msg| Error::file(path, msg))
 }
 
-/// The largest image file read (256 MiB).
+/// Image files larger than this (256 MiB) are refused: a photo is a few MB; this bounds the
+/// memory a single input can take before decoding.
 pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
 /// Reads a regular file of at most [`MAX_IMAGE_BYTES`] ([`crate::file::read_regular`]) and

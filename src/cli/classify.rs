@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mobilenet::card::{self, ModelCard};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::error::escape;
-use mobilenet::file::{read_regular, Refusal};
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::pipeline::ordered_map;
@@ -592,35 +591,13 @@ fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
-/// Image files larger than this are refused (a photo is a few MB; this bounds the memory a
-/// single input can take before decoding).
-const MAX_IMAGE_BYTES: u64 = 256 << 20;
-
-/// Reads a regular file of at most [`MAX_IMAGE_BYTES`] ([`read_regular`]).
-fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let limit = MAX_IMAGE_BYTES >> 20;
-    read_regular(path, MAX_IMAGE_BYTES).map_err(|refusal| match refusal {
-        Refusal::Io(e) => format!("cannot read: {e}"),
-        Refusal::NotRegular(_) => "not a regular file".into(),
-        Refusal::TooLarge { grew: false, bytes } => {
-            format!("file is {bytes} bytes, more than the {limit} MiB limit for an image")
-        }
-        Refusal::TooLarge { grew: true, .. } => {
-            format!("file grew past the {limit} MiB limit while being read")
-        }
-        Refusal::NoMemory { bytes } => format!("cannot hold {bytes} bytes"),
-    })
-}
-
 /// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
 fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
     let path = match input {
         Input::Image(path) => path,
         Input::Unreadable { reason, .. } => return Err(reason),
     };
-    let bytes = read_limited(&path)?;
-    let image = images::decode(&bytes)?;
-    drop(bytes);
+    let image = images::read_and_decode(&path)?;
     let tensor = image
         .to_tensor()
         .map_err(|e| format!("cannot hold the pixels: {e}"))?;

@@ -38,7 +38,7 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert a weight file to .safetensors, .pth or .ot (by the output's extension).
     Convert(convert::Args),
-    /// ImageNet top-k classes of image files and folders (streamed, batched).
+    /// Top-k classes of image files and folders (streamed, batched; sharded with --shard).
     Classify(classify::Args),
     /// Fine-tune or train from scratch on an image folder; checkpoints PyTorch loads.
     Train(Box<train::Args>),

@@ -36,7 +36,10 @@ Outputs in --out: model.pth (a plain state_dict with torchvision's or timm's key
 torch.load(p, weights_only=True) loads it into torchvision.models.mobilenet_v2(num_classes=K)),
 checkpoint.pth (model, optimizer, lr_scheduler, epoch, args, as torchvision's reference writes
 them; --resume OUT continues from it exactly), model.json and classes.json (classify uses them
-from beside model.pth), metrics.jsonl (one row per epoch), model_ema.pth with --ema.
+from beside model.pth), metrics.jsonl (one row per epoch), curves.png (loss and accuracy per
+epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per epoch, then
+{\"done\", \"epochs\", \"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops,
+data loading included).
 
 Exit status: 0 done; 2 bad usage, bad data or weights, or a failed step.";
 
@@ -252,12 +255,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let started = Instant::now();
-    let (mut images, mut train_seconds) = (0.0, 0.0);
     let mut report = Reporter::new(args.json, total_epochs);
     while !trainer.finished() {
         let metrics = trainer.run_epoch(&train, Some(&val), eval, &mut |p| report.on(p))?;
-        images += metrics.images_per_s * metrics.seconds;
-        train_seconds += metrics.seconds;
         report.epoch_done(&metrics);
         rows.push(metrics);
         write_outputs(&mut trainer, &args.out, &rows, plain_args()?)?;
@@ -267,11 +267,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         epochs: trainer.epoch(),
         steps: trainer.step(),
         seconds: started.elapsed().as_secs_f64(),
-        images_per_s: if train_seconds > 0.0 {
-            images / train_seconds
-        } else {
-            0.0
-        },
+        images_per_s: trainer.images_per_s(),
         out: &args.out,
     };
     if args.json {
@@ -559,6 +555,12 @@ fn write_outputs(
         lines.push('\n');
     }
     write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
+    let config = trainer.model().config();
+    let title = format!(
+        "{} x{} {}, {} classes",
+        config.arch, config.width_mult, config.norm, config.num_classes
+    );
+    mobilenet::train::curves::draw(&out.join("curves.png"), rows, &title)?;
     Ok(())
 }
 

@@ -263,6 +263,10 @@ pub struct Trainer {
     step: i64,
     /// The epochs the whole run has.
     total_epochs: i64,
+    /// Images trained on and seconds spent in the training loops (data loading included) by
+    /// this process.
+    loop_images: usize,
+    loop_seconds: f64,
     /// State-dict keys in module order.
     keys: Vec<String>,
 }
@@ -373,6 +377,8 @@ impl Trainer {
             epoch: 0,
             step: 0,
             total_epochs,
+            loop_images: 0,
+            loop_seconds: 0.0,
             keys,
         };
         if trainer.options.precision == Precision::Fp16 {
@@ -398,6 +404,12 @@ impl Trainer {
 
     pub fn total_epochs(&self) -> i64 {
         self.total_epochs
+    }
+
+    /// Training images per second over this process's training loops (data loading included,
+    /// validation and writing excluded).
+    pub fn images_per_s(&self) -> f64 {
+        self.loop_images as f64 / self.loop_seconds.max(1e-9)
     }
 
     /// Whether the run is over: every epoch done, or the step budget spent.
@@ -498,6 +510,8 @@ impl Trainer {
             });
         }
         let train_seconds = start.elapsed().as_secs_f64();
+        self.loop_images += seen;
+        self.loop_seconds += train_seconds;
         self.scheduler.step(self.optimizer.lr_groups())?;
         self.epoch += 1;
         let (val_loss, val_top1, val_top5, val_skipped) = match val {
