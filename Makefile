@@ -4,7 +4,7 @@ PY := .venv/bin/python3
 CARGO ?= cargo
 BIN := target/release/mobilenet
 
-.PHONY: setup check-torch build release test fixtures demo weights bench lint fmt clean
+.PHONY: setup check-torch build release test fixtures demo weights bench lint fmt clean norm-study finetune-demo
 
 ## Create .venv with the pinned torch/torchvision/timm and link .libtorch (idempotent).
 setup:
@@ -33,6 +33,17 @@ test: check-torch fixtures
 	$(CARGO) fmt --check
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads 2
+	$(PY) scripts/norm_study.py --smoke
+	$(PY) scripts/train_compare.py --smoke
+
+## BatchNorm against GroupNorm, LayerNorm and InstanceNorm as the batch shrinks (about 40 min on
+## 2 cores): bench-results/norm-study.json and docs/norm-study.png.
+norm-study: release
+	$(PY) scripts/norm_study.py
+
+## A fine-tuning run on scikit-learn's digits, then classify with the model card it writes.
+finetune-demo: release
+	bash scripts/finetune_digits.sh
 
 ## The main job end to end: set-up, build, weights (pretrained when downloadable, else seeded
 ## with a loud notice), classify the sample photos.
