@@ -63,11 +63,13 @@ fn torch_pin() -> String {
         .unwrap_or_else(|| panic!("{REQUIREMENTS} has no `torch==X` line"))
 }
 
-/// Compiles src/ffi/shim.cpp and graph.cpp (libtorch APIs tch does not bind) against the
+/// Compiles src/ffi/shim.cpp, graph.cpp and dist.cpp (libtorch APIs tch does not bind) against the
 /// headers of the same libtorch.
 fn build_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/shim.cpp");
     println!("cargo:rerun-if-changed=src/ffi/graph.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/dist.cpp");
+    println!("cargo:rerun-if-changed=third_party/gloo/include");
     println!("cargo:rerun-if-changed=src/ffi/protect.h");
     let root = lib.parent().unwrap_or(lib);
     let include = root.join("include");
@@ -77,12 +79,16 @@ fn build_shim(lib: &Path) {
         .cpp(true)
         .file("src/ffi/shim.cpp")
         .file("src/ffi/graph.cpp")
+        .file("src/ffi/dist.cpp")
         .include(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
         // libtorch's headers as system headers: -Wall -Wextra then warn about our code only.
         .flag("-isystem")
         .flag(include.display().to_string())
         .flag("-isystem")
         .flag(include.join("torch/csrc/api/include").display().to_string())
+        // Gloo's headers, which the torch wheel does not ship (third_party/gloo/README.md).
+        .flag("-isystem")
+        .flag("third_party/gloo/include")
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")

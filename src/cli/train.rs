@@ -10,6 +10,7 @@ use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::nn::NormKind;
 use mobilenet::train::augment::{eval_transform, Augment};
 use mobilenet::train::data::ImageFolder;
+use mobilenet::train::dist::Dist;
 use mobilenet::train::trainer::{OptimizerKind, Progress, ScheduleKind, TrainOptions, Trainer};
 use mobilenet::train::EpochMetrics;
 use mobilenet::value::{Dict, Value};
@@ -40,6 +41,13 @@ from beside model.pth), metrics.jsonl (one row per epoch), curves.png (loss and 
 epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per epoch, then
 {\"done\", \"epochs\", \"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops,
 data loading included).
+
+Data-parallel: under `torchrun --no-python --nproc-per-node N mobilenet train ...` each process
+is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of a c10d Gloo
+group: rank 0's weights at the start and its buffers before each forward, gradients averaged
+after each backward (DistributedDataParallel's semantics), each rank on its DistributedSampler
+shard with --batch-size images per step. Only rank 0 validates and writes. A rank that stops
+makes the others fail after --dist-timeout.
 
 Exit status: 0 done; 2 bad usage, bad data or weights, or a failed step.";
 
@@ -147,6 +155,10 @@ pub struct Args {
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Under torchrun: how long a collective waits for the other ranks before failing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    dist_timeout: u64,
     /// Continue the run whose checkpoint.pth is in DIR (pass the same arguments).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -218,7 +230,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mean: family.mean,
         std: family.std,
     };
-    let batches_per_epoch = train_set.samples.len().div_ceil(args.batch_size) as i64;
+    // Under torchrun: this rank's share of each epoch (DistributedSampler's).
+    let timeout = std::time::Duration::from_secs(args.dist_timeout);
+    let rendezvous = Dist::rendezvous_from_env(timeout)?;
+    let world = rendezvous.as_ref().map_or(1, |r| r.world);
+    let main = rendezvous.as_ref().is_none_or(|r| r.rank == 0);
+    let per_rank = train_set.samples.len().div_ceil(world);
+    let batches_per_epoch = per_rank.div_ceil(args.batch_size) as i64;
     let total_epochs = match args.steps {
         Some(s) => (s + batches_per_epoch.max(1) - 1) / batches_per_epoch.max(1),
         None => args.epochs,
@@ -231,16 +249,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.resume {
         rows = resume(&mut trainer, dir, &saved_args)?;
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
-    ModelCard::new(&config, eval).write(&args.out, &classes)?;
+    if rendezvous.is_some() {
+        if let Some(dist) = Dist::from_env(timeout)? {
+            trainer = trainer.with_dist(dist)?;
+        }
+    }
+    // Only rank 0 writes the outputs and reports (and validates).
+    if main {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
+        ModelCard::new(&config, eval).write(&args.out, &classes)?;
+    }
 
     let train = Arc::new(train_set.samples);
     let val = Arc::new(val_set.samples);
-    if !args.json || std::io::stderr().is_terminal() {
+    if main && (!args.json || std::io::stderr().is_terminal()) {
+        let ranks = if world > 1 {
+            format!(", {world} ranks")
+        } else {
+            String::new()
+        };
         eprintln!(
             "train: {} {} width {} norm {}, {num_classes} classes, {} training and {} validation \
-             images, {} epoch(s) on {device:?}",
+             images, {} epoch(s) on {device:?}{ranks}",
             config.arch,
             if args.weights.is_some() {
                 "fine-tuned"
@@ -256,11 +287,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let started = Instant::now();
     let mut report = Reporter::new(args.json, total_epochs);
+    let validate = main.then_some(&val);
     while !trainer.finished() {
-        let metrics = trainer.run_epoch(&train, Some(&val), eval, &mut |p| report.on(p))?;
-        report.epoch_done(&metrics);
-        rows.push(metrics);
-        write_outputs(&mut trainer, &args.out, &rows, plain_args()?)?;
+        let metrics = trainer.run_epoch(&train, validate, eval, &mut |p| {
+            if main {
+                report.on(p)
+            }
+        })?;
+        if main {
+            report.epoch_done(&metrics);
+            rows.push(metrics);
+            write_outputs(&mut trainer, &args.out, &rows, plain_args()?)?;
+        }
+    }
+    if !main {
+        return Ok(ExitCode::SUCCESS);
     }
     let summary = Summary {
         done: true,

@@ -43,6 +43,25 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut C_tensor;
     fn mn_autocast_enter(device: i32, dtype: i32);
+    #[allow(clippy::too_many_arguments)]
+    fn mn_dist_init(
+        addr: *const c_char,
+        port: i32,
+        rank: i32,
+        world: i32,
+        agent_store: bool,
+        restart: i32,
+        timeout_ms: i64,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
+    fn mn_dist_free(g: *mut std::ffi::c_void);
+    fn mn_dist_collective(
+        g: *mut std::ffi::c_void,
+        op: i32,
+        t: *const C_tensor,
+        root: i32,
+        err: *mut *mut c_char,
+    ) -> bool;
     fn mn_autocast_exit(device: i32);
     fn mn_scaled_op(
         op: i32,
@@ -196,6 +215,88 @@ pub fn hardtanh(t: &Tensor, lo: f64, hi: f64, inplace: bool) -> Result<Tensor> {
     let ptr = take(ptr, err, "hardtanh")?;
     // SAFETY: a fresh `at::Tensor*` from the shim, owned by the returned Tensor.
     Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
+}
+
+/// A c10d process group over Gloo (src/ffi/dist.cpp), joined through a TCPStore as
+/// `init_process_group("gloo", init_method="env://")` joins it.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    group: NonNull<std::ffi::c_void>,
+}
+
+// SAFETY: the group is owned by this value and used from one thread at a time.
+unsafe impl Send for ProcessGroup {}
+
+/// Where and how to join a process group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendezvous {
+    pub addr: String,
+    pub port: u16,
+    pub rank: usize,
+    pub world: usize,
+    /// torchrun's agent hosts the store (`TORCHELASTIC_USE_AGENT_STORE=True`).
+    pub agent_store: bool,
+    /// `TORCHELASTIC_RESTART_COUNT`.
+    pub restart: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl ProcessGroup {
+    /// Joins the group; blocks until every rank has joined or the timeout passes.
+    pub fn join(r: &Rendezvous) -> Result<ProcessGroup> {
+        let what = "c10d process group";
+        let addr = std::ffi::CString::new(r.addr.as_str())
+            .map_err(|_| shim_error(what, "MASTER_ADDR holds a NUL byte"))?;
+        let int = |v: usize, name: &str| {
+            i32::try_from(v).map_err(|_| shim_error(what, &format!("{name} {v} is too large")))
+        };
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the string lives for the call; the shim returns an owned group or an error.
+        let ptr = unsafe {
+            mn_dist_init(
+                addr.as_ptr(),
+                i32::from(r.port),
+                int(r.rank, "RANK")?,
+                int(r.world, "WORLD_SIZE")?,
+                r.agent_store,
+                r.restart as i32,
+                r.timeout.as_millis().min(i64::MAX as u128) as i64,
+                &mut err,
+            )
+        };
+        Ok(ProcessGroup {
+            group: take(ptr, err, what)?,
+        })
+    }
+
+    fn collective(&self, op: i32, t: &Tensor, root: usize, what: &str) -> Result<()> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the group and the tensor are valid for the call.
+        let ok = unsafe {
+            mn_dist_collective(self.group.as_ptr(), op, t.as_ptr(), root as i32, &mut err)
+        };
+        if ok {
+            return Ok(());
+        }
+        take(std::ptr::null_mut::<u8>(), err, what).map(drop)
+    }
+
+    /// In place: `t` becomes the sum of every rank's `t`.
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
+        self.collective(0, t, 0, "all-reduce")
+    }
+
+    /// In place: `t` becomes rank `root`'s `t`.
+    pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
+        self.collective(1, t, root, "broadcast")
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: the group was created by `mn_dist_init` and is freed once.
+        unsafe { mn_dist_free(self.group.as_ptr()) }
+    }
 }
 
 /// Automatic mixed precision for the current thread, as `with torch.autocast(device, dtype):`

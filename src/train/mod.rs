@@ -8,6 +8,7 @@ pub mod amp;
 pub mod augment;
 pub mod curves;
 pub mod data;
+pub mod dist;
 pub mod groups;
 pub mod init;
 pub mod metrics;

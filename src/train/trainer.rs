@@ -13,6 +13,7 @@
 use super::amp::GradScaler;
 use super::augment::{Augment, Rng, SamplePrep};
 use super::data::{batches, Batch, Sample};
+use super::dist::{shard, Dist};
 use super::metrics::EpochMetrics;
 use super::{
     set_weight_decay, AdamW, AdamWOptions, LrGroups, Optimize, Optimizer, RmsProp, RmsPropOptions,
@@ -255,6 +256,8 @@ pub struct Trainer {
     ema: Option<Ema>,
     /// fp16 only.
     scaler: Option<GradScaler>,
+    /// A data-parallel run's rank.
+    dist: Option<Dist>,
     /// The parameters the optimizer steps.
     params: Vec<Tensor>,
     /// Epochs finished.
@@ -373,6 +376,7 @@ impl Trainer {
             scheduler,
             ema: None,
             scaler: None,
+            dist: None,
             params: trainable,
             epoch: 0,
             step: 0,
@@ -388,6 +392,33 @@ impl Trainer {
             trainer.ema = Some(Ema::new(decay, &trainer.state_dict()?)?);
         }
         Ok(trainer)
+    }
+
+    /// Makes this a rank of a data-parallel run: takes rank 0's parameters and buffers (and
+    /// restarts the EMA from them), then trains on this rank's shard, averaging gradients.
+    pub fn with_dist(mut self, dist: Dist) -> Result<Trainer> {
+        let state: Vec<Tensor> = self.state_dict()?.into_iter().map(|(_, t)| t).collect();
+        dist.broadcast(&state)?;
+        if let Some(decay) = self.options.ema {
+            self.ema = Some(Ema::new(decay, &self.state_dict()?)?);
+        }
+        self.dist = Some(dist);
+        Ok(self)
+    }
+
+    /// The data-parallel rank, if any.
+    pub fn dist(&self) -> Option<&Dist> {
+        self.dist.as_ref()
+    }
+
+    /// The buffers (running statistics and counters), in state-dict order.
+    fn buffers(&self) -> Result<Vec<Tensor>> {
+        Ok(self
+            .state_dict()?
+            .into_iter()
+            .filter(|(k, _)| !is_parameter(k))
+            .map(|(_, t)| t)
+            .collect())
     }
 
     pub fn model(&self) -> &Model {
@@ -458,6 +489,9 @@ impl Trainer {
         if o.shuffle {
             Rng::derive(o.seed, &[Rng::SHUFFLE, epoch as u64]).shuffle(&mut order);
         }
+        if let Some(d) = &self.dist {
+            order = shard(&order, d.rank, d.world);
+        }
         let prep = SamplePrep::Train {
             augment: o.augment,
             resolution: o.resolution,
@@ -466,7 +500,7 @@ impl Trainer {
             seed: o.seed,
             epoch: epoch as u64,
         };
-        let n_batches = train.len().div_ceil(o.batch_size);
+        let n_batches = order.len().div_ceil(o.batch_size);
         progress(Progress::EpochStart {
             epoch: epoch + 1,
             batches: n_batches,
@@ -544,6 +578,10 @@ impl Trainer {
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, i64)> {
         // The forward and the loss under autocast (bf16/fp16), the backward outside it, as
         // torchvision's train.py runs `--amp`.
+        if let Some(d) = &self.dist {
+            // DDP's broadcast_buffers: every rank starts the forward from rank 0's statistics.
+            d.broadcast(&self.buffers()?)?;
+        }
         let autocast = match self.options.precision {
             Precision::Fp32 => None,
             p => Some(Autocast::enter(self.model.device(), p.kind())?),
@@ -563,13 +601,19 @@ impl Trainer {
         drop(autocast);
         let opt = self.optimizer.optimize();
         opt.zero_grad();
+        let average = |dist: &Option<Dist>, params: &[Tensor]| match dist {
+            Some(d) => d.average_gradients(params),
+            None => Ok(()),
+        };
         match &mut self.scaler {
             None => {
                 loss.f_backward()?;
+                average(&self.dist, &self.params)?;
                 opt.step()?;
             }
             Some(scaler) => {
                 scaler.scale(&loss)?.f_backward()?;
+                average(&self.dist, &self.params)?;
                 let found_inf = scaler.unscale(&self.params)?;
                 if !found_inf {
                     opt.step()?;

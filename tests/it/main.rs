@@ -18,6 +18,7 @@ mod parity_cli;
 mod pth_writer;
 mod shard_cli;
 mod train_cli;
+mod train_dist;
 mod train_optim;
 mod weights_files;
 mod weights_fuzz;

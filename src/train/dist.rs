@@ -1,0 +1,205 @@
+//! Data-parallel training, one process per device under PyTorch's launcher
+//! (`torchrun --no-python ... mobilenet train ...`), as `DistributedDataParallel` runs it:
+//!
+//! - the process group: libtorch's c10d with Gloo ([`crate::ffi::ProcessGroup`]), joined from
+//!   the variables torchrun sets (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+//!   `MASTER_PORT`, and `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT` for the
+//!   store torchrun's agent hosts);
+//! - at the start, every rank takes rank 0's parameters and buffers (DDP's constructor);
+//! - before every forward, rank 0's buffers (BatchNorm's running statistics; DDP's
+//!   `broadcast_buffers=True`): each rank normalizes over its own batch, so without
+//!   synchronization its running statistics drift from the others' until the next broadcast;
+//! - after every backward, the gradients are averaged: divided by the world size, then summed
+//!   over the ranks (DDP's reducer), in one flat bucket per step;
+//! - each rank reads its shard of each epoch's order as `DistributedSampler` does (the order
+//!   padded with its own first indices to a multiple of the world size, then every
+//!   `world`-th index from `rank`).
+//!
+//! A rank that dies makes the others' next collective fail after the timeout, with an error.
+
+use crate::ffi::{ProcessGroup, Rendezvous};
+use crate::{Error, Result};
+use std::time::Duration;
+use tch::{Kind, Tensor};
+
+/// A rank of a data-parallel run.
+#[derive(Debug)]
+pub struct Dist {
+    group: ProcessGroup,
+    pub rank: usize,
+    pub world: usize,
+    /// `LOCAL_RANK`: the device index on this machine.
+    pub local_rank: usize,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    var(name)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| Error::config(name, format!("{v:?} is not a valid number")))
+        })
+        .transpose()
+}
+
+impl Dist {
+    /// The rendezvous torchrun's variables describe; `None` without `WORLD_SIZE` or with a world
+    /// of one (a plain run).
+    pub fn rendezvous_from_env(timeout: Duration) -> Result<Option<Rendezvous>> {
+        let Some(world) = parse::<usize>("WORLD_SIZE")? else {
+            return Ok(None);
+        };
+        if world <= 1 {
+            return Ok(None);
+        }
+        let need = |name: &str| {
+            var(name).ok_or_else(|| {
+                Error::config(
+                    name,
+                    format!("WORLD_SIZE is {world} but {name} is not set (run under torchrun)"),
+                )
+            })
+        };
+        let rank: usize = parse("RANK")?.ok_or_else(|| need("RANK").unwrap_err())?;
+        if rank >= world {
+            return Err(Error::config(
+                "RANK",
+                format!("{rank} is not below WORLD_SIZE {world}"),
+            ));
+        }
+        let addr = need("MASTER_ADDR")?;
+        let port: u16 = parse("MASTER_PORT")?.ok_or_else(|| need("MASTER_PORT").unwrap_err())?;
+        Ok(Some(Rendezvous {
+            addr,
+            port,
+            rank,
+            world,
+            agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
+            restart: parse("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0),
+            timeout,
+        }))
+    }
+
+    /// Joins the group torchrun's variables describe; `None` for a plain run.
+    pub fn from_env(timeout: Duration) -> Result<Option<Dist>> {
+        let Some(r) = Dist::rendezvous_from_env(timeout)? else {
+            return Ok(None);
+        };
+        let group = ProcessGroup::join(&r).map_err(|e| {
+            Error::config(
+                "process group",
+                format!(
+                    "rank {} of {} could not join at {}:{} within {:?}: {e}",
+                    r.rank, r.world, r.addr, r.port, r.timeout
+                ),
+            )
+        })?;
+        Ok(Some(Dist {
+            group,
+            rank: r.rank,
+            world: r.world,
+            local_rank: parse("LOCAL_RANK")?.unwrap_or(0),
+        }))
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Rank 0's values of `tensors`, in place on every rank.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        tch::no_grad(|| {
+            for t in tensors {
+                self.group
+                    .broadcast(t, 0)
+                    .map_err(|e| self.failed("broadcast", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// DDP's gradient averaging: each gradient divided by the world size, then summed over the
+    /// ranks, through one flat bucket. Parameters without a gradient are left out (every rank
+    /// has the same ones).
+    pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = params
+                .iter()
+                .map(Tensor::grad)
+                .filter(Tensor::defined)
+                .collect();
+            if grads.is_empty() {
+                return Ok(());
+            }
+            let flat: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.f_reshape([-1]))
+                .collect::<std::result::Result<_, _>>()?;
+            let bucket = Tensor::f_cat(&flat, 0)?.f_to_kind(Kind::Float)?;
+            let _ = bucket.shallow_clone().f_div_scalar_(self.world as f64)?;
+            self.group
+                .all_reduce_sum(&bucket)
+                .map_err(|e| self.failed("gradient all-reduce", e))?;
+            let mut offset = 0;
+            for g in &grads {
+                let n = g.numel() as i64;
+                let part = bucket.f_narrow(0, offset, n)?.f_view_as(g)?;
+                g.shallow_clone().f_copy_(&part)?;
+                offset += n;
+            }
+            Ok(())
+        })
+    }
+
+    fn failed(&self, what: &str, e: Error) -> Error {
+        Error::config(
+            "data-parallel training",
+            format!(
+                "rank {} of {}: the {what} failed (another rank may have stopped): {e}",
+                self.rank, self.world
+            ),
+        )
+    }
+}
+
+/// `DistributedSampler`'s indices for `rank` of `world` from an epoch's `order`: padded with its
+/// first indices to a multiple of `world`, then every `world`-th from `rank`.
+pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
+    if order.is_empty() || world == 0 {
+        return Vec::new();
+    }
+    let total = order.len().div_ceil(world) * world;
+    (rank..total)
+        .step_by(world)
+        .map(|i| order[i % order.len()])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_follow_distributed_sampler() {
+        let order: Vec<usize> = (0..10).collect();
+        // torch: indices += indices[:2]; rank 0 of 4 gets [0, 4, 8], rank 3 [3, 7, 1].
+        assert_eq!(shard(&order, 0, 4), [0, 4, 8]);
+        assert_eq!(shard(&order, 3, 4), [3, 7, 1]);
+        assert_eq!(shard(&order, 1, 2), [1, 3, 5, 7, 9]);
+        assert_eq!(shard(&[5, 6], 2, 3), [5]);
+    }
+
+    #[test]
+    fn a_plain_run_has_no_rendezvous() {
+        // The test process has no WORLD_SIZE (and a world of 1 is a plain run too).
+        if std::env::var("WORLD_SIZE").is_err() {
+            assert!(Dist::rendezvous_from_env(Duration::from_secs(1))
+                .unwrap()
+                .is_none());
+        }
+    }
+}
