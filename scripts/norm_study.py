@@ -7,7 +7,7 @@ the batch shrinks (issue #17), with `mobilenet train` on scikit-learn's digits.
 
 Every cell (norm x batch size x seed) trains the same MobileNetV2 (width 0.5, 48x48 inputs, 10
 classes) from scratch with our `train` command: SGD with momentum 0.9, weight decay 4e-5, a cosine
-schedule, the learning rate scaled linearly with the batch (base 0.05 at batch 32, as Goyal et al.
+schedule, the learning rate scaled linearly with the batch (base 0.0125 at batch 32, as Goyal et al.
 and the GroupNorm paper scale it), `--augment none`, and the same number of epochs, so that every
 run sees the same images. GroupNorm uses G = 8 groups: the largest G that divides every layer's
 channels of MobileNetV2 at width 1.0 (24 and 144 rule out 16 and 32) and at width 0.5 (whose
@@ -185,7 +185,7 @@ def main():
     p.add_argument("--steps", type=int, default=0, help="steps instead of epochs (smoke)")
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--resolution", type=int, default=48)
-    p.add_argument("--base-lr", type=float, default=0.05)
+    p.add_argument("--base-lr", type=float, default=0.0125)
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--out", default=os.path.join(ROOT, "bench-results", "norm-study.json"))
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "norm-study.png"))

@@ -237,6 +237,15 @@ impl Error {
             msg: msg.into(),
         }
     }
+    /// `Ok` when `ok`, else [`Error::config`]`(what, msg)`.
+    pub fn check(ok: bool, what: &str, msg: String) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::config(what, msg))
+        }
+    }
+
     pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Config {
             what: what.into(),

@@ -64,13 +64,7 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, what: &str, msg: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::config(what, msg))
-            }
-        };
+        let check = Error::check;
         let width = self.width_mult;
         check(
             width.is_finite() && width > 0.0 && width <= 10.0,

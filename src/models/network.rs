@@ -261,6 +261,16 @@ impl Network {
         self.stages.iter().flat_map(|s| &s.blocks)
     }
 
+    /// The affine parameters of every conv unit's norm layer (what torchvision's
+    /// `set_weight_decay` counts as norm parameters), by storage address.
+    pub fn norm_parameter_ptrs(&self) -> std::collections::HashSet<usize> {
+        self.convs()
+            .flat_map(|c| [c.norm().weight(), c.norm().bias()])
+            .flatten()
+            .map(|t| t.data_ptr() as usize)
+            .collect()
+    }
+
     /// The conv-norm-activation units along the main path, in order.
     pub fn convs(&self) -> impl Iterator<Item = &ConvNormAct> {
         self.blocks().flat_map(Block::convs)

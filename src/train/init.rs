@@ -9,20 +9,13 @@
 
 use crate::models::{Arch, Model};
 use crate::Result;
-use std::collections::HashSet;
 
 /// Re-initializes every parameter of `model` in place (running statistics are left as built:
 /// mean 0, variance 1, no batches tracked).
 pub fn reference_init(model: &Model) -> Result<()> {
     let timm = model.config().arch == Arch::MobilenetV1;
     let vars = model.var_store().variables();
-    let norm_ptrs: HashSet<usize> = model
-        .network()
-        .convs()
-        .flat_map(|c| [c.norm().weight(), c.norm().bias()])
-        .flatten()
-        .map(|t| t.data_ptr() as usize)
-        .collect();
+    let norm_ptrs = model.network().norm_parameter_ptrs();
     tch::no_grad(|| -> Result<()> {
         // In module order, so that a seed gives the same weights every time.
         for (name, _) in model.network().spec().variables(&model.config().norm) {

@@ -26,7 +26,6 @@ use crate::nn::NormKind;
 use crate::value::{Dict, Value};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Reduction, Tensor};
@@ -99,13 +98,7 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// Errors on values torch would refuse or that cannot run.
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, what: &str, msg: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::config(what, msg))
-            }
-        };
+        let check = Error::check;
         check(
             self.epochs >= 1,
             "epochs",
@@ -302,13 +295,7 @@ impl Trainer {
             .collect();
         let head: Vec<&str> = spec.head.iter().map(|l| l.path).collect();
         let vars = model.var_store().variables();
-        let norm_ptrs: HashSet<usize> = model
-            .network()
-            .convs()
-            .flat_map(|c| [c.norm().weight(), c.norm().bias()])
-            .flatten()
-            .map(|t| t.data_ptr() as usize)
-            .collect();
+        let norm_ptrs = model.network().norm_parameter_ptrs();
         let mut params = Vec::new();
         for key in &keys {
             let t = vars
