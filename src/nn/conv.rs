@@ -215,8 +215,11 @@ impl ConvNormAct {
                 .norm
                 .f_forward_t(&conv2d(xs, &self.weight, None, s)?, train)?,
         };
-        // The conv (or norm) output is a fresh tensor that nothing else holds.
-        s.activation.apply_fresh(ys)
+        // The conv (or norm) output is a fresh tensor that nothing else holds and whose backward
+        // does not read it: the activation runs in place, in training too, as torchvision's
+        // `Conv2dNormActivation(inplace=True)` runs it (the same values and gradients, one
+        // tensor less per unit).
+        s.activation.apply(ys, true)
     }
 
     /// `forward(xs) + shortcut`: a residual block's last unit (no activation). The add is fused
