@@ -177,10 +177,18 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 /// Writes `bytes` to `path` through `path.tmp` and a rename, so that a reader never sees half a
 /// file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_with(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::file(tmp, format!("cannot write: {e}")))
+    })
+}
+
+/// Writes `path` through `path.tmp`: `write` creates the temporary file, then a rename puts it
+/// in place, so that a reader never sees half a file.
+pub fn replace_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, format!("cannot write: {e}")))?;
+    write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("cannot write: {e}")))
 }
 

@@ -8,7 +8,7 @@
 //! Sharded batch inference ([`mobilenet::shard`]): `--shard K/N|auto` takes one slice of the
 //! inputs, `--output FILE` writes JSON Lines atomically, `--resume` continues a killed run.
 
-use super::common::{BATCH_SIZES, MAX_CLASSES, THREADS};
+use super::common::{check_arch, BATCH_SIZES, MAX_CLASSES, THREADS};
 use super::without_backtrace;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -544,13 +544,8 @@ fn model_config(
     path: &Path,
 ) -> anyhow::Result<ModelConfig> {
     let held = weights::detect_architecture(sd).and_then(|g| ModelConfig::from_guess(&g));
+    check_arch(arch, held.as_ref().map(|h| h.arch), path)?;
     Ok(match (arch, held) {
-        (Some(asked), Some(held)) if asked != held.arch => bail!(
-            "{}: holds {} weights, not {asked}; pass --arch {} (or leave --arch out)",
-            path.display(),
-            held.arch,
-            held.arch
-        ),
         (_, Some(held)) => held,
         (Some(asked), None) => ModelConfig::new(asked),
         // Unrecognized: the loader will say which keys do not match.

@@ -30,6 +30,21 @@ pub fn width_mult(s: &str) -> Result<f64, String> {
     }
 }
 
+/// An error when `--arch` asks for another architecture than the weight file at `path` holds.
+pub fn check_arch(
+    asked: Option<Arch>,
+    held: Option<Arch>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    match (asked, held) {
+        (Some(asked), Some(held)) if asked != held => anyhow::bail!(
+            "{}: holds {held} weights, not {asked}; pass --arch {held} (or leave --arch out)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A parser of counts in `range` (which must be non-negative), as `usize`.
 pub fn usize_in(range: RangeInclusive<i64>) -> impl TypedValueParser<Value = usize> {
     clap::value_parser!(u32).range(range).map(|v| v as usize)

@@ -1,10 +1,12 @@
 //! `mobilenet train`: fine-tuning and training from scratch on an image folder, as
 //! torchvision's `references/classification/train.py` does it, with checkpoints PyTorch loads.
 
-use super::common::{usize_in, width_mult, BATCH_SIZES, MAX_CLASSES, RESOLUTIONS, THREADS};
+use super::common::{
+    check_arch, usize_in, width_mult, BATCH_SIZES, MAX_CLASSES, RESOLUTIONS, THREADS,
+};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mobilenet::card::{write_atomic, ModelCard};
+use mobilenet::card::{replace_with, write_atomic, ModelCard};
 use mobilenet::device::{DeviceChoice, Precision};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::nn::NormKind;
@@ -249,10 +251,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.resume {
         rows = resume(&mut trainer, dir, &saved_args)?;
     }
-    if rendezvous.is_some() {
-        if let Some(dist) = Dist::from_env(timeout)? {
-            trainer = trainer.with_dist(dist)?;
-        }
+    if let Some(r) = &rendezvous {
+        trainer = trainer.with_dist(Dist::join(r)?)?;
     }
     // Only rank 0 writes the outputs and reports (and validates).
     if main {
@@ -378,15 +378,10 @@ fn initial_model(args: &Args, num_classes: i64, device: Device) -> anyhow::Resul
         .map(|p| weights::read(p))
         .transpose()?;
     let guess = sd.as_ref().and_then(weights::detect_architecture);
+    if let Some(path) = &args.weights {
+        check_arch(args.arch, guess.as_ref().map(|g| g.arch), path)?;
+    }
     let arch = match (args.arch, &guess) {
-        (Some(a), Some(g)) if a != g.arch => bail!(
-            "{}: holds {} weights, not {a}; pass --arch {} (or leave --arch out)",
-            args.weights
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string()),
-            g.arch,
-            g.arch
-        ),
         (Some(a), _) => a,
         (None, Some(g)) => g.arch,
         (None, None) if sd.is_some() => bail!(
@@ -433,7 +428,6 @@ fn load_initial(model: &Model, mut sd: StateDict, path: &Path) -> anyhow::Result
         .context("the model has no classifier")?;
     let (head_w, head_b) = (format!("{}.weight", last.0), format!("{}.bias", last.0));
     let file_classes = sd.get(&head_w).map(|t| t.size()[0]);
-    let mut options = LoadOptions::default();
     if let Some(k) = file_classes.filter(|&k| k != last.1) {
         eprintln!(
             "train: {} has {k} classes, the data {}: the classifier ({}) is re-initialized for \
@@ -443,11 +437,16 @@ fn load_initial(model: &Model, mut sd: StateDict, path: &Path) -> anyhow::Result
             last.0,
             last.1
         );
-        sd.tensors
-            .retain(|(name, _)| *name != head_w && *name != head_b);
-        options.allow_missing = true;
+        // The model's fresh classifier stands in for the file's, so that the load stays strict
+        // for every other key.
+        let fresh = model.var_store().variables();
+        for (name, t) in sd.tensors.iter_mut() {
+            if *name == head_w || *name == head_b {
+                *t = fresh[name.as_str()].f_detach_copy()?;
+            }
+        }
     }
-    weights::load_into(model.var_store(), &sd, &options).with_context(|| {
+    weights::load_into(model.var_store(), &sd, &LoadOptions::default()).with_context(|| {
         format!(
             "the weights do not fit {} width {} with norm {}",
             model.config().arch,
@@ -576,20 +575,15 @@ fn write_outputs(
     rows: &[EpochMetrics],
     args: Dict,
 ) -> anyhow::Result<()> {
-    let tmp = |name: &str| out.join(format!(".{name}.tmp"));
-    let commit = |name: &str| -> anyhow::Result<()> {
-        std::fs::rename(tmp(name), out.join(name))
-            .with_context(|| format!("{}: cannot write", out.join(name).display()))
-    };
-    weights::write_pth(&tmp("model.pth"), &trainer.state_dict()?)?;
-    commit("model.pth")?;
+    let state = trainer.state_dict()?;
+    replace_with(&out.join("model.pth"), |p| weights::write_pth(p, &state))?;
     if let Some(ema) = trainer.ema_state_dict() {
-        weights::write_pth(&tmp("model_ema.pth"), &ema)?;
-        commit("model_ema.pth")?;
+        replace_with(&out.join("model_ema.pth"), |p| weights::write_pth(p, &ema))?;
     }
     let ckpt = trainer.checkpoint(args)?;
-    weights::write_pth_value(&tmp("checkpoint.pth"), &ckpt)?;
-    commit("checkpoint.pth")?;
+    replace_with(&out.join("checkpoint.pth"), |p| {
+        weights::write_pth_value(p, &ckpt)
+    })?;
     let mut lines = String::new();
     for row in rows {
         lines.push_str(&serde_json::to_string(row)?);
@@ -662,7 +656,6 @@ impl Reporter {
                     None => eprintln!("{line}"),
                 }
             }
-            Progress::EpochEnd(_) => {}
         }
     }
 

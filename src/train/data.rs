@@ -116,24 +116,16 @@ impl ImageFolder {
         })
     }
 
-    /// How many samples each class has.
-    pub fn class_counts(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.classes.len()];
-        for s in &self.samples {
-            counts[s.label as usize] += 1;
-        }
-        counts
-    }
-
     /// A seeded, stratified hold-out: from each class with at least 2 samples,
     /// `ceil(fraction * n)` samples (at most `n - 1`) go to the second folder. Both keep the
     /// folder's order and classes.
     pub fn split(&self, fraction: f64, seed: u64) -> (ImageFolder, ImageFolder) {
         let mut held = vec![false; self.samples.len()];
-        for (label, _) in self.classes.iter().enumerate() {
-            let mut members: Vec<usize> = (0..self.samples.len())
-                .filter(|&i| self.samples[i].label == label as i64)
-                .collect();
+        let mut by_class = vec![Vec::new(); self.classes.len()];
+        for (i, s) in self.samples.iter().enumerate() {
+            by_class[s.label as usize].push(i);
+        }
+        for (label, mut members) in by_class.into_iter().enumerate() {
             let n = members.len();
             if n < 2 {
                 continue;
@@ -232,10 +224,9 @@ pub fn batches(
     batch_size: usize,
     workers: usize,
 ) -> impl Iterator<Item = Result<Batch>> {
-    let items: Vec<usize> = order;
     let window = 2 * batch_size.max(1);
     let s = Arc::clone(&samples);
-    let prepared = ordered_map(items, workers, window, move |i: usize| {
+    let prepared = ordered_map(order, workers, window, move |i: usize| {
         let sample = &s[i];
         let out = crate::images::read_and_decode(&sample.path)
             .and_then(|img| {
@@ -249,7 +240,6 @@ pub fn batches(
         samples,
         prepared: Box::new(prepared),
         batch_size: batch_size.max(1),
-        done: false,
     }
 }
 
@@ -260,23 +250,18 @@ struct Batcher {
     samples: Arc<Vec<Sample>>,
     prepared: Box<dyn Iterator<Item = Prepared>>,
     batch_size: usize,
-    done: bool,
 }
 
 impl Iterator for Batcher {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
-        if self.done {
-            return None;
-        }
         let mut images = Vec::with_capacity(self.batch_size);
         let mut labels = Vec::with_capacity(self.batch_size);
         let mut skipped = Vec::new();
         let mut any = false;
         while images.len() < self.batch_size {
             let Some(item) = self.prepared.next() else {
-                self.done = true;
                 break;
             };
             any = true;

@@ -20,7 +20,7 @@
 use crate::ffi::{ProcessGroup, Rendezvous};
 use crate::{Error, Result};
 use std::time::Duration;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// A rank of a data-parallel run.
 #[derive(Debug)]
@@ -84,12 +84,9 @@ impl Dist {
         }))
     }
 
-    /// Joins the group torchrun's variables describe; `None` for a plain run.
-    pub fn from_env(timeout: Duration) -> Result<Option<Dist>> {
-        let Some(r) = Dist::rendezvous_from_env(timeout)? else {
-            return Ok(None);
-        };
-        let group = ProcessGroup::join(&r).map_err(|e| {
+    /// Joins the group `r` describes (from [`Dist::rendezvous_from_env`]).
+    pub fn join(r: &Rendezvous) -> Result<Dist> {
+        let group = ProcessGroup::join(r).map_err(|e| {
             Error::config(
                 "process group",
                 format!(
@@ -98,12 +95,12 @@ impl Dist {
                 ),
             )
         })?;
-        Ok(Some(Dist {
+        Ok(Dist {
             group,
             rank: r.rank,
             world: r.world,
             local_rank: parse("LOCAL_RANK")?.unwrap_or(0),
-        }))
+        })
     }
 
     pub fn is_main(&self) -> bool {
@@ -139,7 +136,7 @@ impl Dist {
                 .iter()
                 .map(|g| g.f_reshape([-1]))
                 .collect::<std::result::Result<_, _>>()?;
-            let bucket = Tensor::f_cat(&flat, 0)?.f_to_kind(Kind::Float)?;
+            let bucket = Tensor::f_cat(&flat, 0)?;
             let _ = bucket.shallow_clone().f_div_scalar_(self.world as f64)?;
             self.group
                 .all_reduce_sum(&bucket)

@@ -21,10 +21,7 @@ pub fn reference_init(model: &Model) -> Result<()> {
         for (name, _) in model.network().spec().variables(&model.config().norm) {
             let Some(t) = vars.get(&name) else { continue };
             let mut t = t.shallow_clone();
-            if name.ends_with("running_mean")
-                || name.ends_with("running_var")
-                || name.ends_with("num_batches_tracked")
-            {
+            if crate::weights::is_norm_buffer(&name) {
                 continue;
             }
             let size = t.size();

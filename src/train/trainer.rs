@@ -24,6 +24,7 @@ use crate::ffi::Autocast;
 use crate::models::{Dropout, Model};
 use crate::nn::NormKind;
 use crate::value::{Dict, Value};
+use crate::weights::is_norm_buffer;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -143,8 +144,7 @@ impl TrainOptions {
             format!("{} is not >= 0", self.warmup_epochs),
         )?;
         check(
-            self.nesterov.then_some(self.optimizer) != Some(OptimizerKind::Adamw)
-                && self.nesterov.then_some(self.optimizer) != Some(OptimizerKind::Rmsprop),
+            !self.nesterov || self.optimizer == OptimizerKind::Sgd,
             "nesterov",
             "applies to --optimizer sgd only".into(),
         )?;
@@ -228,7 +228,7 @@ pub enum Progress<'a> {
     /// An epoch starts: its number (1-based) and how many batches it has at most.
     EpochStart { epoch: i64, batches: usize },
     /// A training step finished: running loss and accuracy of the epoch so far.
-    Step { images: usize, loss: f64, top1: f64 },
+    Step { loss: f64, top1: f64 },
     /// A file was left out.
     Skipped {
         path: &'a std::path::Path,
@@ -236,8 +236,6 @@ pub enum Progress<'a> {
     },
     /// A batch of one image was left out (BatchNorm cannot train on one value per channel).
     SingleImageBatch,
-    /// The epoch is done, validated and written.
-    EpochEnd(&'a EpochMetrics),
 }
 
 /// A model, its optimizer, schedule and EMA, and where the run is.
@@ -249,8 +247,8 @@ pub struct Trainer {
     ema: Option<Ema>,
     /// fp16 only.
     scaler: Option<GradScaler>,
-    /// A data-parallel run's rank.
-    dist: Option<Dist>,
+    /// A data-parallel run's rank, and the buffers rank 0 broadcasts before each forward.
+    dist: Option<(Dist, Vec<Tensor>)>,
     /// The parameters the optimizer steps.
     params: Vec<Tensor>,
     /// Epochs finished.
@@ -301,7 +299,7 @@ impl Trainer {
             let t = vars
                 .get(key)
                 .ok_or_else(|| Error::config("model", format!("no variable {key}")))?;
-            if !is_parameter(key) {
+            if is_norm_buffer(key) {
                 continue; // running statistics and counters
             }
             let in_head = head.iter().any(|h| key.starts_with(&format!("{h}.")));
@@ -381,31 +379,27 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Makes this a rank of a data-parallel run: takes rank 0's parameters and buffers (and
-    /// restarts the EMA from them), then trains on this rank's shard, averaging gradients.
+    /// Makes this a rank of a data-parallel run: takes rank 0's parameters, buffers and EMA,
+    /// then trains on this rank's shard, averaging gradients.
     pub fn with_dist(mut self, dist: Dist) -> Result<Trainer> {
-        let state: Vec<Tensor> = self.state_dict()?.into_iter().map(|(_, t)| t).collect();
-        dist.broadcast(&state)?;
-        if let Some(decay) = self.options.ema {
-            self.ema = Some(Ema::new(decay, &self.state_dict()?)?);
+        let state = self.state_dict()?;
+        let mut all: Vec<Tensor> = state.iter().map(|(_, t)| t.shallow_clone()).collect();
+        if let Some(ema) = &self.ema {
+            all.extend(ema.state_dict().into_iter().map(|(_, t)| t));
         }
-        self.dist = Some(dist);
+        dist.broadcast(&all)?;
+        let buffers = state
+            .into_iter()
+            .filter(|(k, _)| is_norm_buffer(k))
+            .map(|(_, t)| t)
+            .collect();
+        self.dist = Some((dist, buffers));
         Ok(self)
     }
 
     /// The data-parallel rank, if any.
     pub fn dist(&self) -> Option<&Dist> {
-        self.dist.as_ref()
-    }
-
-    /// The buffers (running statistics and counters), in state-dict order.
-    fn buffers(&self) -> Result<Vec<Tensor>> {
-        Ok(self
-            .state_dict()?
-            .into_iter()
-            .filter(|(k, _)| !is_parameter(k))
-            .map(|(_, t)| t)
-            .collect())
+        self.dist.as_ref().map(|(d, _)| d)
     }
 
     pub fn model(&self) -> &Model {
@@ -476,7 +470,7 @@ impl Trainer {
         if o.shuffle {
             Rng::derive(o.seed, &[Rng::SHUFFLE, epoch as u64]).shuffle(&mut order);
         }
-        if let Some(d) = &self.dist {
+        if let Some(d) = self.dist() {
             order = shard(&order, d.rank, d.world);
         }
         let prep = SamplePrep::Train {
@@ -525,7 +519,6 @@ impl Trainer {
             loss_sum += loss * n as f64;
             correct += hits;
             progress(Progress::Step {
-                images: n,
                 loss: loss_sum / seen as f64,
                 top1: correct as f64 / seen as f64,
             });
@@ -565,9 +558,9 @@ impl Trainer {
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, i64)> {
         // The forward and the loss under autocast (bf16/fp16), the backward outside it, as
         // torchvision's train.py runs `--amp`.
-        if let Some(d) = &self.dist {
+        if let Some((d, buffers)) = &self.dist {
             // DDP's broadcast_buffers: every rank starts the forward from rank 0's statistics.
-            d.broadcast(&self.buffers()?)?;
+            d.broadcast(buffers)?;
         }
         let autocast = match self.options.precision {
             Precision::Fp32 => None,
@@ -588,25 +581,23 @@ impl Trainer {
         drop(autocast);
         let opt = self.optimizer.optimize();
         opt.zero_grad();
-        let average = |dist: &Option<Dist>, params: &[Tensor]| match dist {
-            Some(d) => d.average_gradients(params),
-            None => Ok(()),
+        match &self.scaler {
+            None => loss.f_backward()?,
+            Some(scaler) => scaler.scale(&loss)?.f_backward()?,
+        }
+        if let Some((d, _)) = &self.dist {
+            d.average_gradients(&self.params)?;
+        }
+        // GradScaler.step: a step whose gradients hold an inf or NaN is skipped.
+        let found_inf = match &self.scaler {
+            Some(scaler) => scaler.unscale(&self.params)?,
+            None => false,
         };
-        match &mut self.scaler {
-            None => {
-                loss.f_backward()?;
-                average(&self.dist, &self.params)?;
-                opt.step()?;
-            }
-            Some(scaler) => {
-                scaler.scale(&loss)?.f_backward()?;
-                average(&self.dist, &self.params)?;
-                let found_inf = scaler.unscale(&self.params)?;
-                if !found_inf {
-                    opt.step()?;
-                }
-                scaler.update(found_inf)?;
-            }
+        if !found_inf {
+            opt.step()?;
+        }
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(found_inf)?;
         }
         self.step += 1;
         if let Some(ema) = &mut self.ema {
@@ -620,7 +611,8 @@ impl Trainer {
                 .int64_value(&[]))
         })?;
         let loss = loss.f_double_value(&[])?;
-        if !loss.is_finite() {
+        // (Under fp16 the loss scaler skips such steps and carries on, as torch's does.)
+        if !loss.is_finite() && self.scaler.is_none() {
             return Err(Error::config(
                 "training",
                 format!("the loss is {loss} at step {}: lower --lr", self.step),
@@ -756,13 +748,6 @@ impl Trainer {
         self.step = step;
         Ok(())
     }
-}
-
-/// Whether a state-dict key names a parameter rather than a norm's buffer.
-fn is_parameter(key: &str) -> bool {
-    !["running_mean", "running_var", "num_batches_tracked"]
-        .iter()
-        .any(|b| key.ends_with(b))
 }
 
 /// Copies a saved state dict into `live`, key for key, shape for shape.

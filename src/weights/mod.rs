@@ -99,6 +99,14 @@ impl std::fmt::Display for Format {
     }
 }
 
+/// Whether a state-dict key names a norm layer's buffer (`running_mean`, `running_var`,
+/// `num_batches_tracked`) rather than a parameter.
+pub fn is_norm_buffer(key: &str) -> bool {
+    ["running_mean", "running_var", "num_batches_tracked"]
+        .iter()
+        .any(|s| key == *s || key.ends_with(&format!(".{s}")))
+}
+
 /// The tensors of a weight file, on the CPU.
 #[derive(Debug)]
 pub struct StateDict {
@@ -123,12 +131,7 @@ impl StateDict {
     pub fn num_parameters(&self) -> i64 {
         self.tensors
             .iter()
-            .filter(|(k, t)| {
-                t.is_floating_point()
-                    && !["running_mean", "running_var", "num_batches_tracked"]
-                        .iter()
-                        .any(|s| k == s || k.ends_with(&format!(".{s}")))
-            })
+            .filter(|(k, t)| t.is_floating_point() && !is_norm_buffer(k))
             .map(|(_, t)| t.numel() as i64)
             .sum()
     }
