@@ -503,6 +503,19 @@ impl Trainer {
             for (path, why) in &bad {
                 progress(Progress::Skipped { path, why });
             }
+            if let (Some(d), Some((path, why))) = (self.dist(), bad.first()) {
+                // A rank that skipped a file would take other steps than its peers, and their
+                // collectives would pair different steps: stop instead, as a DataLoader error
+                // stops a DDP rank.
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "{why} (rank {} of {}: data-parallel training stops at a file it cannot \
+                         read; remove it)",
+                        d.rank, d.world
+                    ),
+                ));
+            }
             skipped += bad.len() as i64;
             let n = labels.size()[0] as usize;
             if n == 0 {
