@@ -17,6 +17,7 @@ const REQUIREMENTS: &str = "weights/requirements.txt";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     write_ffi_types();
+    build_jpeg();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let pin = torch_pin();
     println!("cargo:rustc-env=MOBILENET_TORCH_PIN={pin}");
@@ -95,6 +96,24 @@ fn build_shim(lib: &Path) {
         .warnings(true)
         .extra_warnings(true)
         .compile("mobilenet_shim");
+}
+
+/// Compiles src/ffi/jpeg.c (the libjpeg API with Pillow's settings) against the libjpeg-turbo
+/// headers that turbojpeg-sys installed with the library it built (`DEP_TURBOJPEG_INCLUDE`).
+fn build_jpeg() {
+    println!("cargo:rerun-if-changed=src/ffi/jpeg.c");
+    println!("cargo:rerun-if-env-changed=DEP_TURBOJPEG_INCLUDE");
+    let mut build = cc::Build::new();
+    build
+        .file("src/ffi/jpeg.c")
+        .warnings(true)
+        .extra_warnings(true);
+    if let Ok(dirs) = std::env::var("DEP_TURBOJPEG_INCLUDE") {
+        for dir in dirs.split(',').filter(|d| !d.is_empty()) {
+            build.include(dir);
+        }
+    }
+    build.compile("mobilenet_jpeg");
 }
 
 /// Reads `torch/version.py` (a PyPI wheel) or `build-version` (a libtorch zip) next to `lib`.

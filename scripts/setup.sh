@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the project-local .venv with the pinned Python side (weights/requirements.txt) and the
-# .libtorch link that .cargo/config.toml points LIBTORCH at. Idempotent: a stamp file records the
+# .libtorch link that .cargo/config.toml points LIBTORCH at, and installs cmake and nasm (apt-get)
+# when missing. Idempotent: a stamp file records the
 # requirements it was made from, so a second run is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,25 @@ fi
 if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
   echo "make setup: $("$PY" --version 2>&1) is too old; Python 3.10 or newer is needed." >&2
   exit 1
+fi
+
+# cmake and nasm build libjpeg-turbo (turbojpeg-sys, the JPEG decoder Pillow ships) from source.
+missing=()
+for tool in cmake nasm; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "make setup: ${missing[*]} missing (needed to build libjpeg-turbo); install them as root" \
+         "(e.g. apt-get install ${missing[*]})." >&2
+    exit 1
+  fi
+  echo "make setup: installing ${missing[*]} with apt-get" >&2
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+         --no-install-recommends "${missing[@]}"; } </dev/null >/dev/null; then
+    echo "make setup: apt-get failed to install ${missing[*]} (is the package registry reachable?)" >&2
+    exit 1
+  fi
 fi
 
 REQ=weights/requirements.txt

@@ -1,20 +1,24 @@
 //! Image files to RGB pixels, as torchvision's reference pipeline gets them from PIL:
 //! `PIL.Image.open(path).convert("RGB")`, then `pil_to_tensor`.
 //!
-//! Decoding uses the `image` crate (JPEG, PNG, WebP, BMP, TIFF; the format is recognized from the
-//! content, not the extension). The conversion to RGB follows Pillow's rules:
+//! JPEG is decoded by libjpeg-turbo with Pillow's settings ([`jpeg`]), bit for bit as Pillow;
+//! a JPEG that ends before its last scanline is "image file is truncated". The other formats
+//! (PNG, WebP, BMP, TIFF) use the `image` crate. The format is recognized from the content, not
+//! the extension. The conversion to RGB follows Pillow's rules:
 //! - grayscale is replicated to three channels; palette images take the palette's colors;
 //! - alpha is dropped, not composited (Pillow's `RGBA → RGB` copies the color channels);
 //! - 16-bit grayscale (Pillow mode `I;16`) is clamped to 255, as Pillow's `I;16 → RGB`, while
 //!   16-bit color and 16-bit gray+alpha PNGs keep the high byte (Pillow unpacks them to 8 bits);
+//! - CMYK JPEGs (Adobe's inverted convention, YCCK included) go through Pillow's `cmyk2rgb`;
 //! - EXIF orientation is ignored: `PIL.Image.open` does not transpose, so neither do we;
 //! - embedded ICC profiles and PNG gamma are ignored, as `convert("RGB")` ignores them.
 //!
-//! JPEG pixels can differ from Pillow's (libjpeg-turbo) by a few levels where the two decoders'
-//! IDCT and chroma upsampling round differently; `tests/it/classify_preprocess.rs` reports by how
-//! much.
+//! [`decode_draft`] is Pillow's `Image.draft`: JPEGs decoded at 1/2, 1/4 or 1/8 scale in the
+//! DCT domain (faster, and not the pixels of a full decode and resize).
 //!
 //! [`find_images`] expands folders into the image files under them.
+
+mod jpeg;
 
 use crate::{Error, Result};
 use image::{ColorType, ImageDecoder, ImageFormat, ImageReader, Limits};
@@ -58,9 +62,24 @@ pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 /// Reads a regular file of at most [`MAX_IMAGE_BYTES`] ([`crate::file::read_regular`]) and
 /// decodes it to RGB ([`decode`]); the error says why it cannot, without the path.
 pub fn read_and_decode(path: &Path) -> std::result::Result<RgbImage, String> {
+    decode(&read_image_file(path)?)
+}
+
+/// [`read_and_decode`] with [`decode_draft`]: a JPEG is decoded at the largest DCT-domain
+/// reduction that keeps it at least `min_width` x `min_height` (Pillow's `Image.draft`).
+pub fn read_and_decode_draft(
+    path: &Path,
+    min_width: u32,
+    min_height: u32,
+) -> std::result::Result<RgbImage, String> {
+    decode_draft(&read_image_file(path)?, min_width, min_height)
+}
+
+/// The bytes of a regular file of at most [`MAX_IMAGE_BYTES`], or why it cannot be read.
+fn read_image_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
     use crate::file::{read_regular, Refusal};
     let limit = MAX_IMAGE_BYTES >> 20;
-    let bytes = read_regular(path, MAX_IMAGE_BYTES).map_err(|refusal| match refusal {
+    read_regular(path, MAX_IMAGE_BYTES).map_err(|refusal| match refusal {
         Refusal::Io(e) => format!("cannot read: {e}"),
         Refusal::NotRegular(_) => "not a regular file".into(),
         Refusal::TooLarge { grew: false, bytes } => {
@@ -70,8 +89,7 @@ pub fn read_and_decode(path: &Path) -> std::result::Result<RgbImage, String> {
             format!("file grew past the {limit} MiB limit while being read")
         }
         Refusal::NoMemory { bytes } => format!("cannot hold {bytes} bytes"),
-    })?;
-    decode(&bytes)
+    })
 }
 
 /// The most pixels an image may have: Pillow's decompression-bomb limit
@@ -79,17 +97,48 @@ pub fn read_and_decode(path: &Path) -> std::result::Result<RgbImage, String> {
 /// Checked from the header, before anything is decoded.
 pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
 
-/// The most bytes a decoder may allocate (`image::Limits::max_alloc`): the decoded buffer of the
-/// largest image allowed, 16-bit RGBA.
+/// The most bytes a decoder may allocate (`image::Limits::max_alloc`, libjpeg's
+/// `max_memory_to_use`): the decoded buffer of the largest image allowed, 16-bit RGBA.
 const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
 
-/// Decodes an encoded image to RGB; the error says why it cannot.
+/// Whether `bytes` start as a JPEG does (Pillow's `JpegImagePlugin._accept`: `FF D8 FF`).
+fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+}
+
+/// Decodes an encoded image to RGB as `PIL.Image.open(p).convert("RGB")`; the error says why it
+/// cannot.
 ///
 /// Images over [`MAX_IMAGE_PIXELS`] are refused from their header; a JPEG whose data ends before
-/// its end-of-image marker is refused as truncated (Pillow: "image file is truncated"). The
-/// buffers for the pixels are allocated fallibly: an image too large for the memory left is an
-/// error, not an abort.
+/// the decoder has its last scanline is refused as truncated (Pillow: "image file is
+/// truncated"). The buffers for the pixels are allocated fallibly: an image too large for the
+/// memory left is an error, not an abort.
 pub fn decode(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if is_jpeg(bytes) {
+        return jpeg::decode(bytes, MAX_DECODE_BYTES, |_, _| 1);
+    }
+    decode_other(bytes)
+}
+
+/// [`decode`], but a JPEG is decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain, the
+/// largest reduction that keeps it at least `min_width` x `min_height`: the pixels of Pillow's
+/// `im.draft("RGB", (min_width, min_height)); im.convert("RGB")` (a zero minimum counts as 1).
+/// Other formats are decoded at full size, as `draft` leaves them.
+pub fn decode_draft(
+    bytes: &[u8],
+    min_width: u32,
+    min_height: u32,
+) -> std::result::Result<RgbImage, String> {
+    if is_jpeg(bytes) {
+        return jpeg::decode(bytes, MAX_DECODE_BYTES, |w, h| {
+            jpeg::draft_scale(w, h, min_width, min_height)
+        });
+    }
+    decode_other(bytes)
+}
+
+/// [`decode`] for the formats the `image` crate reads.
+fn decode_other(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
@@ -99,11 +148,6 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let format = reader.format().ok_or_else(|| {
         "not an image in a supported format (JPEG, PNG, WebP, BMP, TIFF)".to_string()
     })?;
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-        return Err(
-            "image file is truncated: the JPEG data ends before its end-of-image marker".into(),
-        );
-    }
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
@@ -164,34 +208,6 @@ fn message(error: &image::ImageError) -> String {
         text.replace_range(start..start + CHUNK.len() + end + 2, &name);
     }
     text
-}
-
-/// Whether a JPEG's data reaches its end-of-image marker (`FF D9`). Walks the segments by their
-/// lengths (so thumbnails and tables inside them do not count) and the entropy-coded data of
-/// each scan (where `FF` is followed only by a stuffed `00` or a restart marker). A file cut
-/// anywhere before the marker, in the headers or in any scan of a baseline or progressive
-/// JPEG, has none.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let mut i = 2; // after SOI
-    while i + 1 < bytes.len() {
-        if bytes[i] != 0xFF {
-            i += 1; // entropy-coded data (or stray bytes between segments)
-            continue;
-        }
-        match bytes[i + 1] {
-            0xD9 => return true,
-            0xFF => i += 1,                      // fill byte
-            0x00 | 0x01 | 0xD0..=0xD7 => i += 2, // stuffed byte, TEM, restart markers
-            _ => {
-                // A segment: its length (which counts itself) follows the marker.
-                let Some(len) = bytes.get(i + 2..i + 4) else {
-                    return false;
-                };
-                i += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-            }
-        }
-    }
-    false
 }
 
 /// Whether a PNG's header says 16-bit grayscale (colour type 0), which Pillow opens as `I;16`
@@ -417,20 +433,5 @@ mod tests {
             message(&e),
             "CRC error: expected 0x1 have 0x2 while decoding IDAT chunk."
         );
-    }
-
-    #[test]
-    fn jpeg_end_marker() {
-        // SOI, a COM segment holding FF D9, SOS (length 8), scan data with a stuffed FF and a
-        // restart marker, EOI.
-        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xFE, 0, 4, 0xFF, 0xD9];
-        jpeg.extend([0xFF, 0xDA, 0, 8, 1, 2, 3, 4, 5, 6]);
-        jpeg.extend([0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
-        assert!(!jpeg_has_end(&jpeg));
-        jpeg.extend([0xFF, 0xD9]);
-        assert!(jpeg_has_end(&jpeg));
-        for cut in 0..jpeg.len() - 1 {
-            assert!(!jpeg_has_end(&jpeg[..cut]), "cut at {cut}");
-        }
     }
 }

@@ -6,6 +6,7 @@ mod classify_memory;
 mod classify_preprocess;
 mod common;
 mod convert_cli;
+mod decode_pil;
 mod hostile_cli;
 mod hostile_files;
 mod info;
