@@ -28,6 +28,7 @@ fixtures: check-torch
 	@$(PY) tests/gen_classify.py --out fixtures/classify
 	@$(PY) tests/gen_optim.py --out fixtures/optim
 	@$(PY) tests/gen_train.py --out fixtures/train
+	@$(PY) tests/gen_decode.py --out fixtures/decode
 
 test: check-torch fixtures
 	$(CARGO) fmt --check
