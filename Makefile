@@ -29,6 +29,7 @@ fixtures: check-torch
 	@$(PY) tests/gen_optim.py --out fixtures/optim
 	@$(PY) tests/gen_train.py --out fixtures/train
 	@$(PY) tests/gen_decode.py --out fixtures/decode
+	@$(PY) tests/gen_dist.py --out fixtures/dist
 
 test: check-torch fixtures
 	$(CARGO) fmt --check

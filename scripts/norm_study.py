@@ -4,6 +4,8 @@ the batch shrinks (issue #17), with `mobilenet train` on scikit-learn's digits.
 
     make norm-study                      # the whole study (about 40 min on 2 cores)
     .venv/bin/python3 scripts/norm_study.py --smoke   # one cell, a few steps (CI)
+    .venv/bin/python3 scripts/norm_study.py --replicas 4            # the data-parallel column
+    .venv/bin/python3 scripts/norm_study.py --replicas 4 --smoke    # its cells, 3 steps each
 
 Every cell (norm x batch size x seed) trains the same MobileNetV2 (width 0.5, 48x48 inputs, 10
 classes) from scratch with our `train` command: SGD with momentum 0.9, weight decay 4e-5, a cosine
@@ -18,6 +20,13 @@ strictly into torchvision's `mobilenet_v2` with the same norm layer): eval mode,
 digits at their native 48x48. BatchNorm runs are also evaluated in train mode (batch statistics
 over batches of the training batch size), the mechanism the notes describe: running statistics
 accumulated from tiny batches against the statistics of the batch at hand.
+
+With `--replicas R`, the data-parallel column instead (issue #18): `--batches` are images per
+replica (default 2), each run is R processes of `train` under `torchrun --no-python` (Gloo over
+loopback), the learning rate scaled by the global batch (R x per-replica), and the cells are
+BatchNorm (each replica normalizes over its own images; DDP broadcasts rank 0's running
+statistics), BatchNorm with `--sync-bn` (normalized over all R replicas' images) and GroupNorm.
+It writes bench-results/norm-study-replicas.json and no plot.
 
 Writes bench-results/norm-study.json (settings, machine, every run, mean and std per cell, the
 paper's numbers) and docs/norm-study.png (validation error against batch size, one line per norm,
@@ -76,14 +85,26 @@ def machine():
     return {"cpu": name, "flags": sorted(set(flags)), "cores": os.cpu_count()}
 
 
+# A replica-mode cell's label: the norm, and `--sync-bn` for synchronized BatchNorm.
+SYNC = "batch --sync-bn"
+
+
 def train(cell, args, data, runs):
-    norm, batch, seed = cell
-    out = os.path.join(runs, f"{norm.replace(':', '')}-b{batch}-s{seed}")
+    label, batch, seed = cell
+    norm = "batch" if label == SYNC else label
+    replicas = args.replicas or 1
+    name = f"{label.replace(':', '').replace(' --', '-')}-b{batch}-s{seed}"
+    out = os.path.join(runs, name if replicas == 1 else f"r{replicas}-{name}")
     if os.path.exists(os.path.join(out, "model.pth")) and args.reuse:
         return cell, out, None
     subprocess.run(["rm", "-rf", out], check=True)
-    lr = args.base_lr * batch / 32
-    cmd = [BIN, "train", "--arch", "mobilenet_v2", "--width-mult", str(args.width),
+    # Linear scaling with the global batch.
+    lr = args.base_lr * batch * replicas / 32
+    cmd = [BIN]
+    if replicas > 1:
+        cmd = [os.path.join(ROOT, ".venv", "bin", "torchrun"), "--no-python", "--standalone",
+               "--nproc-per-node", str(replicas), BIN]
+    cmd += ["train", "--arch", "mobilenet_v2", "--width-mult", str(args.width),
            "--norm", norm, "--data", os.path.join(data, "train"),
            "--val", os.path.join(data, "val"), "--resolution", str(args.resolution),
            "--batch-size", str(batch), "--lr", repr(lr), "--momentum", "0.9",
@@ -91,8 +112,11 @@ def train(cell, args, data, runs):
            "--seed", str(seed), "--device", "cpu", "--threads", "1", "--workers", "1",
            "--out", out, "--json"]
     cmd += ["--steps", str(args.steps)] if args.steps else ["--epochs", str(args.epochs)]
+    if label == SYNC:
+        cmd.append("--sync-bn")
     started = time.time()
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.time() - started
     if run.returncode != 0:
         return cell, out, f"exit {run.returncode}: {run.stderr.strip()[-400:]}"
@@ -191,11 +215,28 @@ def main():
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "norm-study.png"))
     p.add_argument("--reuse", action="store_true", help="keep runs that already finished")
     p.add_argument("--smoke", action="store_true",
-                   help="one cell (group:8, batch 8, one seed, 3 steps), no plot")
+                   help="one cell (group:8, batch 8, one seed, 3 steps), no plot; with "
+                        "--replicas, its three cells at one seed, 3 steps")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="the data-parallel column: R torchrun processes per run, --batches per "
+                        "replica (default 2); BatchNorm, BatchNorm --sync-bn and GroupNorm")
     args = p.parse_args()
+    suffix = "-smoke" if args.smoke else ""
+    if args.replicas:
+        if args.replicas < 2:
+            sys.exit("norm_study: --replicas needs at least 2")
+        args.norms = f"batch,{SYNC},group:8"
+        if args.batches == p.get_default("batches"):
+            args.batches = "2"
+        if args.out == p.get_default("out"):
+            args.out = os.path.join(ROOT, "bench-results", f"norm-study-replicas{suffix}.json")
+        if args.jobs == p.get_default("jobs"):
+            args.jobs = 1  # each run is already R processes
     if args.smoke:
-        args.norms, args.batches, args.seeds, args.steps = "group:8", "8", "0", 3
-        args.out = os.path.join(ROOT, "bench-results", "norm-study-smoke.json")
+        args.seeds, args.steps = "0", 3
+        if not args.replicas:
+            args.norms, args.batches = "group:8", "8"
+            args.out = os.path.join(ROOT, "bench-results", "norm-study-smoke.json")
     if not os.path.exists(BIN):
         sys.exit(f"norm_study: {BIN} is missing: run `make release`")
     import torch
@@ -222,19 +263,24 @@ def main():
             norm, batch, seed = cell
             if isinstance(info, str) and "the loss is" in info:
                 # Diverged (a non-finite loss): chance-level error, and said so.
-                print(f"{norm:>9} b{batch:<2} s{seed}: diverged: {info}", file=sys.stderr)
+                print(f"{norm:>15} b{batch:<2} s{seed}: diverged: {info}", file=sys.stderr)
                 runs_out.append({"norm": norm, "batch": batch, "seed": seed, "val_error": 90.0,
                                  "diverged": info, "seconds": None})
                 continue
             if isinstance(info, str):
-                print(f"{norm:>9} b{batch:<2} s{seed}: FAILED {info}", file=sys.stderr)
+                print(f"{norm:>15} b{batch:<2} s{seed}: FAILED {info}", file=sys.stderr)
                 failed.append({"norm": norm, "batch": batch, "seed": seed, "error": info})
                 continue
-            err = evaluate(norm, out, data, args)
+            model_norm = "batch" if norm == SYNC else norm
+            err = evaluate(model_norm, out, data, args)
             row = {"norm": norm, "batch": batch, "seed": seed, "val_error": err,
                    "seconds": info}
-            if norm == "batch":
-                row["val_error_train_mode"] = evaluate(norm, out, data, args, batch)
+            if args.replicas:
+                row["replicas"] = args.replicas
+            if model_norm == "batch":
+                # The batch the statistics were taken over in training.
+                seen = batch * args.replicas if norm == SYNC else batch
+                row["val_error_train_mode"] = evaluate(model_norm, out, data, args, seen)
             with open(os.path.join(out, "metrics.jsonl")) as f:
                 last = [json.loads(line) for line in f if line.strip()][-1]
             row["ours_val_top1_eval_transform"] = last.get("val_top1")
@@ -242,7 +288,7 @@ def main():
             runs_out.append(row)
             extra = (f", train-mode eval {row['val_error_train_mode']:.2f}%"
                      if "val_error_train_mode" in row else "")
-            print(f"{norm:>9} b{batch:<2} s{seed}: val error {err:.2f}%{extra} "
+            print(f"{norm:>15} b{batch:<2} s{seed}: val error {err:.2f}%{extra} "
                   f"({info or 0:.0f} s)", file=sys.stderr)
 
     def summary(key, norm):
@@ -258,7 +304,9 @@ def main():
         "settings": {"arch": "mobilenet_v2", "width": args.width, "resolution": args.resolution,
                      "epochs": args.epochs, "steps": args.steps, "seeds": seeds,
                      "base_lr_at_32": args.base_lr, "group_norm_groups": 8,
-                     "data": "scikit-learn digits, 1437 train / 360 val, upscaled bicubic"},
+                     "data": "scikit-learn digits, 1437 train / 360 val, upscaled bicubic",
+                     "replicas": args.replicas or 1,
+                     "batch_is": "images per replica" if args.replicas else "images per step"},
         "machine": machine(),
         "seconds": time.time() - started,
         "cells": {n: summary("val_error", n) for n in norms},
@@ -268,18 +316,20 @@ def main():
     }
     if "batch" in norms:
         result["bn_train_mode"] = summary("val_error_train_mode", "batch")
+    if SYNC in norms:
+        result["sync_bn_train_mode"] = summary("val_error_train_mode", SYNC)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"norm_study: {len(runs_out)} runs, {len(failed)} failed, "
           f"{result['seconds']:.0f} s; wrote {args.out}", file=sys.stderr)
-    print(f"{'norm':>9} " + " ".join(f"{'b' + str(b):>14}" for b in batches))
+    print(f"{'norm':>15} " + " ".join(f"{'b' + str(b):>14}" for b in batches))
     for n in norms:
         c = result["cells"][n]
-        print(f"{n:>9} " + " ".join(
+        print(f"{n:>15} " + " ".join(
             f"{c[str(b)]['mean']:7.2f} ±{c[str(b)]['std']:5.2f}" if str(b) in c else f"{'-':>14}"
             for b in batches))
-    if not args.smoke:
+    if not args.smoke and not args.replicas:
         plot(result, args.plot)
         print(f"norm_study: plot in {args.plot}", file=sys.stderr)
     return 1 if failed else 0

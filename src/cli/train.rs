@@ -49,7 +49,8 @@ is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of 
 group: rank 0's weights at the start and its buffers before each forward, gradients averaged
 after each backward (DistributedDataParallel's semantics), each rank on its DistributedSampler
 shard with --batch-size images per step. Only rank 0 validates and writes. A rank that stops
-makes the others fail after --dist-timeout.
+makes the others fail after --dist-timeout. --sync-bn normalizes every BatchNorm over all ranks'
+batches in training (nn.SyncBatchNorm); model.pth keeps BatchNorm2d's keys.
 
 Exit status: 0 done; 2 bad usage, bad data or weights, or a failed step.";
 
@@ -161,6 +162,14 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     dist_timeout: u64,
+    /// Under torchrun: BatchNorm normalizes over every rank's batch in training
+    /// (nn.SyncBatchNorm); a no-op in a single process. Needs --norm batch.
+    #[arg(long)]
+    sync_bn: bool,
+    /// Debugging aid: every rank writes its own final state_dict (its BatchNorm running
+    /// statistics differ without --sync-bn) to DIR/rank<R>.pth.
+    #[arg(long, value_name = "DIR")]
+    rank_state: Option<PathBuf>,
     /// Continue the run whose checkpoint.pth is in DIR (pass the same arguments).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -231,12 +240,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         precision: args.precision,
         mean: family.mean,
         std: family.std,
+        sync_bn: args.sync_bn,
     };
     // Under torchrun: this rank's share of each epoch (DistributedSampler's).
     let timeout = std::time::Duration::from_secs(args.dist_timeout);
     let rendezvous = Dist::rendezvous_from_env(timeout)?;
     let world = rendezvous.as_ref().map_or(1, |r| r.world);
     let main = rendezvous.as_ref().is_none_or(|r| r.rank == 0);
+    if args.sync_bn && rendezvous.is_none() && args.norm == NormKind::Batch {
+        // As nn.SyncBatchNorm, which runs as BatchNorm2d at a world size of 1.
+        eprintln!("train: --sync-bn has no effect in a single process (not under torchrun)");
+    }
     let per_rank = train_set.samples.len().div_ceil(world);
     let batches_per_epoch = per_rank.div_ceil(args.batch_size) as i64;
     let total_epochs = match args.steps {
@@ -299,6 +313,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             rows.push(metrics);
             write_outputs(&mut trainer, &args.out, &rows, plain_args()?)?;
         }
+    }
+    if let Some(dir) = &args.rank_state {
+        let rank = rendezvous.as_ref().map_or(0, |r| r.rank);
+        write_rank_state(&trainer, dir, rank)?;
     }
     if !main {
         return Ok(ExitCode::SUCCESS);
@@ -504,7 +522,7 @@ fn json_value(v: serde_json::Value) -> Value {
 
 /// The settings that must not change across `--resume` (the others, such as the epoch count or
 /// the workers, may).
-const FIXED_ON_RESUME: [&str; 11] = [
+const FIXED_ON_RESUME: [&str; 12] = [
     "arch",
     "width_mult",
     "norm",
@@ -516,6 +534,7 @@ const FIXED_ON_RESUME: [&str; 11] = [
     "seed",
     "schedule",
     "precision",
+    "sync_bn",
 ];
 
 /// Restores `trainer` from `dir/checkpoint.pth` and returns the metrics rows of the epochs done.
@@ -569,6 +588,17 @@ fn show(v: Option<&Value>) -> String {
 }
 
 /// Writes the epoch's outputs, each through a temporary file and a rename.
+/// `--rank-state`: this rank's final state_dict as `dir/rank<R>.pth` (model.pth's format).
+fn write_rank_state(trainer: &Trainer, dir: &Path, rank: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the --rank-state folder", dir.display()))?;
+    let state = trainer.state_dict()?;
+    replace_with(&dir.join(format!("rank{rank}.pth")), |p| {
+        weights::write_pth(p, &state)
+    })?;
+    Ok(())
+}
+
 fn write_outputs(
     trainer: &mut Trainer,
     out: &Path,

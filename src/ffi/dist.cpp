@@ -1,7 +1,9 @@
 // libtorch's c10d, the collective library under torch.distributed, for data-parallel training
 // under `torchrun`: a TCPStore for the rendezvous (the store torchrun's agent already hosts, or
 // one that rank 0 starts, as `init_process_group("gloo", init_method="env://")` does) and a
-// ProcessGroupGloo over it, with the all-reduce and broadcast that DistributedDataParallel uses.
+// ProcessGroupGloo over it, with the all-reduce and broadcast that DistributedDataParallel uses,
+// and a differentiable all-reduce (sum) for SyncBatchNorm: its backward all-reduces the incoming
+// gradient, as SyncBatchNorm's backward all-reduces `sum_dy` and `sum_dy_xmu`.
 // Every function reports a C++ exception (a timeout, a peer that went away) as a malloc'd
 // message in `*err` and returns null or false.
 
@@ -9,6 +11,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <string>
@@ -19,6 +22,36 @@
 struct MnGroup {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
 };
+
+namespace {
+
+// `t` summed over the ranks, in place (a dense contiguous CPU tensor, as Gloo wants).
+void all_reduce_sum(MnGroup* g, at::Tensor& t) {
+  std::vector<at::Tensor> ts{t};
+  g->pg->allreduce(ts)->wait();
+}
+
+// y = sum over the ranks of x; dL/dx = sum over the ranks of dL/dy (every rank's loss depends on
+// every rank's x through y). The group outlives the graph: the caller keeps it for the step.
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            int64_t group) {
+    ctx->saved_data["group"] = group;
+    at::Tensor y = x.contiguous().clone();
+    all_reduce_sum(reinterpret_cast<MnGroup*>(group), y);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* g = reinterpret_cast<MnGroup*>(ctx->saved_data["group"].toInt());
+    at::Tensor dx = grads[0].contiguous().clone();
+    all_reduce_sum(g, dx);
+    return {dx, at::Tensor()};
+  }
+};
+
+}  // namespace
 
 extern "C" {
 
@@ -67,6 +100,13 @@ bool mn_dist_collective(MnGroup* g, int op, const at::Tensor* t, int root, char*
     return true;
   })
   return false;
+}
+
+// A new tensor: the sum of every rank's `t`, differentiable (its gradient is the sum of every
+// rank's gradient). Every rank must call it at the same point of its forward.
+at::Tensor* mn_dist_all_reduce_autograd(MnGroup* g, const at::Tensor* t, char** err) {
+  MN_PROTECT({ return new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(g))); })
+  return nullptr;
 }
 
 }  // extern "C"

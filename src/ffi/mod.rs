@@ -62,6 +62,11 @@ extern "C" {
         root: i32,
         err: *mut *mut c_char,
     ) -> bool;
+    fn mn_dist_all_reduce_autograd(
+        g: *mut std::ffi::c_void,
+        t: *const C_tensor,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
     fn mn_autocast_exit(device: i32);
     fn mn_scaled_op(
         op: i32,
@@ -224,8 +229,11 @@ pub struct ProcessGroup {
     group: NonNull<std::ffi::c_void>,
 }
 
-// SAFETY: the group is owned by this value and used from one thread at a time.
+// SAFETY: the group is owned by this value. c10d's ProcessGroupGloo takes collectives from any
+// thread (its work queue is guarded by its own mutex; DDP's reducer calls it from autograd's
+// threads), so shared references may be used from several threads.
 unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
 
 /// Where and how to join a process group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +297,19 @@ impl ProcessGroup {
     /// In place: `t` becomes rank `root`'s `t`.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
         self.collective(1, t, root, "broadcast")
+    }
+
+    /// A new tensor, the sum of every rank's `t`, that autograd differentiates: its backward
+    /// all-reduces (sums) the incoming gradient, as SyncBatchNorm's backward does. Every rank
+    /// must call it at the same point, in the forward and (through `backward`) in the backward;
+    /// the group must outlive the graph.
+    pub fn all_reduce_sum_differentiable(&self, t: &Tensor) -> Result<Tensor> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the group and the tensor are valid for the call; the result is a new handle.
+        let ptr = unsafe { mn_dist_all_reduce_autograd(self.group.as_ptr(), t.as_ptr(), &mut err) };
+        let ptr = take(ptr, err, "differentiable all-reduce")?;
+        // SAFETY: a fresh `at::Tensor*` from the shim, owned by the returned Tensor.
+        Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
     }
 }
 

@@ -96,10 +96,15 @@ impl BatchNorm {
 
     /// Forward with libtorch's fused `batch_norm` kernel (what `torch.nn.BatchNorm*d` runs): batch
     /// statistics when `train` (updating the running ones) or when there are no running stats,
-    /// else the running statistics. An `Err` naming the layer and shapes for bad input.
+    /// else the running statistics. An `Err` naming the layer and shapes for bad input. In
+    /// training, a layer given a process group by [`BatchNorm::synchronize`] normalizes over
+    /// every rank's batch instead (`nn.SyncBatchNorm`, src/nn/sync_batch_norm.rs).
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs, train)?;
         let factor = self.average_factor(train)?;
+        if let Some(group) = self.sync_slot().get().filter(|_| train) {
+            return super::sync_batch_norm::forward(self, xs, group, factor);
+        }
         // The buffers (present only when tracked) are used in eval and updated in training.
         Ok(xs.f_batch_norm(
             self.weight(),

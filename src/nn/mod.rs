@@ -14,6 +14,7 @@ pub mod layer_norm;
 pub mod norm;
 pub mod norm_base;
 pub mod squeeze_excitation;
+pub mod sync_batch_norm;
 
 pub use activation::Activation;
 pub use batch_norm::{BatchNorm, BatchNormConfig};

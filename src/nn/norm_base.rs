@@ -22,10 +22,12 @@
 //! ```
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use tch::{nn, Kind, Tensor};
 
 use super::norm::{check_count, check_eps, path_name, Affine};
+use crate::ffi::ProcessGroup;
 use crate::Result;
 
 /// The options of a [`NormBase`] layer: [`BatchNormConfig`](super::BatchNormConfig) or
@@ -137,6 +139,9 @@ pub struct NormBase<C> {
     path: String,
     affine: Affine,
     running: Option<RunningStats>,
+    /// The process group a synchronized batch norm normalizes over in training
+    /// (`nn.SyncBatchNorm`'s `process_group`; set once by `BatchNorm::synchronize`).
+    sync: OnceLock<Arc<ProcessGroup>>,
 }
 
 impl<C: NormBaseConfig> NormBase<C> {
@@ -183,6 +188,7 @@ impl<C: NormBaseConfig> NormBase<C> {
             path,
             affine,
             running,
+            sync: OnceLock::new(),
         })
     }
 
@@ -256,6 +262,11 @@ impl<C: NormBaseConfig> NormBase<C> {
     /// without running stats.
     pub(crate) fn uses_input_stats(&self, train: bool) -> bool {
         train || self.running.is_none()
+    }
+
+    /// The process group of a synchronized batch norm (see `BatchNorm::synchronize`).
+    pub(crate) fn sync_slot(&self) -> &OnceLock<Arc<ProcessGroup>> {
+        &self.sync
     }
 
     /// The affine parameters, for the explicit forward passes.

@@ -11,6 +11,8 @@
 //!   synchronization its running statistics drift from the others' until the next broadcast;
 //! - after every backward, the gradients are averaged: divided by the world size, then summed
 //!   over the ranks (DDP's reducer), in one flat bucket per step;
+//! - with `--sync-bn`, every BatchNorm normalizes over all ranks' batches in training
+//!   (`nn.SyncBatchNorm`, src/nn/sync_batch_norm.rs), so the running statistics agree;
 //! - each rank reads its shard of each epoch's order as `DistributedSampler` does (the order
 //!   padded with its own first indices to a multiple of the world size, then every
 //!   `world`-th index from `rank`).
@@ -19,13 +21,15 @@
 
 use crate::ffi::{ProcessGroup, Rendezvous};
 use crate::{Error, Result};
+use std::sync::Arc;
 use std::time::Duration;
 use tch::Tensor;
 
 /// A rank of a data-parallel run.
 #[derive(Debug)]
 pub struct Dist {
-    group: ProcessGroup,
+    /// Shared with the BatchNorms that `--sync-bn` synchronizes.
+    group: Arc<ProcessGroup>,
     pub rank: usize,
     pub world: usize,
     /// `LOCAL_RANK`: the device index on this machine.
@@ -96,7 +100,7 @@ impl Dist {
             )
         })?;
         Ok(Dist {
-            group,
+            group: Arc::new(group),
             rank: r.rank,
             world: r.world,
             local_rank: parse("LOCAL_RANK")?.unwrap_or(0),
@@ -105,6 +109,11 @@ impl Dist {
 
     pub fn is_main(&self) -> bool {
         self.rank == 0
+    }
+
+    /// The process group, for `BatchNorm::synchronize` (`--sync-bn`).
+    pub fn group(&self) -> Arc<ProcessGroup> {
+        Arc::clone(&self.group)
     }
 
     /// Rank 0's values of `tensors`, in place on every rank.

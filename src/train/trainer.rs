@@ -94,6 +94,11 @@ pub struct TrainOptions {
     /// ImageNet (or the family's) normalization of the inputs.
     pub mean: [f64; 3],
     pub std: [f64; 3],
+    /// Under data-parallel training, BatchNorm normalizes over every rank's batch
+    /// (`nn.SyncBatchNorm`); a no-op in a single process. Left out of the saved arguments when
+    /// off, so checkpoints from before the option resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
 }
 
 impl TrainOptions {
@@ -285,6 +290,15 @@ impl Trainer {
                 "the BatchNorms are folded: unfold them to train",
             ));
         }
+        if options.sync_bn && model.config().norm != NormKind::Batch {
+            return Err(Error::config(
+                "sync-bn",
+                format!(
+                    "synchronizes BatchNorm, but the model's norm is {} (use --norm batch)",
+                    model.config().norm
+                ),
+            ));
+        }
         let spec = model.network().spec();
         let keys: Vec<String> = spec
             .variables(&model.config().norm)
@@ -380,8 +394,25 @@ impl Trainer {
     }
 
     /// Makes this a rank of a data-parallel run: takes rank 0's parameters, buffers and EMA,
-    /// then trains on this rank's shard, averaging gradients.
+    /// then trains on this rank's shard, averaging gradients (and with `sync_bn`, normalizing
+    /// every BatchNorm over all ranks' batches).
     pub fn with_dist(mut self, dist: Dist) -> Result<Trainer> {
+        if self.options.sync_bn {
+            let mut synced = 0;
+            for conv in self.model.network().convs() {
+                if let Some(bn) = conv.norm().as_batch_norm() {
+                    bn.synchronize(dist.group())?;
+                    synced += 1;
+                }
+            }
+            let all = self.keys.iter().filter(|k| k.ends_with(".running_mean"));
+            if all.count() != synced {
+                return Err(Error::config(
+                    "sync-bn",
+                    format!("found {synced} of the model's BatchNorms to synchronize"),
+                ));
+            }
+        }
         let state = self.state_dict()?;
         let mut all: Vec<Tensor> = state.iter().map(|(_, t)| t.shallow_clone()).collect();
         if let Some(ema) = &self.ema {
