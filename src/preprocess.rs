@@ -274,28 +274,36 @@ impl PilTransform {
         })
     }
 
-    /// `pil_to_tensor`, `convert_image_dtype` and `normalize` of a crop: `float32 [3, crop, crop]`,
-    /// zero padding included.
+    /// `pil_to_tensor`, `convert_image_dtype` and `normalize` of a crop: `float32 [3, crop, crop]`
+    /// (channels-last strides), zero padding included.
     pub fn to_tensor(&self, cropped: &Cropped) -> Result<Tensor> {
         let c = cropped.crop as i64;
-        Ok(Tensor::f_from_slice(&self.to_floats(cropped))?.f_view([3, c, c])?)
+        Ok(Tensor::f_from_slice(&self.to_floats(cropped))?
+            .f_view([c, c, 3])?
+            .f_permute([2, 0, 1])?)
     }
 
-    /// [`PilTransform::to_tensor`]'s values, `[3, crop, crop]` row-major, without libtorch (whose
-    /// ops called from many threads at once each start a team of OpenMP threads).
+    /// [`PilTransform::to_tensor`]'s values in `[crop, crop, 3]` order (channels last, the
+    /// layout the CPU model runs in), without libtorch (whose ops, called from many threads at
+    /// once, each start a team of OpenMP threads).
     pub fn to_floats(&self, cropped: &Cropped) -> Vec<f32> {
         let c = cropped.crop;
-        let padded = cropped.height < c || cropped.width < c;
-        let mut out = vec![0f32; 3 * c * c];
-        for (channel, (plane, table)) in out.chunks_exact_mut(c * c).zip(&self.table).enumerate() {
-            if padded {
-                plane.fill(table[0]);
+        let value = |channel: usize, byte: u8| self.table[channel][byte as usize];
+        let mut out = vec![0f32; c * c * 3];
+        if cropped.height < c || cropped.width < c {
+            for pixel in out.chunks_exact_mut(3) {
+                for (channel, v) in pixel.iter_mut().enumerate() {
+                    *v = value(channel, 0);
+                }
             }
-            let rows = cropped.data.chunks_exact(cropped.width * 3);
-            for (y, row) in rows.enumerate() {
-                let dst = &mut plane[(cropped.top + y) * c + cropped.left..][..cropped.width];
-                for (d, p) in dst.iter_mut().zip(row.chunks_exact(3)) {
-                    *d = table[p[channel] as usize];
+        }
+        let rows = cropped.data.chunks_exact(cropped.width * 3);
+        for (y, row) in rows.enumerate() {
+            let start = ((cropped.top + y) * c + cropped.left) * 3;
+            let dst = &mut out[start..start + cropped.width * 3];
+            for (pixel, bytes) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+                for (channel, (v, &byte)) in pixel.iter_mut().zip(bytes).enumerate() {
+                    *v = value(channel, byte);
                 }
             }
         }

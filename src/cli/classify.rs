@@ -671,7 +671,7 @@ fn default_workers() -> usize {
 
 /// A preprocessed image, as the workers hand it over.
 enum Ready {
-    /// PIL's path: the `float32 [3, S, S]` values, batched with one copy.
+    /// PIL's path: the `float32 [S, S, 3]` values (channels last), batched with one copy.
     Floats(Vec<f32>),
     /// The tensor path: `float32 [3, S, S]`.
     Tensor(Tensor),
@@ -829,8 +829,8 @@ impl BatchClassifier<'_> {
 }
 
 impl BatchClassifier<'_> {
-    /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values copied once,
-    /// the tensor path's stacked.
+    /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values copied once
+    /// (channels-last strides, as the model runs), the tensor path's stacked.
     fn batch(&self, images: &[&Ready]) -> anyhow::Result<Tensor> {
         let floats: Option<Vec<&[f32]>> = images
             .iter()
@@ -841,7 +841,9 @@ impl BatchClassifier<'_> {
             .collect();
         if let Some(floats) = floats {
             let (n, s) = (images.len() as i64, self.crop);
-            return Ok(Tensor::f_from_slice(&floats.concat())?.f_view([n, 3, s, s])?);
+            return Ok(Tensor::f_from_slice(&floats.concat())?
+                .f_view([n, s, s, 3])?
+                .f_permute([0, 3, 1, 2])?);
         }
         let tensors: Vec<&Tensor> = images
             .iter()

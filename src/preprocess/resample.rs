@@ -144,12 +144,28 @@ pub fn resize_window(
 ) -> Vec<u8> {
     assert_eq!(src.len(), w * h * 3, "resize_window: {w}x{h} RGB");
     assert!(window.rows.end <= out_h && window.cols.end <= out_w);
+    let job = Job {
+        src,
+        size: (w, h),
+        out: (out_w, out_h),
+        window,
+        interpolation,
+    };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
-        return unsafe { resize_window_avx2(src, (w, h), (out_w, out_h), window, interpolation) };
+        return unsafe { resize_window_avx2(&job) };
     }
-    resize_passes(src, (w, h), (out_w, out_h), window, interpolation)
+    resize_passes(&job)
+}
+
+/// The arguments of [`resize_window`].
+struct Job<'a> {
+    src: &'a [u8],
+    size: (usize, usize),
+    out: (usize, usize),
+    window: &'a Window,
+    interpolation: Interpolation,
 }
 
 /// [`resize_passes`] compiled for AVX2: the 32-bit multiply-adds of both passes vectorize
@@ -157,25 +173,20 @@ pub fn resize_window(
 /// bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn resize_window_avx2(
-    src: &[u8],
-    size: (usize, usize),
-    out: (usize, usize),
-    window: &Window,
-    interpolation: Interpolation,
-) -> Vec<u8> {
-    resize_passes(src, size, out, window, interpolation)
+fn resize_window_avx2(job: &Job) -> Vec<u8> {
+    resize_passes(job)
 }
 
 /// [`resize_window`]'s work: the passes Pillow's `ImagingResampleInner` runs.
 #[inline(always)]
-fn resize_passes(
-    src: &[u8],
-    (w, h): (usize, usize),
-    (out_w, out_h): (usize, usize),
-    window: &Window,
-    interpolation: Interpolation,
-) -> Vec<u8> {
+fn resize_passes(job: &Job) -> Vec<u8> {
+    let Job {
+        src,
+        size: (w, h),
+        out: (out_w, out_h),
+        window,
+        interpolation,
+    } = *job;
     let need_horizontal = out_w != w;
     let need_vertical = out_h != h;
     let vertical = need_vertical.then(|| Coeffs::new(h, out_h, interpolation));
