@@ -30,13 +30,16 @@ fixtures: check-torch
 	@$(PY) tests/gen_train.py --out fixtures/train
 	@$(PY) tests/gen_decode.py --out fixtures/decode
 	@$(PY) tests/gen_dist.py --out fixtures/dist
+	@$(PY) tests/gen_pil.py --out fixtures/pil
 
 test: check-torch fixtures
 	$(CARGO) fmt --check
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads 2
 	$(PY) scripts/norm_study.py --smoke
+	$(PY) scripts/norm_study.py --replicas 4 --smoke
 	$(PY) scripts/train_compare.py --smoke
+	$(PY) scripts/classify_compare.py --smoke
 
 ## BatchNorm against GroupNorm, LayerNorm and InstanceNorm as the batch shrinks (about 40 min on
 ## 2 cores): bench-results/norm-study.json and docs/norm-study.png.
@@ -64,6 +67,7 @@ bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20
 	$(PY) scripts/train_compare.py --arch mobilenet_v2 --steps 20 --batch-size 32 --resolution 64
+	$(PY) scripts/classify_compare.py
 
 ## Formatting, clippy, and the library built without the `cli` feature, with no clap or
 ## indicatif among its dependencies.

@@ -1,7 +1,16 @@
-//! The evaluation transforms that published MobileNet weights were trained for, done with libtorch
-//! ops on the model's device.
+//! The evaluation transforms that published MobileNet weights were trained for, in two
+//! implementations of the same steps: PIL's (the default of `classify`) and torchvision's tensor
+//! path.
 //!
-//! [`Transform::apply`] replicates torchvision's tensor path of `ImageClassification`
+//! [`PilTransform`] replicates `weights.transforms()(Image.open(p).convert("RGB"))` bit for bit,
+//! torchvision's `ImageClassification` and timm's `transforms_imagenet_eval` on a PIL image:
+//! Pillow's fixed-point resampler on `uint8` ([`resample`]), the center crop (zero-padded when the
+//! crop is larger), then `pil_to_tensor` + `convert_image_dtype` (timm: `to_tensor`), both
+//! `x / 255` in `float32`, and `(x - mean) / std`, through a per-channel table of those 256 values
+//! computed with the same libtorch ops. This is what published accuracy numbers and most user
+//! scripts run.
+//!
+//! [`Transform::apply`], done with libtorch ops on the model's device, replicates torchvision's tensor path of `ImageClassification`
 //! (`torchvision/transforms/_presets.py`, `_functional_tensor.py`) step by step: the `uint8` image
 //! is cast to `float32`, resized (shorter side to `resize`, antialiased bilinear or bicubic,
 //! `align_corners=False`), clamped (bicubic), rounded and cast back to `uint8`; center-cropped to
@@ -11,6 +20,9 @@
 //! own interpolation, `resize = floor(crop / crop_pct)` and mean/std, so one [`Transform`] covers
 //! both.
 
+pub mod resample;
+
+use crate::images::RgbImage;
 use crate::models::{Arch, PublishedWeights};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -146,10 +158,17 @@ impl Transform {
     /// torchvision's `resize` on a `uint8` tensor: float32, antialiased interpolation, (bicubic:
     /// clamp to [0, 255]), round, back to `uint8`. Skipped when the size does not change.
     fn resize_uint8(&self, image: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-        let (nh, nw) = self.resized_size(h, w);
+        let (nh, nw) = self.checked_resized_size(h, w)?;
         if (nh, nw) == (h, w) {
             return Ok(image.shallow_clone());
         }
+        resize_uint8(image, nh, nw, self.interpolation)
+    }
+
+    /// [`Transform::resized_size`], or an error when the result is empty or larger than
+    /// [`MAX_RESIZED_PIXELS`].
+    fn checked_resized_size(&self, h: i64, w: i64) -> Result<(i64, i64)> {
+        let (nh, nw) = self.resized_size(h, w);
         if nh < 1 || nw < 1 || nh.saturating_mul(nw) > MAX_RESIZED_PIXELS {
             return Err(Error::bad_input(
                 "preprocess",
@@ -160,7 +179,147 @@ impl Transform {
                 ),
             ));
         }
-        resize_uint8(image, nh, nw, self.interpolation)
+        Ok((nh, nw))
+    }
+}
+
+/// A [`Transform`] as it runs on a PIL image (`weights.transforms()(pil_image)`), with its
+/// normalization table.
+#[derive(Debug, Clone)]
+pub struct PilTransform {
+    transform: Transform,
+    /// Per channel, `(v / 255 - mean) / std` in float32 for every byte value `v`.
+    table: Vec<[f32; 256]>,
+}
+
+/// The center crop of a resized image: the bytes that come from the image (`height` rows of
+/// `width` RGB pixels) and where they sit in the `crop` x `crop` square (the rest is zero
+/// padding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cropped {
+    pub crop: usize,
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `height * width * 3` bytes, row-major, interleaved.
+    pub data: Vec<u8>,
+}
+
+impl PilTransform {
+    /// Checks `transform` ([`Transform::validate`]) and computes its normalization table with
+    /// torchvision's ops (`uint8` to `float32`, `/ 255`, `- mean`, `/ std`).
+    pub fn new(transform: Transform) -> Result<PilTransform> {
+        transform.validate()?;
+        let values =
+            Tensor::f_arange(256, (Kind::Uint8, tch::Device::Cpu))?.f_expand([3, 1, 256], false)?;
+        let normalized: Vec<f32> = normalize(&values, transform.mean, transform.std)?
+            .f_contiguous()?
+            .f_view([-1])?
+            .try_into()?;
+        let table = normalized
+            .chunks_exact(256)
+            .map(|c| c.try_into().expect("256 values per channel"))
+            .collect();
+        Ok(PilTransform { transform, table })
+    }
+
+    /// The transform this runs.
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// Preprocesses one image: RGB pixels to `float32 [3, crop, crop]`, equal to the preset's
+    /// transform of the PIL image holding them.
+    pub fn apply(&self, image: &RgbImage) -> Result<Tensor> {
+        self.to_tensor(&self.resize_crop(image)?)
+    }
+
+    /// The resize (Pillow's, shorter side to `resize`) and the center crop, as bytes: only the
+    /// cropped window of the resized image is computed ([`resample::resize_window`]).
+    pub fn resize_crop(&self, image: &RgbImage) -> Result<Cropped> {
+        let (w, h) = (image.width as usize, image.height as usize);
+        if w == 0 || h == 0 || image.data.len() != w * h * 3 {
+            return Err(Error::bad_input(
+                "preprocess",
+                format!(
+                    "the image is {w}x{h} with {} bytes of RGB pixels",
+                    image.data.len()
+                ),
+            ));
+        }
+        let (nh, nw) = self.transform.checked_resized_size(h as i64, w as i64)?;
+        let (nh, nw) = (nh as usize, nw as usize);
+        let crop = self.transform.crop as usize;
+        let (top, y0, height) = crop_axis(nh, crop);
+        let (left, x0, width) = crop_axis(nw, crop);
+        let window = resample::Window {
+            rows: y0..y0 + height,
+            cols: x0..x0 + width,
+        };
+        let data = resample::resize_window(
+            &image.data,
+            (w, h),
+            (nw, nh),
+            &window,
+            self.transform.interpolation,
+        );
+        Ok(Cropped {
+            crop,
+            top,
+            left,
+            height,
+            width,
+            data,
+        })
+    }
+
+    /// `pil_to_tensor`, `convert_image_dtype` and `normalize` of a crop: `float32 [3, crop, crop]`
+    /// (channels-last strides), zero padding included.
+    pub fn to_tensor(&self, cropped: &Cropped) -> Result<Tensor> {
+        let c = cropped.crop as i64;
+        Ok(Tensor::f_from_slice(&self.to_floats(cropped))?
+            .f_view([c, c, 3])?
+            .f_permute([2, 0, 1])?)
+    }
+
+    /// [`PilTransform::to_tensor`]'s values in `[crop, crop, 3]` order (channels last, the
+    /// layout the CPU model runs in), without libtorch (whose ops, called from many threads at
+    /// once, each start a team of OpenMP threads).
+    pub fn to_floats(&self, cropped: &Cropped) -> Vec<f32> {
+        let c = cropped.crop;
+        let value = |channel: usize, byte: u8| self.table[channel][byte as usize];
+        let mut out = vec![0f32; c * c * 3];
+        if cropped.height < c || cropped.width < c {
+            for pixel in out.chunks_exact_mut(3) {
+                for (channel, v) in pixel.iter_mut().enumerate() {
+                    *v = value(channel, 0);
+                }
+            }
+        }
+        let rows = cropped.data.chunks_exact(cropped.width * 3);
+        for (y, row) in rows.enumerate() {
+            let start = ((cropped.top + y) * c + cropped.left) * 3;
+            let dst = &mut out[start..start + cropped.width * 3];
+            for (pixel, bytes) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+                for (channel, (v, &byte)) in pixel.iter_mut().zip(bytes).enumerate() {
+                    *v = value(channel, byte);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One axis of torchvision's `center_crop` of `n` pixels to `crop`: the zero padding before the
+/// image (`(crop - n) // 2` when the crop is larger), the first pixel kept
+/// (`round((n - crop) / 2)`, half to even, otherwise) and how many are kept.
+fn crop_axis(n: usize, crop: usize) -> (usize, usize, usize) {
+    if crop > n {
+        ((crop - n) / 2, 0, n)
+    } else {
+        let first = ((n - crop) as f64 / 2.0).round_ties_even() as usize;
+        (0, first, crop)
     }
 }
 

@@ -27,7 +27,8 @@ Writes into OUT:
                    scaled by 30, so that predictions depend on the image (the raw seeded model
                    gives the same near-uniform output for every input).
   expected.json    torchvision's top-5 (indices, probabilities) with those weights and the tv232
-                   transform for every image, PNGs and JPEGs, each decoded by Pillow.
+                   transform on the PIL image (`NAME.tv232.pil`, what `classify` runs by default)
+                   for every image, PNGs and JPEGs, each decoded by Pillow.
   labels.json      torchvision's `_IMAGENET_CATEGORIES`.
 
 --write-labels also (re)writes src/imagenet_classes.txt, the labels built into the binary.
@@ -225,7 +226,7 @@ def main():
     write_pngs(os.path.join(args.out, "png"))
     write_jpegs(os.path.join(args.out, "jpeg"))
 
-    refs, inputs = {}, {}
+    refs, inputs, pil_inputs = {}, {}, {}
     for sub in ("png", "jpeg"):
         folder = os.path.join(args.out, sub)
         for file in sorted(os.listdir(folder)):
@@ -241,7 +242,7 @@ def main():
                 x = t(pil_to_tensor(pil))
                 refs[f"{name}.{preset}"] = x.contiguous()
                 if preset == "tv232":
-                    refs[f"{name}.{preset}.pil"] = t(pil).contiguous()
+                    refs[f"{name}.{preset}.pil"] = pil_inputs[name] = t(pil).contiguous()
                     inputs[name] = x
     from safetensors.torch import save_file
 
@@ -254,7 +255,7 @@ def main():
     torch.save(model.state_dict(), os.path.join(args.out, "mobilenet_v2-seeded.pth"))
     names = sorted(inputs)
     with torch.no_grad():
-        probs = model(torch.stack([inputs[n] for n in names])).softmax(-1)
+        probs = model(torch.stack([pil_inputs[n] for n in names])).softmax(-1)
     values, indices = probs.topk(5, -1)
     expected = {
         n: {"index": indices[i].tolist(), "probability": values[i].tolist()} for i, n in enumerate(names)

@@ -1,9 +1,12 @@
 //! `mobilenet classify`: the top-k classes of image files and folders (ImageNet's, or those of the
 //! model card beside the weights that `mobilenet train` writes, [`mobilenet::card`]).
 //!
-//! Streamed: worker threads decode (and, on the CPU, preprocess) the images while the model runs
-//! on earlier batches ([`mobilenet::pipeline::ordered_map`]), so memory stays bounded however many
-//! files there are; results are printed in input order as each batch finishes.
+//! Streamed: worker threads decode and preprocess the images (by default PIL's path,
+//! [`mobilenet::preprocess::PilTransform`], on `uint8` buffers; the tensor path off the CPU is
+//! preprocessed on the model's device) while the model runs on earlier batches of the final float
+//! tensors ([`mobilenet::pipeline::ordered_map`]), so decoding, resizing and the model overlap on
+//! all cores and memory stays bounded however many files there are; results are printed in input
+//! order as each batch finishes. `--timings` reports the time of each stage.
 //!
 //! Sharded batch inference ([`mobilenet::shard`]): `--shard K/N|auto` takes one slice of the
 //! inputs, `--output FILE` writes JSON Lines atomically, `--resume` continues a killed run.
@@ -18,14 +21,16 @@ use mobilenet::error::escape;
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::pipeline::ordered_map;
-use mobilenet::preprocess::{self, Transform};
+use mobilenet::preprocess::{self, PilTransform, Transform};
 use mobilenet::shard::output::{JsonLinesFile, Recorded};
 use mobilenet::shard::{Shard, ShardSpec};
 use mobilenet::{imagenet, weights};
 use serde::Serialize;
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 const AFTER_HELP: &str = "\
@@ -39,7 +44,13 @@ Preprocessing is the weights' own evaluation transform: torchvision's ImageClass
 (shorter side resized to 232 or 256 with antialiased bilinear, center crop 224, ImageNet
 mean/std) or timm's (bicubic, crop_pct, mean = std = 0.5), picked from the weight file's name
 when it is a published one, else from the architecture's default weights. --resize/--crop
-override the sizes.
+override the sizes. By default (--preprocess pil) it runs as on a PIL image, the way
+`weights.transforms()(Image.open(p).convert(\"RGB\"))`, torchvision's reference evaluation and
+published accuracies run it: Pillow's fixed-point resampler, bit for bit. --preprocess tensor
+runs torchvision's tensor path instead (float resize, as `weights.transforms()` of
+`torchvision.io.decode_image(p)`), on the model's device. --fast-decode lets the JPEG decoder
+downscale in the DCT domain (PIL's Image.draft) to at least the resize size: faster on large
+photos, not exact.
 
 Model card: when the weight file's folder holds a model.json (as `mobilenet train --out DIR`
 writes beside DIR/model.pth), it gives the architecture, width, norm, class count and the
@@ -136,9 +147,30 @@ pub struct Args {
     /// keeping their lines.
     #[arg(long, requires = "output")]
     resume: bool,
+    /// How images are preprocessed: `pil`, bit for bit as the weights' transforms on a PIL
+    /// image; `tensor`, as they run on a uint8 tensor (see below).
+    #[arg(long, value_enum, default_value = "pil")]
+    preprocess: Preprocess,
+    /// Let the JPEG decoder downscale large images to at least the resize size (PIL's
+    /// Image.draft): faster, NOT exact.
+    #[arg(long)]
+    fast_decode: bool,
+    /// Print the time of each stage (decode, resize, model) to stderr at the end, as one line
+    /// `classify: timings {JSON}`.
+    #[arg(long)]
+    timings: bool,
     /// Print the process's peak resident memory (VmHWM) to stderr at the end (for tests).
     #[arg(long, hide = true)]
     report_peak_rss: bool,
+}
+
+/// Which implementation of the evaluation transform runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Preprocess {
+    /// As on a PIL image ([`PilTransform`]): the default.
+    Pil,
+    /// torchvision's tensor path ([`Transform::apply`]).
+    Tensor,
 }
 
 /// One JSON Lines record.
@@ -221,12 +253,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     if std::io::stderr().is_terminal() {
         eprintln!(
-            "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source})",
+            "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source}), {:?} path{}",
             inputs.len(),
             config.arch,
             config.width_mult,
             weights_path.display(),
             args.precision,
+            args.preprocess,
+            if args.fast_decode { ", fast decode" } else { "" },
         );
     }
     let num_classes = config.num_classes;
@@ -447,12 +481,23 @@ fn classify_inputs(
     report.bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
 
     let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path().to_path_buf()).collect();
-    // On the CPU the workers preprocess too; elsewhere they decode and the model's device
-    // preprocesses.
-    let worker_transform = (device == Device::Cpu).then_some(transform);
+    // The workers preprocess PIL's path anywhere and the tensor path on the CPU; elsewhere they
+    // decode and the model's device preprocesses.
+    let prep = match (args.preprocess, device) {
+        (Preprocess::Pil, _) => Prep::Pil(PilTransform::new(transform)?),
+        (Preprocess::Tensor, Device::Cpu) => Prep::Tensor(transform),
+        (Preprocess::Tensor, _) => Prep::OnDevice,
+    };
+    let on_device_prep = matches!(prep, Prep::OnDevice);
+    let draft = args
+        .fast_decode
+        .then(|| u32::try_from(transform.resize).unwrap_or(u32::MAX));
     let window = batch_size.max(4 * workers);
+    let started = Instant::now();
     let stream = ordered_map(inputs, workers, window, move |input| {
-        load(input, worker_transform)
+        let mut times = StageTimes::default();
+        let loaded = load(input, &prep, draft, &mut times);
+        (loaded, times)
     });
 
     let classifier = BatchClassifier {
@@ -460,14 +505,30 @@ fn classify_inputs(
         device,
         kind: args.precision.kind(),
         k: args.top_k.min(num_classes),
+        crop: transform.crop,
+        model_time: Cell::default(),
+        batches: Cell::default(),
+        images: Cell::default(),
     };
-    let mut pending: Vec<(PathBuf, Result<Tensor, String>)> = Vec::new();
+    let mut totals = StageTimes::default();
+    let mut pending: Vec<(PathBuf, Result<Ready, String>)> = Vec::new();
     let mut ready = 0;
     for (path, loaded) in paths.into_iter().zip(stream) {
         let entry = match loaded {
-            Some(Ok(image)) if worker_transform.is_some() => Ok(image),
-            Some(Ok(image)) => on_device(&image, device, &transform),
-            Some(Err(reason)) => Err(reason),
+            Some((Ok(image), times)) => {
+                totals.decode += times.decode;
+                totals.resize += times.resize;
+                match (on_device_prep, image) {
+                    (true, Ready::Tensor(image)) => {
+                        let start = Instant::now();
+                        let x = on_device(&image, device, &transform);
+                        totals.resize += start.elapsed();
+                        x.map(Ready::Tensor)
+                    }
+                    (_, image) => Ok(image),
+                }
+            }
+            Some((Err(reason), _)) => Err(reason),
             None => Err("internal error: the decoding thread crashed on this input".into()),
         };
         ready += entry.is_ok() as usize;
@@ -481,7 +542,29 @@ fn classify_inputs(
         }
     }
     let completed = report.flush(&classifier, &mut pending)?;
+    if args.timings {
+        print_timings(&classifier, totals, workers, started.elapsed());
+    }
     Ok((report, completed))
+}
+
+/// `classify: timings {JSON}`: images through the model, wall time from the first decode to the
+/// last result, and per image the decode and resize times (summed over the workers) and the
+/// model's forward (batched, with the softmax and top-k).
+fn print_timings(classifier: &BatchClassifier, totals: StageTimes, workers: usize, wall: Duration) {
+    let images = classifier.images.get();
+    let per_image = |d: Duration| d.as_secs_f64() * 1e3 / images.max(1) as f64;
+    let timings = serde_json::json!({
+        "images": images,
+        "seconds": wall.as_secs_f64(),
+        "images_per_second": images as f64 / wall.as_secs_f64(),
+        "workers": workers,
+        "decode_ms_per_image": per_image(totals.decode),
+        "resize_ms_per_image": per_image(totals.resize),
+        "model_ms_per_image": per_image(classifier.model_time.get()),
+        "batches": classifier.batches.get(),
+    });
+    eprintln!("classify: timings {timings}");
 }
 
 /// Clears the progress bar, moves `--output`'s file into place, says how many inputs failed and
@@ -586,20 +669,69 @@ fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
-/// Reads and decodes one input; with `transform`, also preprocesses it (on the CPU).
-fn load(input: Input, transform: Option<Transform>) -> Result<Tensor, String> {
+/// A preprocessed image, as the workers hand it over.
+enum Ready {
+    /// PIL's path: the `float32 [S, S, 3]` values (channels last), batched with one copy.
+    Floats(Vec<f32>),
+    /// The tensor path: `float32 [3, S, S]`.
+    Tensor(Tensor),
+}
+
+/// What the workers do to each decoded image.
+enum Prep {
+    /// PIL's path, to the model's input.
+    Pil(PilTransform),
+    /// torchvision's tensor path on the CPU, to the model's input.
+    Tensor(Transform),
+    /// Nothing: the image goes as `uint8 [3, H, W]` to the model's device, which preprocesses.
+    OnDevice,
+}
+
+/// The time one input spent in each stage.
+#[derive(Default, Clone, Copy)]
+struct StageTimes {
+    decode: Duration,
+    resize: Duration,
+}
+
+/// Reads and decodes one input (with `draft`, letting the decoder downscale to at least
+/// `draft` x `draft`), then prepares it as `prep` says; `times` gets each stage's time.
+fn load(
+    input: Input,
+    prep: &Prep,
+    draft: Option<u32>,
+    times: &mut StageTimes,
+) -> Result<Ready, String> {
     let path = match input {
         Input::Image(path) => path,
         Input::Unreadable { reason, .. } => return Err(reason),
     };
-    let image = images::read_and_decode(&path)?;
-    let tensor = image
+    let start = Instant::now();
+    let image = match draft {
+        Some(size) => images::read_and_decode_draft(&path, size, size)?,
+        None => images::read_and_decode(&path)?,
+    };
+    times.decode = start.elapsed();
+    let start = Instant::now();
+    let ready = match prep {
+        Prep::Pil(pil) => pil
+            .resize_crop(&image)
+            .map(|cropped| Ready::Floats(pil.to_floats(&cropped)))
+            .map_err(cannot_preprocess),
+        Prep::Tensor(t) => to_tensor(&image)
+            .and_then(|x| t.apply(&x).map_err(cannot_preprocess))
+            .map(Ready::Tensor),
+        Prep::OnDevice => to_tensor(&image).map(Ready::Tensor),
+    };
+    times.resize = start.elapsed();
+    ready
+}
+
+/// The pixels as `uint8 [3, H, W]`.
+fn to_tensor(image: &images::RgbImage) -> Result<Tensor, String> {
+    image
         .to_tensor()
-        .map_err(|e| format!("cannot hold the pixels: {e}"))?;
-    match transform {
-        Some(t) => t.apply(&tensor).map_err(cannot_preprocess),
-        None => Ok(tensor),
-    }
+        .map_err(|e| format!("cannot hold the pixels: {e}"))
 }
 
 /// Moves a decoded `uint8 [3, H, W]` image to `device` and preprocesses it there. On CUDA the
@@ -633,12 +765,29 @@ struct BatchClassifier<'a> {
     device: Device,
     kind: Kind,
     k: i64,
+    /// The side of the square images.
+    crop: i64,
+    /// The time spent in [`BatchClassifier::top_k`], the batches and images it classified.
+    model_time: Cell<Duration>,
+    batches: Cell<usize>,
+    images: Cell<usize>,
 }
 
 impl BatchClassifier<'_> {
     /// Top-k `(index, probability)` for each preprocessed image `[3, S, S]`.
-    fn top_k(&self, images: &[&Tensor]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
-        let xs = Tensor::f_stack(images, 0)?.f_to_device_(self.device, self.kind, false, false)?;
+    fn top_k(&self, images: &[&Ready]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
+        let start = Instant::now();
+        let top = self.run(images);
+        self.model_time.set(self.model_time.get() + start.elapsed());
+        self.batches.set(self.batches.get() + 1);
+        self.images.set(self.images.get() + images.len());
+        top
+    }
+
+    fn run(&self, images: &[&Ready]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
+        let xs = self
+            .batch(images)?
+            .f_to_device_(self.device, self.kind, false, false)?;
         let logits = self.model.f_forward_t(&xs, false)?;
         let probs = logits.f_softmax(-1, Kind::Float)?;
         let (values, indices) = probs.f_topk(self.k, -1, true, true)?;
@@ -656,6 +805,34 @@ impl BatchClassifier<'_> {
             .zip(values.chunks(k))
             .map(|(i, v)| i.iter().copied().zip(v.iter().copied()).collect())
             .collect())
+    }
+}
+
+impl BatchClassifier<'_> {
+    /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values copied once
+    /// (channels-last strides, as the model runs), the tensor path's stacked.
+    fn batch(&self, images: &[&Ready]) -> anyhow::Result<Tensor> {
+        let floats: Option<Vec<&[f32]>> = images
+            .iter()
+            .map(|r| match r {
+                Ready::Floats(v) => Some(v.as_slice()),
+                Ready::Tensor(_) => None,
+            })
+            .collect();
+        if let Some(floats) = floats {
+            let (n, s) = (images.len() as i64, self.crop);
+            return Ok(Tensor::f_from_slice(&floats.concat())?
+                .f_view([n, s, s, 3])?
+                .f_permute([0, 3, 1, 2])?);
+        }
+        let tensors: Vec<&Tensor> = images
+            .iter()
+            .filter_map(|r| match r {
+                Ready::Tensor(t) => Some(t),
+                Ready::Floats(_) => None,
+            })
+            .collect();
+        Ok(Tensor::f_stack(&tensors, 0)?)
     }
 }
 
@@ -713,9 +890,9 @@ impl<W: Write> Report<W> {
     fn flush(
         &mut self,
         classifier: &BatchClassifier,
-        pending: &mut Vec<(PathBuf, Result<Tensor, String>)>,
+        pending: &mut Vec<(PathBuf, Result<Ready, String>)>,
     ) -> anyhow::Result<bool> {
-        let images: Vec<&Tensor> = pending
+        let images: Vec<&Ready> = pending
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .collect();

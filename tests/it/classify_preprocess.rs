@@ -4,13 +4,14 @@
 //! (the sample photos and generated images in every colour type, bit depth and odd size Pillow
 //! reads) our pixels must equal `Image.open(p).convert("RGB")` exactly, and our preprocessed
 //! tensor must equal torchvision's transform of those pixels as a tensor within 1e-5, with a
-//! crop larger than the resized image (zero padding, split unevenly) too (the difference to the
-//! PIL-image resize path is printed, not checked: it is another resampler).
+//! crop larger than the resized image (zero padding, split unevenly) too; the difference of this
+//! tensor path to the PIL-image path is printed, and [`PilTransform`] (classify's default) must
+//! equal the PIL-image path (`NAME.tv232.pil`) bit for bit.
 //! For JPEGs our decoder's difference to Pillow's (libjpeg-turbo) is measured and bounded, and
 //! the preprocessing of Pillow's pixels must match within 1e-5.
 
 use mobilenet::images::{self, RgbImage};
-use mobilenet::preprocess::{Interpolation, Transform};
+use mobilenet::preprocess::{Interpolation, PilTransform, Transform};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -154,7 +155,15 @@ fn png_pixels_and_preprocessing_match_torchvision() {
             );
             worst_overall = worst_overall.max(d);
             if p == "tv232" {
-                let (pil_d, _) = max_diff(&x, &refs[&format!("{name}.tv232.pil")]);
+                let pil_reference = &refs[&format!("{name}.tv232.pil")];
+                let (pil_d, _) = max_diff(&x, pil_reference);
+                let pil = PilTransform::new(preset(p)).unwrap().apply(&ours).unwrap();
+                let (exact, at) = max_diff(&pil, pil_reference);
+                f.at_most(
+                    format!("{name} PIL path: max |ours - PIL's| at {at}"),
+                    exact,
+                    0.0,
+                );
                 report.push(format!(
                     "{name:32} {}x{}: vs torchvision tensor path {d:.1e}, vs PIL-image path {pil_d:.3}",
                     ours.width, ours.height

@@ -3,6 +3,7 @@
 mod card_cli;
 mod classify_cli;
 mod classify_memory;
+mod classify_pil;
 mod classify_preprocess;
 mod common;
 mod convert_cli;
