@@ -358,6 +358,7 @@ fn bench_smoke_one_iteration() {
         .unwrap()
         .starts_with("2.11.0"));
     assert!(v["results"][0]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["results"][0]["cpu_ms"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
