@@ -11,9 +11,13 @@ shared machine hits all of them; the table shows the median p50 over the rounds.
 PyTorch eager channels-last in a child process with glibc malloc set as `mobilenet bench` sets it
 (GLIBC_TUNABLES), to show how much of the gap is the allocator.
 
-It also measures the machine's fp32 compute ceiling (the fastest of 20 1024x1024 `torch.mm`s
-on the same threads, each round; the best round) and counts the model's FLOPs (`torch.utils.flop_counter`), and prints the time no
-implementation can beat at that rate and the share of it each batch size of ours reaches.
+It also bounds the machine's fp32 compute rate from above (`ceiling()`): the larger of the ISA's
+peak (FLOP per cycle per core, from the /proc/cpuinfo flags, times the clock measured by a
+dependent chain of adds, times the threads) and the best large GEMM (2048x2048 `torch.mm`, each
+round), counts the model's FLOPs (`torch.utils.flop_counter`), and prints the time no
+implementation can beat at that rate and the share of it each implementation reaches. Should any
+implementation run faster than the ceiling allows, it prints a warning that the ceiling is wrong
+instead of a share above 100%.
 
 Installs onnxruntime and onnx into the venv when missing (only this script needs them).
 Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
@@ -67,6 +71,92 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fp32_flop_per_cycle(flags):
+    """Peak fp32 FLOP per cycle per core the ISA allows, an upper bound: (FMA units) x (fp32 lanes)
+    x 2, and why."""
+    if "avx512f" in flags:
+        # Two 512-bit FMA units: Intel's server cores (Skylake-SP and later, 2 units) and Zen 5.
+        # Zen 4 splits a 512-bit FMA over its two 256-bit units and some Intel parts have one
+        # 512-bit unit (32 there), so this may be twice their peak: still a ceiling.
+        return 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2 (two 512-bit units assumed, the most any core has)"
+    if "avx2" in flags and "fma" in flags:
+        # Haswell and later, Zen 2 and later: two 256-bit FMA units (Zen 1 has 2x128: 16).
+        return 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2"
+    if "avx" in flags:
+        return 16, "AVX: 1 add + 1 mul unit x 8 fp32 lanes"
+    return 8, "SSE: 1 add + 1 mul unit x 4 fp32 lanes"
+
+
+# A chain of dependent register adds: one per cycle on every x86 core (`add reg, reg` is not
+# eliminated at rename), so adds per second is the clock. The best of 50 runs of 1e7 adds.
+CLOCK_PROBE = r"""
+#include <stdio.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+int main(void) {
+  unsigned long x = 0, one = 1; double best = 0;
+  for (int trial = 0; trial < 50; trial++) {
+    double t0 = now();
+    for (long i = 0; i < 100000; i++) {
+#define A "add %1, %0\n\t"
+#define A10 A A A A A A A A A A
+      __asm__ volatile(A10 A10 A10 A10 A10 A10 A10 A10 A10 A10 : "+r"(x) : "r"(one));
+    }
+    double hz = 1e7 / (now() - t0);
+    if (hz > best) best = hz;
+  }
+  printf("%.1f\n", best / 1e6);
+  return x == 0;
+}
+"""
+
+
+def clock_mhz():
+    """The core clock in MHz and how it was found: measured by CLOCK_PROBE (compiled with cc), or,
+    without a C compiler or off x86, the highest `cpu MHz` in /proc/cpuinfo (a nominal figure
+    that boost clocks can exceed; the GEMM then keeps the ceiling honest)."""
+    tmp = tempfile.mkdtemp(prefix="clock-probe-")
+    src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
+    with open(src, "w") as f:
+        f.write(CLOCK_PROBE)
+    try:
+        if platform.machine() in ("x86_64", "AMD64"):
+            subprocess.run(["cc", "-O2", src, "-o", exe], check=True, capture_output=True)
+            out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout
+            return float(out), "measured: a dependent add chain"
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    mhz = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        pass
+    return (max(mhz), "nominal: /proc/cpuinfo cpu MHz") if mhz else (None, "unknown")
+
+
+def isa_peak(threads):
+    """The ISA's fp32 peak on `threads` cores in GFLOP/s (None when the clock is unknown), and the
+    terms it is made of."""
+    flops, why = fp32_flop_per_cycle(cpu_flags())
+    mhz, how = clock_mhz()
+    cores = min(threads, os.cpu_count() or threads)
+    gflops = flops * mhz / 1e3 * cores if mhz else None
+    return gflops, {"flop_per_cycle_per_core": flops, "isa": why, "clock_mhz": mhz, "clock": how,
+                    "cores": cores, "gflops": gflops}
 
 
 MALLOC_AS_OURS = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
@@ -146,8 +236,9 @@ def main():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, 224, 224))
     flops = counter.get_total_flops()  # per image at 224
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    mm_gflops = []
+    gemm_n = 2048
+    a, b = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n)
+    gemm_gflops = []
 
     rounds = {}  # impl -> batch -> [timing per round]
 
@@ -164,8 +255,8 @@ def main():
         ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         for row in ours["results"]:
             record("mobilenet (ours)", row["batch_size"], row)
-        mm = timeit(lambda: torch.mm(a, b), max(args.warmup, 3), max(args.iters, 20))
-        mm_gflops.append(2 * 1024 ** 3 / (mm["min_ms"] / 1e3) / 1e9)
+        mm = timeit(lambda: torch.mm(a, b), 1, 5)
+        gemm_gflops.append(2 * gemm_n ** 3 / (mm["min_ms"] / 1e3) / 1e9)
         with torch.no_grad():
             for name, fn in impls.items():
                 for bs in batch_sizes:
@@ -186,6 +277,7 @@ def main():
         return values[len(values) // 2]
 
     results = {name: {bs: {"p50_ms": median([t["p50_ms"] for t in ts]),
+                           "min_ms": min(t["min_ms"] for t in ts),
                            "p90_ms": median([t["p90_ms"] for t in ts]),
                            "p50_ms_per_round": [t["p50_ms"] for t in ts]}
                       for bs, ts in rows.items()}
@@ -204,16 +296,37 @@ def main():
                           "p90_ms": r["p90_ms"], "p50_ms_per_round": r["p50_ms_per_round"],
                           "ours_over_theirs": ratio})
             print(f"{name:<46} {bs:>5} {r['p50_ms']:>9.2f} {ratio:>11.2f}x")
-    ceiling = max(mm_gflops)  # the best rate seen: a ceiling
+    isa_gflops, isa = isa_peak(args.threads)
+    ceiling = max(g for g in (isa_gflops, max(gemm_gflops)) if g is not None)
     floor_ms = flops / (ceiling * 1e9) * 1e3
-    roofline = {"matmul_gflops": ceiling, "matmul_gflops_per_round": mm_gflops,
+    # Each implementation's best rate (its fastest iteration) against the ceiling: above it, the
+    # ceiling is wrong and no share is printed.
+    over = [(name, bs, flops * bs / (rows[bs]["min_ms"] / 1e3) / 1e9)
+            for name, rows in results.items() for bs in batch_sizes]
+    over = [(name, bs, rate) for name, bs, rate in over if rate > ceiling]
+    shares = {name: {bs: floor_ms * bs / rows[bs]["p50_ms"] for bs in batch_sizes}
+              for name, rows in results.items()}
+    roofline = {"ceiling_gflops": ceiling, "isa_peak": isa, "gemm": f"{gemm_n}x{gemm_n} torch.mm",
+                "gemm_gflops": max(gemm_gflops), "gemm_gflops_per_round": gemm_gflops,
                 "model_gflop_per_image": flops / 1e9, "floor_ms_per_image": floor_ms,
-                "ours_share_of_ceiling": {bs: floor_ms * bs / mine[bs]["p50_ms"] for bs in batch_sizes}}
-    print(f"fp32 ceiling: {ceiling:.0f} GFLOP/s (torch.mm 1024x1024, {args.threads} threads); "
+                "ceiling_exceeded_by": [{"implementation": n, "batch_size": b, "gflops": r} for n, b, r in over],
+                "share_of_ceiling": None if over else shares,
+                "ours_share_of_ceiling": None if over else shares["mobilenet (ours)"]}
+    isa_text = (f"{isa['flop_per_cycle_per_core']} FLOP/cycle/core ({isa['isa']}) x {isa['clock_mhz']:.0f} MHz "
+                f"({isa['clock']}) x {isa['cores']} cores = {isa_gflops:.0f} GFLOP/s"
+                if isa_gflops else f"ISA peak unknown ({isa['isa']}, clock unknown)")
+    print(f"fp32 ceiling: {ceiling:.0f} GFLOP/s, the larger of the ISA peak, {isa_text}, and the best "
+          f"{gemm_n}x{gemm_n} torch.mm, {max(gemm_gflops):.0f} GFLOP/s ({args.threads} threads); "
           f"{args.arch}: {flops / 1e9:.3f} GFLOP per 224x224 image, so at least {floor_ms:.2f} ms "
           f"per image at that rate")
-    print("ours reaches " + ", ".join(f"{share:.0%} of it at batch {bs}"
-                                       for bs, share in roofline["ours_share_of_ceiling"].items()))
+    if over:
+        print("WARNING: the ceiling is wrong: " + ", ".join(
+            f"{n} at batch {b} ran at {r:.0f} GFLOP/s" for n, b, r in over) + f", above {ceiling:.0f}; "
+              "no share of it is printed")
+    else:
+        for name in ["mobilenet (ours)", *([ort_name] if sess is not None else [])]:
+            print(f"{name} reaches " + ", ".join(f"{share:.0%} of it at batch {bs}"
+                                                  for bs, share in shares[name].items()))
     out = args.out or os.path.join(ROOT, "bench-results", f"compare-{args.arch}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -1,4 +1,5 @@
-//! What libtorch this build runs on and what it sees: versions, CUDA devices, cuDNN, threads.
+//! What libtorch this build runs on and what it sees: versions, CUDA devices, cuDNN, threads,
+//! and the CPU's instruction sets that decide its kernels ([`CpuIsa`]: AVX2, AVX-512, native bf16).
 
 use serde::Serialize;
 
@@ -27,6 +28,8 @@ pub struct Info {
     pub mkldnn: bool,
     pub openmp: bool,
     pub default_device: String,
+    /// The CPU and the instruction sets that matter to its kernels.
+    pub cpu: CpuIsa,
 }
 
 impl Info {
@@ -55,6 +58,82 @@ impl Info {
             mkldnn: tch::utils::has_mkldnn(),
             openmp: tch::utils::has_openmp(),
             default_device: if cuda_available { "cuda:0" } else { "cpu" }.to_string(),
+            cpu: CpuIsa::detect(),
+        }
+    }
+}
+
+/// The CPU's model name and which of [`CpuIsa::FLAGS`] it has, as Linux lists them in
+/// /proc/cpuinfo's `flags` (what the CPU has and the kernel enabled: AMX needs both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuIsa {
+    /// `model name`, empty when unknown.
+    pub model: String,
+    /// The flags of [`CpuIsa::FLAGS`] present, in that order.
+    pub flags: Vec<String>,
+    /// `native` where the CPU computes in bf16 ([`CpuIsa::bf16_native`]), else `emulated`.
+    pub bf16: &'static str,
+}
+
+impl CpuIsa {
+    /// The instruction sets reported: fp32 SIMD width (avx2 + fma, avx512f), bf16 dot products
+    /// (avx512_bf16, AMX tiles) and int8 dot products (avx512_vnni).
+    pub const FLAGS: [&'static str; 7] = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "amx_bf16",
+        "amx_tile",
+    ];
+
+    /// Reads /proc/cpuinfo; nothing listed where it cannot be read (not Linux).
+    pub fn detect() -> CpuIsa {
+        CpuIsa::from_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+    }
+
+    /// From the text of /proc/cpuinfo (its first processor's `model name` and `flags`).
+    pub fn from_cpuinfo(cpuinfo: &str) -> CpuIsa {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_string())
+            })
+        };
+        let present = field("flags").unwrap_or_default();
+        let present: Vec<&str> = present.split_whitespace().collect();
+        let flags: Vec<String> = CpuIsa::FLAGS
+            .iter()
+            .filter(|f| present.contains(f))
+            .map(|f| f.to_string())
+            .collect();
+        let native = flags.iter().any(|f| f == "avx512_bf16" || f == "amx_bf16");
+        CpuIsa {
+            model: field("model name").unwrap_or_default(),
+            flags,
+            bf16: if native { "native" } else { "emulated" },
+        }
+    }
+
+    /// Whether the CPU has bf16 arithmetic (avx512_bf16 dot products or AMX bf16 tiles); without
+    /// it, oneDNN and ATen widen bf16 to fp32 to compute.
+    pub fn bf16_native(&self) -> bool {
+        self.bf16 == "native"
+    }
+
+    /// How bf16 runs here, e.g. `native (avx512_bf16)`.
+    pub fn bf16_summary(&self) -> String {
+        let native: Vec<&str> = ["avx512_bf16", "amx_bf16"]
+            .into_iter()
+            .filter(|f| self.flags.iter().any(|g| g == f))
+            .collect();
+        if native.is_empty() {
+            "emulated (no avx512_bf16 or amx_bf16 on this CPU: bf16 is widened to fp32 to \
+             compute)"
+                .to_string()
+        } else {
+            format!("native ({})", native.join(", "))
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::common::{usize_in, ModelArgs, BATCH_SIZES, ITERATIONS, RESOLUTIONS, THREADS};
 use mobilenet::bench::{bench_batch, BenchRow};
 use mobilenet::device::{DeviceChoice, Placement, Precision};
+use mobilenet::info::CpuIsa;
 use mobilenet::models::Model;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -85,6 +86,13 @@ struct Report {
     /// glibc malloc keeps freed memory (`mobilenet::alloc::keep_freed_memory`).
     malloc_tuned: bool,
     threads: i32,
+    /// The CPU's instruction sets of [`CpuIsa::FLAGS`].
+    cpu_isa: Vec<String>,
+    /// For bf16 on the CPU: `native` or `emulated` ([`CpuIsa::bf16_native`]).
+    bf16_compute: Option<&'static str>,
+    /// How bf16 runs on this CPU, in words (bf16 on the CPU only).
+    #[serde(skip)]
+    bf16_summary: Option<String>,
     resolution: i64,
     warmup: usize,
     libtorch_version: &'static str,
@@ -95,6 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let malloc_tuned = !args.default_malloc && mobilenet::alloc::keep_freed_memory();
     let device = validate(&args)?;
     let model = prepare_model(&args, device)?;
+    let cpu = CpuIsa::detect();
+    let bf16_cpu = args.precision == Precision::Bf16 && device == tch::Device::Cpu;
     let mut results = Vec::new();
     for &bs in &args.batch_sizes {
         let row = bench_batch(&model, bs, args.resolution, args.warmup, args.iters)?;
@@ -121,6 +131,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         graph: model.has_graph(),
         malloc_tuned,
         threads: tch::get_num_threads(),
+        bf16_compute: bf16_cpu.then_some(cpu.bf16),
+        bf16_summary: bf16_cpu.then(|| cpu.bf16_summary()),
+        cpu_isa: cpu.flags,
         resolution: args.resolution,
         warmup: args.warmup,
         libtorch_version: env!("MOBILENET_LIBTORCH_VERSION"),
@@ -201,6 +214,9 @@ fn print_table(report: &Report) {
         report.threads,
         report.libtorch_version
     );
+    if let Some(bf16) = &report.bf16_summary {
+        println!("bf16 compute: {bf16}");
+    }
     println!(
         "{:>6} {:>10} {:>10} {:>12}",
         "batch", "p50 ms", "p90 ms", "images/s"

@@ -37,5 +37,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("mkldnn           {}", info.mkldnn);
     println!("openmp           {}", info.openmp);
     println!("default device   {}", info.default_device);
+    println!("cpu              {}", info.cpu.model);
+    println!("cpu isa          {}", info.cpu.flags.join(" "));
+    println!("cpu bf16         {}", info.cpu.bf16_summary());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,11 @@
 //! The binary runs without LD_LIBRARY_PATH, reports the pinned libtorch (`torch==X` in
 //! weights/requirements.txt, exported by build.rs), and links libtorch so that libtorch_cuda is
-//! loaded where there is a GPU.
+//! loaded where there is a GPU; `info` and `bench --precision bf16` report the CPU's
+//! instruction sets and whether bf16 is native or emulated, as /proc/cpuinfo says.
 
 use std::process::Command;
 
-use crate::common::BIN;
+use crate::common::{output_ok, BIN};
 
 /// The PyTorch release weights/requirements.txt pins.
 const TORCH_PIN: &str = env!("MOBILENET_TORCH_PIN");
@@ -83,4 +84,95 @@ fn binary_needs_libtorch_and_has_rpath() {
         text.contains("RPATH") || text.contains("RUNPATH"),
         "no rpath:\n{text}"
     );
+}
+
+/// This machine's CPU flags, read here from /proc/cpuinfo (the first `flags` line), and whether
+/// it has bf16 arithmetic (avx512_bf16 or AMX bf16).
+fn cpu_flags() -> (Vec<String>, bool) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<String> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let native = flags.iter().any(|f| f == "avx512_bf16" || f == "amx_bf16");
+    (flags, native)
+}
+
+#[test]
+fn info_reports_cpu_isa_and_bf16() {
+    let (flags, native) = cpu_flags();
+    let out = output_ok(Command::new(BIN).args(["info", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reported: Vec<&str> = v["cpu"]["flags"]
+        .as_array()
+        .expect("cpu.flags")
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for isa in mobilenet::info::CpuIsa::FLAGS {
+        let has = flags.iter().any(|f| f == isa);
+        assert_eq!(reported.contains(&isa), has, "{isa}: {v}");
+    }
+    let bf16 = if native { "native" } else { "emulated" };
+    assert_eq!(v["cpu"]["bf16"], bf16, "{v}");
+    let text = String::from_utf8(output_ok(Command::new(BIN).arg("info")).stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu bf16"))
+        .unwrap_or_else(|| panic!("no cpu bf16 line:\n{text}"));
+    assert!(line.contains(bf16), "{line}");
+    let isa_line = text.lines().find(|l| l.starts_with("cpu isa")).unwrap();
+    assert_eq!(
+        isa_line.split_whitespace().skip(2).collect::<Vec<_>>(),
+        reported,
+        "{text}"
+    );
+}
+
+#[test]
+fn bench_bf16_says_native_or_emulated() {
+    let (_, native) = cpu_flags();
+    let bf16 = if native { "native" } else { "emulated" };
+    let args = [
+        "bench",
+        "--arch",
+        "mobilenet_v3_small",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--batch-sizes",
+        "1",
+        "--resolution",
+        "64",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    ];
+    let text = String::from_utf8(output_ok(Command::new(BIN).args(args)).stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("bf16 compute: {bf16}"))),
+        "{text}"
+    );
+    let out = output_ok(Command::new(BIN).args(args).arg("--json"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bf16_compute"], bf16, "{v}");
+    // fp32 has no such line or field.
+    let fp32 = output_ok(Command::new(BIN).args(&args[..5]).args([
+        "--batch-sizes",
+        "1",
+        "--resolution",
+        "64",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&fp32.stdout).unwrap();
+    assert!(v["bf16_compute"].is_null(), "{v}");
 }

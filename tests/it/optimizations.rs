@@ -358,6 +358,7 @@ fn bench_smoke_one_iteration() {
         .unwrap()
         .starts_with("2.11.0"));
     assert!(v["results"][0]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["results"][0]["cpu_ms"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -513,10 +514,25 @@ fn comparison_script_smoke() {
     // non-conv FLOPs it counts.
     let gflop = roofline["model_gflop_per_image"].as_f64().unwrap();
     assert!((0.11..0.12).contains(&gflop), "{roofline}");
+    // The ceiling is the larger of the ISA's peak and the best GEMM, and nothing exceeds it.
+    let ceiling = roofline["ceiling_gflops"].as_f64().unwrap();
     assert!(
-        roofline["matmul_gflops"].as_f64().unwrap() > 1.0,
+        ceiling >= roofline["gemm_gflops"].as_f64().unwrap() && ceiling > 1.0,
         "{roofline}"
     );
+    assert!(
+        roofline["isa_peak"]["flop_per_cycle_per_core"]
+            .as_i64()
+            .unwrap()
+            >= 8,
+        "{roofline}"
+    );
+    if let Some(isa) = roofline["isa_peak"]["gflops"].as_f64() {
+        assert!(ceiling >= isa, "{roofline}");
+    }
+    assert_eq!(roofline["ceiling_exceeded_by"], serde_json::json!([]));
+    let share = roofline["ours_share_of_ceiling"]["1"].as_f64().unwrap();
+    assert!(share > 0.0 && share <= 1.0, "{roofline}");
     assert!(
         roofline["floor_ms_per_image"].as_f64().unwrap() > 0.0,
         "{roofline}"
