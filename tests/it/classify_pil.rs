@@ -36,28 +36,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn references() -> HashMap<String, Tensor> {
-    let path = fixtures().join("pil.safetensors");
-    let tensors = Tensor::read_safetensors(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `make fixtures` (or `.venv/bin/python3 tests/gen_pil.py --out \
-             fixtures/pil`)",
-            path.display()
-        )
-    });
-    tensors.into_iter().collect()
+    crate::common::fixture_tensors(
+        &fixtures().join("pil.safetensors"),
+        ".venv/bin/python3 tests/gen_pil.py --out fixtures/pil",
+    )
 }
 
 /// `(NAME, path)` of the images in `sub` (`png`, `jpeg`), sorted.
 fn images_in(sub: &str) -> Vec<(String, PathBuf)> {
-    let dir = fixtures().join(sub);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no images in {}", dir.display());
-    let name = |p: &Path| format!("{sub}/{}", p.file_name().unwrap().to_string_lossy());
-    files.into_iter().map(|p| (name(&p), p)).collect()
+    crate::common::fixture_images(&fixtures(), sub)
 }
 
 /// The two presets: fixture suffix, transform, the seeded model's architecture and file.

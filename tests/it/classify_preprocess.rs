@@ -25,34 +25,14 @@ fn fixtures() -> PathBuf {
 }
 
 fn references() -> HashMap<String, Tensor> {
-    let path = fixtures().join("preprocess.safetensors");
-    let tensors = Tensor::read_safetensors(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `make fixtures` (or `.venv/bin/python3 tests/gen_classify.py --out \
-             fixtures/classify`)",
-            path.display()
-        )
-    });
-    tensors.into_iter().collect()
+    crate::common::fixture_tensors(
+        &fixtures().join("preprocess.safetensors"),
+        ".venv/bin/python3 tests/gen_classify.py --out fixtures/classify",
+    )
 }
 
 fn images_in(sub: &str) -> Vec<(String, PathBuf)> {
-    let dir = fixtures().join(sub);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no images in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            (
-                format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()),
-                p,
-            )
-        })
-        .collect()
+    crate::common::fixture_images(&fixtures(), sub)
 }
 
 fn preset(name: &str) -> Transform {

@@ -132,3 +132,30 @@ pub fn normal(shape: &[i64], seed: u64) -> tch::Tensor {
     values.truncate(n);
     tch::Tensor::from_slice(&values).reshape(shape)
 }
+
+/// The named tensors of a fixture file written by `generator` (a `tests/gen_*.py` command line).
+pub fn fixture_tensors(
+    path: &Path,
+    generator: &str,
+) -> std::collections::HashMap<String, tch::Tensor> {
+    let tensors = tch::Tensor::read_safetensors(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `make fixtures` (or `{generator}`)",
+            path.display()
+        )
+    });
+    tensors.into_iter().collect()
+}
+
+/// `(SUB/FILE, path)` of the files in `root/sub`, sorted; panics when there are none.
+pub fn fixture_images(root: &Path, sub: &str) -> Vec<(String, PathBuf)> {
+    let dir = root.join(sub);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make fixtures`", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no images in {}", dir.display());
+    let name = |p: &Path| format!("{sub}/{}", p.file_name().unwrap().to_string_lossy());
+    files.into_iter().map(|p| (name(&p), p)).collect()
+}
