@@ -373,26 +373,20 @@ impl std::fmt::Display for Transform {
 /// `round((W - crop) / 2)`, rounding half to even.
 pub fn center_crop(image: &Tensor, crop: i64) -> Result<Tensor> {
     let size = image.size();
-    let (mut h, mut w) = (size[size.len() - 2], size[size.len() - 1]);
-    let mut image = image.shallow_clone();
-    if crop > w || crop > h {
-        let pad_w = (crop - w).max(0);
-        let pad_h = (crop - h).max(0);
-        // [left, right, top, bottom]
-        image =
-            image.f_constant_pad_nd([pad_w / 2, (pad_w + 1) / 2, pad_h / 2, (pad_h + 1) / 2])?;
-        h = h.max(crop);
-        w = w.max(crop);
-        if h == crop && w == crop {
-            return Ok(image);
-        }
+    let nd = size.len();
+    let (h, w) = (size[nd - 2] as usize, size[nd - 1] as usize);
+    let c = crop as usize;
+    let (top, y0, height) = crop_axis(h, c);
+    let (left, x0, width) = crop_axis(w, c);
+    let image = image
+        .f_narrow(nd as i64 - 2, y0 as i64, height as i64)?
+        .f_narrow(nd as i64 - 1, x0 as i64, width as i64)?;
+    if (height, width) == (c, c) {
+        return Ok(image);
     }
-    let top = ((h - crop) as f64 / 2.0).round_ties_even() as i64;
-    let left = ((w - crop) as f64 / 2.0).round_ties_even() as i64;
-    let nd = size.len() as i64;
-    Ok(image
-        .f_narrow(nd - 2, top, crop)?
-        .f_narrow(nd - 1, left, crop)?)
+    // [left, right, top, bottom]
+    let pads = [left, c - left - width, top, c - top - height].map(|p| p as i64);
+    Ok(image.f_constant_pad_nd(pads)?)
 }
 
 /// `values` as a float32 `[3, 1, 1]` tensor on `like`'s device.

@@ -806,10 +806,8 @@ impl BatchClassifier<'_> {
             .map(|(i, v)| i.iter().copied().zip(v.iter().copied()).collect())
             .collect())
     }
-}
 
-impl BatchClassifier<'_> {
-    /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values copied once
+    /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values joined
     /// (channels-last strides, as the model runs), the tensor path's stacked.
     fn batch(&self, images: &[&Ready]) -> anyhow::Result<Tensor> {
         let floats: Option<Vec<&[f32]>> = images
