@@ -8,7 +8,9 @@ Two local processes (torch.multiprocessing spawn) join a `torch.distributed` gro
 backend over loopback (`init_method="tcp://127.0.0.1:<free port>"`). Each wraps torchvision's
 mobilenet_v2(width_mult=0.35) with BatchNorm (plain BatchNorm2d, no SyncBatchNorm) in
 `DistributedDataParallel` with its defaults (`broadcast_buffers=True`: rank 0's running
-statistics are broadcast before every forward, then each rank updates them from its own batch),
+statistics are broadcast before every forward, then each rank updates them from its own batch)
+but `bucket_cap_mb=BUCKET_MB`, so that the reducer's buckets, rebuilt at the second step in the
+order the first backward produced the gradients, are several,
 and takes STEPS steps as tests/gen_train.py's `v2_batch_sgd` case does (the same data, seeded
 init, SGD, CosineAnnealingLR stepped per epoch, dropout 0, one thread), on its
 `DistributedSampler(shuffle=False)` shard: rank r gets images r, r + 2, r + 4, r + 6 of the
@@ -17,7 +19,8 @@ folder order, BATCH per step.
 Output: `<out>/data/{a,b}/{0..3}.png` (gen_train.py's images), `<out>/v2_batch_sgd/init.pth`,
 `<out>/v2_batch_sgd/rank{0,1}.safetensors` (each rank's state dict after the steps: the same
 parameters, its own running statistics) and `<out>/manifest.json` with the command-line flags
-each rank of ours takes. Under a minute on 2 cores.
+each rank of ours takes and, under "buckets", the reducer's buckets after the rebuild (each a
+list of parameter names, in the order they are all-reduced). Under a minute on 2 cores.
 """
 
 import argparse
@@ -41,6 +44,7 @@ STEPS = 3
 CASE = "v2_batch_sgd"
 ARCH, WIDTH, NORM = "mobilenet_v2", 0.35, "batch"
 FLAGS = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)
+BUCKET_MB = 0.25  # about 1.6 MB of parameters: several buckets
 
 
 def shard(n, rank):
@@ -61,7 +65,7 @@ def worker(rank, port, data, out):
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     model.train()
-    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=BUCKET_MB)
     xs, ys = load(data, *IMAGENET)
     mine = shard(len(data), rank)
     groups = param_groups(model, FLAGS["weight_decay"], None)
@@ -82,6 +86,12 @@ def worker(rank, port, data, out):
             opt.step()
             step += 1
         sched.step()
+    if rank == 0:
+        names = {p.data_ptr(): n for n, p in model.named_parameters()}
+        buckets = [[names[p.data_ptr()] for p in b.parameters()]
+                   for b in ddp.reducer._get_zeros_like_grad_buckets()]
+        with open(os.path.join(out, CASE, "buckets.json"), "w") as f:
+            json.dump(buckets, f)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
@@ -108,11 +118,15 @@ def main():
     mp.spawn(worker, args=(free_port(), data, out), nprocs=WORLD, join=True)
     args = ["--arch", ARCH, "--width-mult", str(WIDTH), "--norm", NORM, "--dropout", "0",
             "--steps", str(STEPS), "--batch-size", str(BATCH), "--resolution", str(RES),
-            "--augment", "none", "--no-shuffle", "--schedule", "cosine"]
+            "--augment", "none", "--no-shuffle", "--schedule", "cosine",
+            "--bucket-cap-mb", str(BUCKET_MB)]
     for k, v in FLAGS.items():
         args += ["--" + k.replace("_", "-"), str(v)]
     with open(os.path.join(out, "manifest.json"), "w") as f:
-        json.dump({"world": WORLD, "steps": STEPS, "cases": {CASE: args}}, f, indent=1)
+        with open(os.path.join(out, CASE, "buckets.json")) as b:
+            buckets = json.load(b)
+        json.dump({"world": WORLD, "steps": STEPS, "cases": {CASE: args},
+                   "buckets": {CASE: buckets}}, f, indent=1)
     print(f"dist fixtures: {WORLD} DDP ranks x {STEPS} steps in {out}")
 
 

@@ -46,9 +46,11 @@ data loading included).
 
 Data-parallel: under `torchrun --no-python --nproc-per-node N mobilenet train ...` each process
 is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of a c10d Gloo
-group: rank 0's weights at the start and its buffers before each forward, gradients averaged
-after each backward (DistributedDataParallel's semantics), each rank on its DistributedSampler
-shard with --batch-size images per step. Only rank 0 validates and writes. A rank that stops
+group: rank 0's weights at the start and its buffers before each forward, gradients averaged by
+c10d's Reducer (DistributedDataParallel's engine: buckets of --bucket-cap-mb whose all-reduce
+overlaps the backward), each rank on its DistributedSampler shard with --batch-size images per
+step. With --json, rank 0 prints {\"event\": \"buckets\", \"buckets\": [[names]]} when the
+buckets are rebuilt in the backward's order (at the second step). Only rank 0 validates and writes. A rank that stops
 makes the others fail after --dist-timeout. --sync-bn normalizes every BatchNorm over all ranks'
 batches in training (nn.SyncBatchNorm); model.pth keeps BatchNorm2d's keys.
 
@@ -142,7 +144,7 @@ pub struct Args {
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.9998).
     #[arg(long, value_name = "DECAY")]
     ema: Option<f64>,
-    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    /// auto (CUDA when available; under torchrun cuda:LOCAL_RANK), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// fp32; bf16 or fp16 autocast (fp16 with loss scaling, as torch.amp.GradScaler), as
@@ -166,6 +168,10 @@ pub struct Args {
     /// (nn.SyncBatchNorm); a no-op in a single process. Needs --norm batch.
     #[arg(long)]
     sync_bn: bool,
+    /// Under torchrun: the gradient buckets' size in MiB (DDP's bucket_cap_mb) [default: 25,
+    /// and 1 for the first bucket, as DDP's default].
+    #[arg(long, value_name = "MB")]
+    bucket_cap_mb: Option<f64>,
     /// Debugging aid: every rank writes its own final state_dict (its BatchNorm running
     /// statistics differ without --sync-bn) to DIR/rank<R>.pth.
     #[arg(long, value_name = "DIR")]
@@ -192,7 +198,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
-    let device = args.device.resolve()?;
+    let device = match (args.device, Dist::local_rank_from_env()?) {
+        // Under torchrun, each rank on the GPU of its LOCAL_RANK.
+        (DeviceChoice::Auto, Some(local)) if tch::Cuda::is_available() => {
+            DeviceChoice::Cuda(local).resolve()?
+        }
+        (choice, _) => choice.resolve()?,
+    };
     if args.precision == Precision::Bf16 && device == Device::Cpu && !tch::utils::has_mkldnn() {
         bail!(
             "--precision bf16 on the CPU needs libtorch with oneDNN (mkldnn), which this one lacks"
@@ -241,6 +253,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mean: family.mean,
         std: family.std,
         sync_bn: args.sync_bn,
+        bucket_cap_mb: args.bucket_cap_mb,
     };
     // Under torchrun: this rank's share of each epoch (DistributedSampler's).
     let timeout = std::time::Duration::from_secs(args.dist_timeout);
@@ -684,6 +697,15 @@ impl Reporter {
                 match &self.bar {
                     Some(bar) => bar.println(line),
                     None => eprintln!("{line}"),
+                }
+            }
+            Progress::BucketsRebuilt { buckets } => {
+                // What TORCH_DISTRIBUTED_DEBUG=INFO logs; in JSON mode only.
+                if self.json {
+                    let row = serde_json::json!({"event": "buckets", "buckets": buckets});
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{row}");
+                    let _ = out.flush();
                 }
             }
         }

@@ -3,7 +3,9 @@
 // one that rank 0 starts, as `init_process_group("gloo", init_method="env://")` does) and a
 // ProcessGroupGloo over it, with the all-reduce and broadcast that DistributedDataParallel uses,
 // and a differentiable all-reduce (sum) for SyncBatchNorm: its backward all-reduces the incoming
-// gradient, as SyncBatchNorm's backward all-reduces `sum_dy` and `sum_dy_xmu`.
+// gradient, as SyncBatchNorm's backward all-reduces `sum_dy` and `sum_dy_xmu`; and c10d's
+// Reducer, the engine under DistributedDataParallel, which averages the gradients in buckets
+// whose all-reduce starts in the backward, as soon as the bucket's last gradient is ready.
 // Every function reports a C++ exception (a timeout, a peer that went away) as a malloc'd
 // message in `*err` and returns null or false.
 
@@ -11,16 +13,29 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <limits>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "protect.h"
 
+// `pg`: the Gloo backend, which the collectives below call directly. `group`: a ProcessGroup
+// with it as its CPU backend, as `init_process_group` assembles one; the Reducer takes that.
 struct MnGroup {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+};
+
+struct MnReducer {
+  std::unique_ptr<c10d::Reducer> reducer;
 };
 
 namespace {
@@ -77,7 +92,16 @@ MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agen
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    return new MnGroup{pg};
+    // torch.distributed's `_new_process_group_helper` for the default group (named "0").
+    auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
+    group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+    pg->setSequenceNumberForGroup();
+    // Gloo takes CPU and CUDA tensors (the latter through host copies), as `init_process_group`
+    // registers it for both devices under the "gloo" backend.
+    group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, pg);
+    group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, pg);
+    group->setGroupName("0");
+    return new MnGroup{pg, group};
   })
   return nullptr;
 }
@@ -107,6 +131,94 @@ bool mn_dist_collective(MnGroup* g, int op, const at::Tensor* t, int root, char*
 at::Tensor* mn_dist_all_reduce_autograd(MnGroup* g, const at::Tensor* t, char** err) {
   MN_PROTECT({ return new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(g))); })
   return nullptr;
+}
+
+// DistributedDataParallel's reducer over `params` (the parameters that require a gradient, in
+// the model's order, named `names[i]`), built as DDP's constructor builds it with
+// `find_unused_parameters=False` and `gradient_as_bucket_view=False`: the first iteration
+// reduces one bucket after the whole backward; from the second forward on (`rebuild`), the
+// buckets follow the order in which the first backward produced the gradients, the first of
+// `first_cap` bytes and the others of `cap` (DDP: 1 MiB and `bucket_cap_mb` = 25, or both
+// `bucket_cap_mb` when the user sets it).
+MnReducer* mn_reducer_new(MnGroup* g, const at::Tensor* const* params, const char* const* names,
+                          int64_t n, int64_t cap, int64_t first_cap, char** err) {
+  MN_PROTECT({
+    std::vector<at::Tensor> ps;
+    std::unordered_map<size_t, std::string> param_names;
+    for (int64_t i = 0; i < n; i++) {
+      ps.push_back(*params[i]);
+      param_names[static_cast<size_t>(i)] = names[i];
+    }
+    std::vector<bool> sparse(ps.size(), false);
+    // DDP: `bucket_size_limits = [sys.maxsize]` for the first iteration, then reversed.
+    auto [indices, limits] = c10d::compute_bucket_assignment_by_size(
+        ps, {static_cast<size_t>(std::numeric_limits<int64_t>::max())}, sparse);
+    std::reverse(indices.begin(), indices.end());
+    auto reducer = std::make_unique<c10d::Reducer>(
+        ps, std::move(indices), g->group, sparse, cap, /*find_unused_parameters=*/false,
+        /*gradient_as_bucket_view=*/false, std::move(param_names), first_cap,
+        /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
+        std::vector<int64_t>{});
+    return new MnReducer{std::move(reducer)};
+  })
+  return nullptr;
+}
+
+void mn_reducer_free(MnReducer* r) {
+  try {
+    delete r;
+  } catch (...) {
+    // ~Reducer may throw (noexcept(false)); the process is ending its training either way.
+  }
+}
+
+// DDP's `_pre_forward` (with grad enabled): `prepare_for_forward`, then `_rebuild_buckets` (a
+// collective: rank 0's bucket order is broadcast). `*rebuilt` says whether the buckets were
+// rebuilt now (once, at the second forward).
+bool mn_reducer_pre_forward(MnReducer* r, bool* rebuilt, char** err) {
+  MN_PROTECT({
+    r->reducer->prepare_for_forward();
+    *rebuilt = r->reducer->rebuild_buckets();
+    return true;
+  })
+  return false;
+}
+
+// DDP's `_post_forward`: the next backward's gradients are reduced.
+bool mn_reducer_post_forward(MnReducer* r, char** err) {
+  MN_PROTECT({
+    r->reducer->prepare_for_backward({});
+    return true;
+  })
+  return false;
+}
+
+// The buckets, in the order they are reduced, as indices into the reducer's `params` (`n` of
+// them): `out` (of `cap` entries) holds, for each bucket, its length then its indices. Returns
+// the entries needed (more than `cap`: call again with more).
+int64_t mn_reducer_buckets(MnReducer* r, const at::Tensor* const* params, int64_t n, int64_t* out,
+                           int64_t cap, char** err) {
+  MN_PROTECT({
+    std::unordered_map<const void*, int64_t> index;
+    for (int64_t i = 0; i < n; i++) {
+      index[params[i]->unsafeGetTensorImpl()] = i;
+    }
+    int64_t need = 0;
+    auto put = [&](int64_t v) {
+      if (need < cap) out[need] = v;
+      need++;
+    };
+    for (const auto& bucket : r->reducer->get_grad_buckets(/*return_zero_tensors=*/false)) {
+      const auto params_of = bucket.getParameters();
+      put(static_cast<int64_t>(params_of.size()));
+      for (const auto& p : params_of) {
+        auto it = index.find(p.unsafeGetTensorImpl());
+        put(it == index.end() ? -1 : it->second);
+      }
+    }
+    return need;
+  })
+  return -1;
 }
 
 }  // extern "C"

@@ -67,6 +67,30 @@ extern "C" {
         t: *const C_tensor,
         err: *mut *mut c_char,
     ) -> *mut C_tensor;
+    fn mn_reducer_new(
+        g: *mut std::ffi::c_void,
+        params: *const *const C_tensor,
+        names: *const *const c_char,
+        n: i64,
+        cap: i64,
+        first_cap: i64,
+        err: *mut *mut c_char,
+    ) -> *mut std::ffi::c_void;
+    fn mn_reducer_free(r: *mut std::ffi::c_void);
+    fn mn_reducer_pre_forward(
+        r: *mut std::ffi::c_void,
+        rebuilt: *mut bool,
+        err: *mut *mut c_char,
+    ) -> bool;
+    fn mn_reducer_post_forward(r: *mut std::ffi::c_void, err: *mut *mut c_char) -> bool;
+    fn mn_reducer_buckets(
+        r: *mut std::ffi::c_void,
+        params: *const *const C_tensor,
+        n: i64,
+        out: *mut i64,
+        cap: i64,
+        err: *mut *mut c_char,
+    ) -> i64;
     fn mn_autocast_exit(device: i32);
     fn mn_scaled_op(
         op: i32,
@@ -317,6 +341,140 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: the group was created by `mn_dist_init` and is freed once.
         unsafe { mn_dist_free(self.group.as_ptr()) }
+    }
+}
+
+/// Turns a shim call's `ok` and `err` into a result.
+fn checked(ok: bool, err: *mut c_char, what: &str) -> Result<()> {
+    if ok {
+        return Ok(());
+    }
+    take(std::ptr::null_mut::<u8>(), err, what).map(drop)
+}
+
+/// c10d's `Reducer`, the engine under `DistributedDataParallel`, over a model's trainable
+/// parameters: autograd hooks on the parameters copy each gradient, divided by the world size,
+/// into its bucket, and a bucket's all-reduce starts (asynchronously, on Gloo's threads) as soon
+/// as its last gradient is ready, while the backward goes on; at the end of the backward the
+/// averaged gradients are copied back. The first iteration reduces one bucket; from the second
+/// forward the buckets follow the order the first backward produced the gradients in, capped
+/// as DDP caps them.
+#[derive(Debug)]
+pub struct Reducer {
+    reducer: NonNull<std::ffi::c_void>,
+    params: Vec<Tensor>,
+    /// Holds the process group the reducer uses.
+    _group: std::sync::Arc<ProcessGroup>,
+}
+
+impl Reducer {
+    /// DDP's reducer for `params` (named `names`), with `bucket_cap_mb`: `None` is DDP's default
+    /// (25 MiB, and 1 MiB for the first bucket), `Some(mb)` caps every bucket at `mb` MiB.
+    pub fn new(
+        group: std::sync::Arc<ProcessGroup>,
+        params: &[Tensor],
+        names: &[String],
+        bucket_cap_mb: Option<f64>,
+    ) -> Result<Reducer> {
+        let what = "gradient reducer";
+        let mib = |mb: f64| (mb * 1024.0 * 1024.0) as i64;
+        let (cap, first_cap) = match bucket_cap_mb {
+            None => (mib(25.0), mib(1.0)),
+            Some(mb) => (mib(mb), mib(mb)),
+        };
+        let names: Vec<std::ffi::CString> = names
+            .iter()
+            .map(|n| std::ffi::CString::new(n.replace('\0', "")).unwrap_or_default())
+            .collect();
+        if names.len() != params.len() {
+            return Err(shim_error(what, "one name per parameter is needed"));
+        }
+        let ptrs: Vec<*const C_tensor> = params.iter().map(|t| t.as_ptr()).collect();
+        let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the arrays hold `params.len()` valid entries for the call; the reducer keeps
+        // its own references to the tensors and the group.
+        let ptr = unsafe {
+            mn_reducer_new(
+                group.group.as_ptr(),
+                ptrs.as_ptr(),
+                name_ptrs.as_ptr(),
+                params.len() as i64,
+                cap,
+                first_cap,
+                &mut err,
+            )
+        };
+        Ok(Reducer {
+            reducer: take(ptr, err, what)?,
+            params: params.iter().map(Tensor::shallow_clone).collect(),
+            _group: group,
+        })
+    }
+
+    /// Before a forward whose backward follows (DDP's `_pre_forward`); true when the buckets
+    /// were rebuilt now, in the order the first backward produced the gradients (a collective:
+    /// every rank calls it at the same point).
+    pub fn pre_forward(&self) -> Result<bool> {
+        let (mut rebuilt, mut err) = (false, std::ptr::null_mut());
+        // SAFETY: the reducer is valid; `rebuilt` lives for the call.
+        let ok = unsafe { mn_reducer_pre_forward(self.reducer.as_ptr(), &mut rebuilt, &mut err) };
+        checked(ok, err, "gradient reducer")?;
+        Ok(rebuilt)
+    }
+
+    /// After that forward (DDP's `_post_forward`): the next backward's gradients are reduced.
+    pub fn post_forward(&self) -> Result<()> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the reducer is valid for the call.
+        let ok = unsafe { mn_reducer_post_forward(self.reducer.as_ptr(), &mut err) };
+        checked(ok, err, "gradient reducer")
+    }
+
+    /// The buckets in the order they are reduced, as indices into the parameters.
+    pub fn buckets(&self) -> Result<Vec<Vec<usize>>> {
+        let ptrs: Vec<*const C_tensor> = self.params.iter().map(|t| t.as_ptr()).collect();
+        let mut out = vec![0i64; 2 * ptrs.len() + 16];
+        loop {
+            let mut err = std::ptr::null_mut();
+            // SAFETY: `ptrs` holds valid tensors and `out` `out.len()` entries for the call.
+            let need = unsafe {
+                mn_reducer_buckets(
+                    self.reducer.as_ptr(),
+                    ptrs.as_ptr(),
+                    ptrs.len() as i64,
+                    out.as_mut_ptr(),
+                    out.len() as i64,
+                    &mut err,
+                )
+            };
+            checked(need >= 0, err, "gradient reducer")?;
+            let need = need as usize;
+            if need > out.len() {
+                out.resize(need, 0);
+                continue;
+            }
+            let mut buckets = Vec::new();
+            let mut rest = &out[..need];
+            while let Some((&len, tail)) = rest.split_first() {
+                let len = (len.max(0) as usize).min(tail.len());
+                let bucket = tail[..len]
+                    .iter()
+                    .map(|&i| usize::try_from(i).ok().filter(|&i| i < ptrs.len()))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| shim_error("gradient reducer", "a bucket holds a stranger"))?;
+                buckets.push(bucket);
+                rest = &tail[len..];
+            }
+            return Ok(buckets);
+        }
+    }
+}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        // SAFETY: the reducer was created by `mn_reducer_new` and is freed once.
+        unsafe { mn_reducer_free(self.reducer.as_ptr()) }
     }
 }
 

@@ -9,8 +9,12 @@
 //! - before every forward, rank 0's buffers (BatchNorm's running statistics; DDP's
 //!   `broadcast_buffers=True`): each rank normalizes over its own batch, so without
 //!   synchronization its running statistics drift from the others' until the next broadcast;
-//! - after every backward, the gradients are averaged: divided by the world size, then summed
-//!   over the ranks (DDP's reducer), in one flat bucket per step;
+//! - the gradients are averaged by c10d's `Reducer`, the engine under DDP
+//!   ([`crate::ffi::Reducer`]): divided by the world size and summed over the ranks, in buckets
+//!   whose all-reduce starts during the backward as soon as each bucket's gradients are ready.
+//!   The first step reduces one bucket; at the second, the buckets are rebuilt in the order the
+//!   first backward produced the gradients, 1 MiB then 25 MiB (DDP's defaults; `--bucket-cap-mb`
+//!   sets both, as `bucket_cap_mb` does);
 //! - with `--sync-bn`, every BatchNorm normalizes over all ranks' batches in training
 //!   (`nn.SyncBatchNorm`, src/nn/sync_batch_norm.rs), so the running statistics agree;
 //! - each rank reads its shard of each epoch's order as `DistributedSampler` does (the order
@@ -19,7 +23,7 @@
 //!
 //! A rank that dies makes the others' next collective fail after the timeout, with an error.
 
-use crate::ffi::{ProcessGroup, Rendezvous};
+use crate::ffi::{ProcessGroup, Reducer, Rendezvous};
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +92,15 @@ impl Dist {
         }))
     }
 
+    /// `LOCAL_RANK` under a data-parallel launch (`WORLD_SIZE` above one): the GPU this rank
+    /// takes when the device is `auto`, as a DDP script's `torch.cuda.set_device(local_rank)`.
+    pub fn local_rank_from_env() -> Result<Option<usize>> {
+        if parse::<usize>("WORLD_SIZE")?.unwrap_or(1) <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(parse("LOCAL_RANK")?.unwrap_or(0)))
+    }
+
     /// Joins the group `r` describes (from [`Dist::rendezvous_from_env`]).
     pub fn join(r: &Rendezvous) -> Result<Dist> {
         let group = ProcessGroup::join(r).map_err(|e| {
@@ -128,37 +141,46 @@ impl Dist {
         })
     }
 
-    /// DDP's gradient averaging: each gradient divided by the world size, then summed over the
-    /// ranks, through one flat bucket. Parameters without a gradient are left out (every rank
-    /// has the same ones).
-    pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = params
-                .iter()
-                .map(Tensor::grad)
-                .filter(Tensor::defined)
-                .collect();
-            if grads.is_empty() {
-                return Ok(());
-            }
-            let flat: Vec<Tensor> = grads
-                .iter()
-                .map(|g| g.f_reshape([-1]))
-                .collect::<std::result::Result<_, _>>()?;
-            let bucket = Tensor::f_cat(&flat, 0)?;
-            let _ = bucket.shallow_clone().f_div_scalar_(self.world as f64)?;
-            self.group
-                .all_reduce_sum(&bucket)
-                .map_err(|e| self.failed("gradient all-reduce", e))?;
-            let mut offset = 0;
-            for g in &grads {
-                let n = g.numel() as i64;
-                let part = bucket.f_narrow(0, offset, n)?.f_view_as(g)?;
-                g.shallow_clone().f_copy_(&part)?;
-                offset += n;
-            }
-            Ok(())
-        })
+    /// DDP's reducer over `params` (the trainable parameters, in the model's order, named
+    /// `names`), with buckets of `bucket_cap_mb` MiB (`None`: DDP's 25, and 1 for the first).
+    pub fn reducer(
+        &self,
+        params: &[Tensor],
+        names: &[String],
+        bucket_cap_mb: Option<f64>,
+    ) -> Result<Reducer> {
+        Reducer::new(self.group(), params, names, bucket_cap_mb)
+            .map_err(|e| self.failed("gradient reducer's setup", e))
+    }
+
+    /// DDP's `_pre_forward` for a training step: true when the reducer rebuilt its buckets now.
+    pub fn rebuild(&self, reducer: &Reducer) -> Result<bool> {
+        reducer
+            .pre_forward()
+            .map_err(|e| self.failed("gradient buckets' rebuild", e))
+    }
+
+    /// The reducer's buckets as parameter names, in the order they are all-reduced.
+    pub fn bucket_names(&self, reducer: &Reducer, names: &[String]) -> Result<Vec<Vec<String>>> {
+        Ok(reducer
+            .buckets()?
+            .into_iter()
+            .map(|b| b.into_iter().map(|i| names[i].clone()).collect())
+            .collect())
+    }
+
+    /// DDP's `_post_forward`, then `backward`: the reducer's hooks divide each gradient by the
+    /// world size into its bucket and start the bucket's all-reduce as soon as it is full, while
+    /// the backward goes on; `backward` returns once every bucket is reduced and copied back.
+    pub fn reduce_in_backward(
+        &self,
+        reducer: &Reducer,
+        backward: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        reducer
+            .post_forward()
+            .map_err(|e| self.failed("gradient reducer", e))?;
+        backward().map_err(|e| self.failed("backward with the gradient all-reduce", e))
     }
 
     fn failed(&self, what: &str, e: Error) -> Error {

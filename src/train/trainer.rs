@@ -20,7 +20,7 @@ use super::{
     Rule, Scheduler, Sgd, SgdOptions,
 };
 use crate::device::Precision;
-use crate::ffi::Autocast;
+use crate::ffi::{Autocast, Reducer};
 use crate::models::{Dropout, Model};
 use crate::nn::NormKind;
 use crate::value::{Dict, Value};
@@ -99,6 +99,10 @@ pub struct TrainOptions {
     /// off, so checkpoints from before the option resume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_bn: bool,
+    /// Under data-parallel training, the size of the gradient buckets in MiB (DDP's
+    /// `bucket_cap_mb`); `None` is DDP's default, 25 MiB and a first bucket of 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_cap_mb: Option<f64>,
 }
 
 impl TrainOptions {
@@ -123,6 +127,13 @@ impl TrainOptions {
             ("lr min", self.lr_min),
         ] {
             check(finite(v), what, format!("{v} is not a finite number >= 0"))?;
+        }
+        if let Some(mb) = self.bucket_cap_mb {
+            check(
+                mb.is_finite() && mb > 0.0 && mb <= 1024.0 * 1024.0,
+                "bucket cap",
+                format!("{mb} MiB is not a size in (0, 1048576]"),
+            )?;
         }
         if let Some(v) = self.norm_weight_decay {
             check(
@@ -241,6 +252,10 @@ pub enum Progress<'a> {
     },
     /// A batch of one image was left out (BatchNorm cannot train on one value per channel).
     SingleImageBatch,
+    /// Data-parallel training rebuilt its gradient buckets (once, at the second step) in the
+    /// order the first backward produced the gradients: each bucket's parameter names, in the
+    /// order the buckets are all-reduced.
+    BucketsRebuilt { buckets: &'a [Vec<String>] },
 }
 
 /// A model, its optimizer, schedule and EMA, and where the run is.
@@ -252,10 +267,14 @@ pub struct Trainer {
     ema: Option<Ema>,
     /// fp16 only.
     scaler: Option<GradScaler>,
-    /// A data-parallel run's rank, and the buffers rank 0 broadcasts before each forward.
-    dist: Option<(Dist, Vec<Tensor>)>,
-    /// The parameters the optimizer steps.
+    /// A data-parallel run's rank, the buffers rank 0 broadcasts before each forward, and the
+    /// reducer that averages the gradients.
+    dist: Option<(Dist, Vec<Tensor>, Reducer)>,
+    /// The parameters the optimizer steps, and their names.
     params: Vec<Tensor>,
+    param_names: Vec<String>,
+    /// The gradient buckets, when the last step rebuilt them.
+    rebuilt: Option<Vec<Vec<String>>>,
     /// Epochs finished.
     epoch: i64,
     /// Optimizer steps taken.
@@ -325,6 +344,7 @@ impl Trainer {
             params.push((key.clone(), t.shallow_clone(), is_norm));
         }
         let trainable: Vec<Tensor> = params.iter().map(|(_, t, _)| t.shallow_clone()).collect();
+        let param_names: Vec<String> = params.iter().map(|(k, _, _)| k.clone()).collect();
         let groups = set_weight_decay(params, options.weight_decay, options.norm_weight_decay, &[]);
         let lr = options.lr;
         let mut optimizer = match options.optimizer {
@@ -377,6 +397,8 @@ impl Trainer {
             scaler: None,
             dist: None,
             params: trainable,
+            param_names,
+            rebuilt: None,
             epoch: 0,
             step: 0,
             total_epochs,
@@ -424,13 +446,14 @@ impl Trainer {
             .filter(|(k, _)| is_norm_buffer(k))
             .map(|(_, t)| t)
             .collect();
-        self.dist = Some((dist, buffers));
+        let reducer = dist.reducer(&self.params, &self.param_names, self.options.bucket_cap_mb)?;
+        self.dist = Some((dist, buffers, reducer));
         Ok(self)
     }
 
     /// The data-parallel rank, if any.
     pub fn dist(&self) -> Option<&Dist> {
-        self.dist.as_ref().map(|(d, _)| d)
+        self.dist.as_ref().map(|(d, _, _)| d)
     }
 
     pub fn model(&self) -> &Model {
@@ -566,6 +589,9 @@ impl Trainer {
                 loss: loss_sum / seen as f64,
                 top1: correct as f64 / seen as f64,
             });
+            if let Some(buckets) = self.rebuilt.take() {
+                progress(Progress::BucketsRebuilt { buckets: &buckets });
+            }
         }
         let train_seconds = start.elapsed().as_secs_f64();
         self.loop_images += seen;
@@ -602,8 +628,13 @@ impl Trainer {
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, i64)> {
         // The forward and the loss under autocast (bf16/fp16), the backward outside it, as
         // torchvision's train.py runs `--amp`.
-        if let Some((d, buffers)) = &self.dist {
-            // DDP's broadcast_buffers: every rank starts the forward from rank 0's statistics.
+        if let Some((d, buffers, reducer)) = &self.dist {
+            // DDP's `_pre_forward`: the reducer expects this step's gradients (and at the second
+            // step rebuilds its buckets); then, with broadcast_buffers, every rank starts the
+            // forward from rank 0's statistics.
+            if d.rebuild(reducer)? {
+                self.rebuilt = Some(d.bucket_names(reducer, &self.param_names)?);
+            }
             d.broadcast(buffers)?;
         }
         let autocast = match self.options.precision {
@@ -625,12 +656,18 @@ impl Trainer {
         drop(autocast);
         let opt = self.optimizer.optimize();
         opt.zero_grad();
-        match &self.scaler {
-            None => loss.f_backward()?,
-            Some(scaler) => scaler.scale(&loss)?.f_backward()?,
-        }
-        if let Some((d, _)) = &self.dist {
-            d.average_gradients(&self.params)?;
+        let backward = |loss: &Tensor| -> Result<()> {
+            match &self.scaler {
+                None => loss.f_backward()?,
+                Some(scaler) => scaler.scale(loss)?.f_backward()?,
+            }
+            Ok(())
+        };
+        match &self.dist {
+            None => backward(&loss)?,
+            // DDP's `_post_forward`, then the backward, whose gradients the reducer averages in
+            // buckets while it runs; it returns once every bucket is reduced.
+            Some((d, _, reducer)) => d.reduce_in_backward(reducer, || backward(&loss))?,
         }
         // GradScaler.step: a step whose gradients hold an inf or NaN is skipped.
         let found_inf = match &self.scaler {

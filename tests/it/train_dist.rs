@@ -7,7 +7,9 @@
 //! - without `--sync-bn`, each rank's parameters and BatchNorm running statistics equal those of
 //!   PyTorch's `DistributedDataParallel` on the same shards (tests/gen_dist.py, Gloo, 2
 //!   processes), rank 1's read from `--rank-state`;
-//! - a rank whose peer never comes fails after `--dist-timeout` with an error, not a hang.
+//!   The reducer's buckets, rebuilt at the second step, are DDP's, parameter for parameter;
+//! - a rank whose peer never comes fails after `--dist-timeout` with an error, not a hang, and
+//!   so does a rank whose peer is killed in the middle of training.
 
 use crate::common::BIN;
 use std::collections::HashMap;
@@ -243,7 +245,19 @@ fn ranks_without_sync_bn_match_pytorch_ddp() {
     args.extend(run_args(&data));
     args.extend(["--rank-state", &ranks.display().to_string(), "--out"].map(String::from));
     args.push(out.display().to_string());
-    torchrun(&args);
+    let run = torchrun(&args);
+    // The reducer's buckets, rebuilt at the second step in the order the first backward
+    // produced the gradients, are DDP's (bucket_cap_mb in the flags), parameter for parameter.
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["event"] == "buckets")
+        .collect();
+    assert_eq!(rows.len(), 1, "one bucket rebuild on rank 0: {stdout}");
+    let expected_buckets = &manifest["buckets"][case];
+    assert!(expected_buckets.as_array().unwrap().len() > 2);
+    assert_eq!(&rows[0]["buckets"], expected_buckets);
     let expected = |r: usize| read(&fixtures.join(case).join(format!("rank{r}.safetensors")));
     let (rank0, rank1) = (expected(0), expected(1));
     let mut worst = assert_close(&rank0, &read(&out.join("model.pth")), "rank 0's model.pth");
@@ -321,6 +335,74 @@ fn a_missing_rank_is_an_error_after_the_timeout() {
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("not below WORLD_SIZE 2"));
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn a_rank_killed_in_training_stops_its_peer_with_an_error() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let port = free_port();
+    let out = out_dir("killed");
+    // BatchNorm with --sync-bn: collectives in the forward (statistics), in the backward
+    // (theirs and the gradient buckets') and before each forward (buffers). 2 steps per epoch.
+    let rank = |r: &str| {
+        Command::new(BIN)
+            .args(common_args("400", "batch", "v2_batch_sgd"))
+            .args([
+                "--batch-size",
+                "2",
+                "--sync-bn",
+                "--dist-timeout",
+                "30",
+                "--out",
+            ])
+            .arg(out.join(r))
+            .env("WORLD_SIZE", "2")
+            .env("RANK", r)
+            .env("LOCAL_RANK", r)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut zero = rank("0");
+    let mut one = rank("1");
+    // Shortly after rank 0 has finished an epoch (its first metrics row), rank 1 dies: in
+    // whichever collective the timing gives (the buffers' broadcast, SyncBatchNorm's, or the
+    // gradient buckets' in the backward).
+    let mut rows = BufReader::new(zero.stdout.take().unwrap()).lines();
+    let first = rows
+        .by_ref()
+        .map_while(|l| l.ok())
+        .find(|l| !l.contains("\"event\""))
+        .unwrap();
+    assert!(first.contains("\"epoch\":1"), "{first}");
+    std::thread::sleep(Duration::from_millis(150));
+    one.kill().unwrap();
+    one.wait().unwrap();
+    let killed = Instant::now();
+    let rest: Vec<String> = rows.map_while(|l| l.ok()).collect();
+    let status = zero.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut zero.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(killed.elapsed() < Duration::from_secs(60), "{stderr}");
+    assert!(
+        stderr.contains("rank 0 of 2: the ") && stderr.contains("another rank may have stopped"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Exception raised from"), "{stderr}");
+    assert!(!stderr.contains("frame #"), "{stderr}");
+    assert!(!rest.iter().any(|l| l.contains("\"done\"")), "{rest:?}");
+    eprintln!(
+        "rank 1 killed after epoch 1: rank 0 stopped {:.1} s later with: {}",
+        killed.elapsed().as_secs_f64(),
+        stderr.lines().last().unwrap_or("")
+    );
     let _ = std::fs::remove_dir_all(out);
 }
 
