@@ -76,7 +76,17 @@ fn build_shim(lib: &Path) {
     let include = root.join("include");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    if let Some(includes) = nccl_includes(lib) {
+        // c10d's ProcessGroupNCCL (in libtorch_cuda) for data-parallel training on CUDA.
+        build.define("MN_NCCL", "1");
+        for dir in includes {
+            build.flag("-isystem").flag(dir.display().to_string());
+        }
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    build
         .cpp(true)
         .file("src/ffi/shim.cpp")
         .file("src/ffi/graph.cpp")
@@ -96,6 +106,35 @@ fn build_shim(lib: &Path) {
         .warnings(true)
         .extra_warnings(true)
         .compile("mobilenet_shim");
+}
+
+/// The include folders that c10d's `ProcessGroupNCCL.hpp` needs, when this libtorch has CUDA
+/// (libtorch_cuda) and the pip packages beside it hold NCCL's and CUDA's headers (nvidia-nccl,
+/// nvidia-cuda-runtime, and nvidia-cuda-crt and nvidia-cuda-cccl from weights/requirements.txt):
+/// `site-packages/nvidia/{nccl,cuXY}/include`. `None` builds the shim without NCCL.
+fn nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
+    let lib = lib.canonicalize().ok()?;
+    if !lib.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let nccl = nvidia.join("nccl/include");
+    if !nccl.join("nccl.h").exists() {
+        return None;
+    }
+    let cuda = std::fs::read_dir(&nvidia)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("include")))
+        .find(|inc| {
+            inc.join("cuda_runtime.h").exists() && inc.join("crt/host_config.h").exists()
+        })?;
+    let mut dirs = vec![nccl, cuda.clone()];
+    if cuda.join("cccl/nv/target").exists() {
+        dirs.push(cuda.join("cccl"));
+    } else if !cuda.join("nv/target").exists() {
+        return None;
+    }
+    Some(dirs)
 }
 
 /// Compiles src/ffi/jpeg.c (the libjpeg API with Pillow's settings) against the libjpeg-turbo

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a GPU machine (torch installed, no Rust): parity on cuda in fp32, fp16 and bf16, then our
-# bench beside PyTorch eager (fp16, channels-last, cuDNN benchmark) on the same GPU, in one run.
+# On a GPU machine (torch installed, no Rust): parity on cuda in fp32, fp16 and bf16, data-parallel
+# training under torchrun (NCCL) against a plain run, then our bench beside PyTorch eager (fp16,
+# channels-last, cuDNN benchmark) on the same GPU, in one run.
 # Prepare with scripts/gpu-prepare.sh; run from the repository root as
 #   export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 #   bash .gpu/gpu-check.sh
@@ -46,6 +47,34 @@ for arch in mobilenet_v2 mobilenet_v3_large; do
       --warmup $WARMUP --iters $ITERS --json | tee "$OUT/bench-ours-$arch-$p.json" || status=1
   done
 done
+# Data-parallel training on this device under torchrun, one rank (one GPU: NCCL refuses two ranks
+# on one device): c10d's NCCL backend (Gloo on the CPU) and the Reducer, against the same
+# training in a plain process. A group of one reduces nothing, so the two must agree up to the
+# device's own run-to-run noise.
+if command -v torchrun >/dev/null 2>&1; then
+  echo "== data-parallel train on $DEVICE, torchrun --nproc-per-node 1, against a plain run"
+  TRAIN="train --arch mobilenet_v2 --width-mult 0.35 --norm batch --dropout 0 --steps 6 \
+    --batch-size 4 --resolution 64 --augment none --no-shuffle --optimizer sgd --lr 0.01 \
+    --data $G/train-data --val $G/train-data --json"
+  rm -rf "$OUT/ddp1" "$OUT/plain"
+  torchrun --no-python --standalone --nproc-per-node 1 $BIN $TRAIN --device "${DEVICE/cuda/auto}" \
+    --out "$OUT/ddp1" > "$OUT/train-ddp1.jsonl" 2> "$OUT/train-ddp1.err" || { status=1; tail -5 "$OUT/train-ddp1.err"; }
+  $BIN $TRAIN --device "$DEVICE" --out "$OUT/plain" > "$OUT/train-plain.jsonl" 2> "$OUT/train-plain.err" \
+    || { status=1; tail -5 "$OUT/train-plain.err"; }
+  python3 - "$OUT" <<'PY' || status=1
+import json, sys, torch
+out = sys.argv[1]
+a = torch.load(f"{out}/ddp1/model.pth", map_location="cpu")
+b = torch.load(f"{out}/plain/model.pth", map_location="cpu")
+worst = max(((a[k].double() - b[k].double()).abs().max() / b[k].double().abs().max().clamp(min=1e-12)).item()
+            for k in b if b[k].is_floating_point())
+res = {"check": "ddp-one-rank-vs-plain", "worst_relative_difference": worst, "ok": worst < 1e-3}
+print(json.dumps(res)); json.dump(res, open(f"{out}/ddp-vs-plain.json", "w"))
+sys.exit(0 if res["ok"] else 1)
+PY
+else
+  echo "gpu-check: no torchrun here, no data-parallel check" >&2
+fi
 python3 -c "import torchvision" 2>/dev/null || { echo "gpu-check: no torchvision, no PyTorch bench" >&2; exit $status; }
 python3 - "$OUT" "$DEVICE" "$BATCHES" "$WARMUP" "$ITERS" "$BENCH" <<'PY' || status=1
 import json, sys, time, torch, torchvision

@@ -7,6 +7,7 @@ make release >/dev/null
 rm -rf .gpu && mkdir -p .gpu
 cp target/release/mobilenet .gpu/
 cp scripts/gpu-check.sh weights/export.py .gpu/
+cp -r fixtures/train/data .gpu/train-data  # the data-parallel check's 8 images
 PY=.venv/bin/python3
 for arch in mobilenet_v2 mobilenet_v3_large; do
   $PY weights/export.py model --arch "$arch" --seed 0 --out ".gpu/$arch.safetensors"

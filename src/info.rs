@@ -27,6 +27,8 @@ pub struct Info {
     pub inter_op_threads: i32,
     pub mkldnn: bool,
     pub openmp: bool,
+    /// Whether data-parallel training has c10d's NCCL backend for CUDA tensors (else Gloo).
+    pub nccl: bool,
     pub default_device: String,
     /// The CPU and the instruction sets that matter to its kernels.
     pub cpu: CpuIsa,
@@ -57,6 +59,7 @@ impl Info {
             inter_op_threads: tch::get_num_interop_threads(),
             mkldnn: tch::utils::has_mkldnn(),
             openmp: tch::utils::has_openmp(),
+            nccl: crate::ffi::has_nccl(),
             default_device: if cuda_available { "cuda:0" } else { "cpu" }.to_string(),
             cpu: CpuIsa::detect(),
         }

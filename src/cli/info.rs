@@ -36,6 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("inter-op threads {}", info.inter_op_threads);
     println!("mkldnn           {}", info.mkldnn);
     println!("openmp           {}", info.openmp);
+    println!("nccl             {}", info.nccl);
     println!("default device   {}", info.default_device);
     println!("cpu              {}", info.cpu.model);
     println!("cpu isa          {}", info.cpu.flags.join(" "));

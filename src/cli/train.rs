@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mobilenet::card::{replace_with, write_atomic, ModelCard};
 use mobilenet::device::{DeviceChoice, Precision};
+use mobilenet::ffi::Rendezvous;
 use mobilenet::models::{Arch, Model, ModelConfig};
 use mobilenet::nn::NormKind;
 use mobilenet::train::augment::{eval_transform, Augment};
@@ -260,9 +261,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rendezvous = Dist::rendezvous_from_env(timeout)?;
     let world = rendezvous.as_ref().map_or(1, |r| r.world);
     let main = rendezvous.as_ref().is_none_or(|r| r.rank == 0);
-    if args.sync_bn && rendezvous.is_none() && args.norm == NormKind::Batch {
+    if args.sync_bn && world == 1 && args.norm == NormKind::Batch {
         // As nn.SyncBatchNorm, which runs as BatchNorm2d at a world size of 1.
-        eprintln!("train: --sync-bn has no effect in a single process (not under torchrun)");
+        eprintln!("train: --sync-bn has no effect in a single process (a world size of 1)");
     }
     let per_rank = train_set.samples.len().div_ceil(world);
     let batches_per_epoch = per_rank.div_ceil(args.batch_size) as i64;
@@ -279,7 +280,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows = resume(&mut trainer, dir, &saved_args)?;
     }
     if let Some(r) = &rendezvous {
-        trainer = trainer.with_dist(Dist::join(r)?)?;
+        // CUDA tensors through NCCL where this build has it, as `init_process_group`'s default.
+        let r = Rendezvous {
+            nccl: device.is_cuda() && mobilenet::ffi::has_nccl(),
+            ..r.clone()
+        };
+        trainer = trainer.with_dist(Dist::join(&r)?)?;
     }
     // Only rank 0 writes the outputs and reports (and validates).
     if main {

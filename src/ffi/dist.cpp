@@ -10,6 +10,10 @@
 // message in `*err` and returns null or false.
 
 #define USE_C10D_GLOO 1
+#ifdef MN_NCCL
+#define USE_C10D_NCCL 1
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -27,8 +31,9 @@
 
 #include "protect.h"
 
-// `pg`: the Gloo backend, which the collectives below call directly. `group`: a ProcessGroup
-// with it as its CPU backend, as `init_process_group` assembles one; the Reducer takes that.
+// `pg`: the Gloo backend. `group`: a ProcessGroup with Gloo for CPU tensors and NCCL (or, in a
+// build without it or on the CPU, Gloo) for CUDA tensors, as `init_process_group` assembles one;
+// every collective goes through it, to the backend of its tensors' device.
 struct MnGroup {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   c10::intrusive_ptr<c10d::ProcessGroup> group;
@@ -40,10 +45,10 @@ struct MnReducer {
 
 namespace {
 
-// `t` summed over the ranks, in place (a dense contiguous CPU tensor, as Gloo wants).
+// `t` summed over the ranks, in place (a dense contiguous tensor).
 void all_reduce_sum(MnGroup* g, at::Tensor& t) {
   std::vector<at::Tensor> ts{t};
-  g->pg->allreduce(ts)->wait();
+  g->group->allreduce(ts)->wait();
 }
 
 // y = sum over the ranks of x; dL/dx = sum over the ranks of dL/dy (every rank's loss depends on
@@ -70,11 +75,21 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
 
 extern "C" {
 
+// Whether this shim has c10d's NCCL backend (built against a CUDA libtorch with NCCL's headers).
+bool mn_dist_has_nccl() {
+#ifdef MN_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Joins the group of `world` processes as `rank`. `agent_store`: torchrun's agent hosts the store
 // at addr:port (TORCHELASTIC_USE_AGENT_STORE=True), and every rank connects as a client under
-// the prefix torch uses, `/worker/attempt_{restart}`; else rank 0 starts the store.
+// the prefix torch uses, `/worker/attempt_{restart}`; else rank 0 starts the store. `nccl`: CUDA
+// tensors go through NCCL (`init_process_group`'s default "cpu:gloo,cuda:nccl"), else Gloo.
 MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agent_store,
-                      int restart, int64_t timeout_ms, char** err) {
+                      int restart, int64_t timeout_ms, bool nccl, char** err) {
   MN_PROTECT({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
@@ -96,10 +111,26 @@ MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agen
     auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
     group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
     pg->setSequenceNumberForGroup();
-    // Gloo takes CPU and CUDA tensors (the latter through host copies), as `init_process_group`
-    // registers it for both devices under the "gloo" backend.
     group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, pg);
-    group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, pg);
+    if (nccl) {
+#ifdef MN_NCCL
+      // As `_new_process_group_helper` builds the "cuda" entry: a prefix store of its own, the
+      // group's timeout, NCCL the default backend.
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = timeout;
+      auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          c10::make_intrusive<c10d::PrefixStore>("cuda/", store), rank, world, nccl_options);
+      backend->setSequenceNumberForGroup();
+      group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, backend);
+      group->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
+#else
+      TORCH_CHECK(false, "this build has no NCCL (c10d's ProcessGroupNCCL was not compiled in)");
+#endif
+    } else {
+      // Gloo takes CUDA tensors too (through host copies), as `init_process_group("gloo")`
+      // registers it for both devices.
+      group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, pg);
+    }
     group->setGroupName("0");
     return new MnGroup{pg, group};
   })
@@ -114,11 +145,11 @@ bool mn_dist_collective(MnGroup* g, int op, const at::Tensor* t, int root, char*
     std::vector<at::Tensor> ts{*t};
     c10::intrusive_ptr<c10d::Work> work;
     if (op == 0) {
-      work = g->pg->allreduce(ts);
+      work = g->group->allreduce(ts);
     } else {
       c10d::BroadcastOptions o;
       o.rootRank = root;
-      work = g->pg->broadcast(ts, o);
+      work = g->group->broadcast(ts, o);
     }
     work->wait();
     return true;

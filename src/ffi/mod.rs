@@ -52,8 +52,10 @@ extern "C" {
         agent_store: bool,
         restart: i32,
         timeout_ms: i64,
+        nccl: bool,
         err: *mut *mut c_char,
     ) -> *mut std::ffi::c_void;
+    fn mn_dist_has_nccl() -> bool;
     fn mn_dist_free(g: *mut std::ffi::c_void);
     fn mn_dist_collective(
         g: *mut std::ffi::c_void,
@@ -246,8 +248,9 @@ pub fn hardtanh(t: &Tensor, lo: f64, hi: f64, inplace: bool) -> Result<Tensor> {
     Ok(unsafe { Tensor::from_ptr(ptr.as_ptr()) })
 }
 
-/// A c10d process group over Gloo (src/ffi/dist.cpp), joined through a TCPStore as
-/// `init_process_group("gloo", init_method="env://")` joins it.
+/// A c10d process group (src/ffi/dist.cpp), joined through a TCPStore as
+/// `init_process_group(init_method="env://")` joins it: Gloo for CPU tensors, and NCCL or Gloo
+/// for CUDA tensors.
 #[derive(Debug)]
 pub struct ProcessGroup {
     group: NonNull<std::ffi::c_void>,
@@ -271,6 +274,15 @@ pub struct Rendezvous {
     /// `TORCHELASTIC_RESTART_COUNT`.
     pub restart: u32,
     pub timeout: std::time::Duration,
+    /// CUDA tensors go through NCCL (see [`has_nccl`]), else through Gloo.
+    pub nccl: bool,
+}
+
+/// Whether the shim was built with c10d's NCCL backend (a CUDA libtorch, with NCCL's and CUDA's
+/// headers at build time).
+pub fn has_nccl() -> bool {
+    // SAFETY: reads a constant.
+    unsafe { mn_dist_has_nccl() }
 }
 
 impl ProcessGroup {
@@ -293,6 +305,7 @@ impl ProcessGroup {
                 r.agent_store,
                 r.restart as i32,
                 r.timeout.as_millis().min(i64::MAX as u128) as i64,
+                r.nccl,
                 &mut err,
             )
         };

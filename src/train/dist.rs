@@ -55,15 +55,23 @@ fn parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
 }
 
 impl Dist {
-    /// The rendezvous torchrun's variables describe; `None` without `WORLD_SIZE` or with a world
-    /// of one (a plain run).
+    /// `WORLD_SIZE` when this is a rank of a launch: torchrun's variables with a world above one,
+    /// or of one with `MASTER_ADDR` set (`torchrun --nproc-per-node 1`, a group of one, as a
+    /// script under it gets from `init_process_group`). `None`: a plain run.
+    fn launched_world() -> Result<Option<usize>> {
+        Ok(match parse::<usize>("WORLD_SIZE")? {
+            Some(w) if w > 1 || (w == 1 && var("MASTER_ADDR").is_some()) => Some(w),
+            _ => None,
+        })
+    }
+
+    /// The rendezvous torchrun's variables describe; `None` without `WORLD_SIZE`, or with a world
+    /// of one and no `MASTER_ADDR` (a plain run). CUDA tensors go through Gloo; set `nccl` for
+    /// NCCL.
     pub fn rendezvous_from_env(timeout: Duration) -> Result<Option<Rendezvous>> {
-        let Some(world) = parse::<usize>("WORLD_SIZE")? else {
+        let Some(world) = Self::launched_world()? else {
             return Ok(None);
         };
-        if world <= 1 {
-            return Ok(None);
-        }
         let need = |name: &str| {
             var(name).ok_or_else(|| {
                 Error::config(
@@ -89,13 +97,14 @@ impl Dist {
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
             restart: parse("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0),
             timeout,
+            nccl: false,
         }))
     }
 
-    /// `LOCAL_RANK` under a data-parallel launch (`WORLD_SIZE` above one): the GPU this rank
-    /// takes when the device is `auto`, as a DDP script's `torch.cuda.set_device(local_rank)`.
+    /// `LOCAL_RANK` under a data-parallel launch: the GPU this rank takes when the device is
+    /// `auto`, as a DDP script's `torch.cuda.set_device(local_rank)`.
     pub fn local_rank_from_env() -> Result<Option<usize>> {
-        if parse::<usize>("WORLD_SIZE")?.unwrap_or(1) <= 1 {
+        if Self::launched_world()?.is_none() {
             return Ok(None);
         }
         Ok(Some(parse("LOCAL_RANK")?.unwrap_or(0)))

@@ -419,7 +419,8 @@ impl Trainer {
     /// then trains on this rank's shard, averaging gradients (and with `sync_bn`, normalizing
     /// every BatchNorm over all ranks' batches).
     pub fn with_dist(mut self, dist: Dist) -> Result<Trainer> {
-        if self.options.sync_bn {
+        // nn.SyncBatchNorm runs as BatchNorm2d at a world size of 1.
+        if self.options.sync_bn && dist.world > 1 {
             let mut synced = 0;
             for conv in self.model.network().convs() {
                 if let Some(bn) = conv.norm().as_batch_norm() {

@@ -39,6 +39,7 @@ fn info_json_reports_pinned_libtorch() {
         "cudnn_version",
         "intra_op_threads",
         "default_device",
+        "nccl",
     ] {
         assert!(v.get(key).is_some(), "missing field {key} in {v}");
     }
@@ -51,6 +52,10 @@ fn info_json_reports_pinned_libtorch() {
     );
     assert_eq!(v["default_device"], if cuda { "cuda:0" } else { "cpu" });
     assert!(v["intra_op_threads"].as_i64().unwrap() >= 1);
+    // A CUDA libtorch from the pinned wheel, with the headers weights/requirements.txt installs.
+    if version.contains("+cu") {
+        assert_eq!(v["nccl"], true, "{v}");
+    }
 }
 
 #[test]

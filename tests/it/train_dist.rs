@@ -447,6 +447,7 @@ fn sync_batch_norm_over_one_rank_is_batch_norm() {
         agent_store: false,
         restart: 0,
         timeout: Duration::from_secs(30),
+        nccl: false,
     })
     .unwrap();
     let (vs_plain, vs_sync) = (
@@ -583,6 +584,7 @@ fn sync_batch_norm_over_two_ranks_is_batch_norm_over_both_batches() {
                         agent_store: false,
                         restart: 0,
                         timeout: Duration::from_secs(30),
+                        nccl: false,
                     })
                     .unwrap(),
                 );
@@ -614,4 +616,28 @@ fn sync_batch_norm_over_two_ranks_is_batch_norm_over_both_batches() {
         close(s, &ranks[0].1[i], "rank 0's running statistics");
         close(s, &ranks[1].1[i], "rank 1's running statistics");
     }
+}
+
+#[test]
+fn nccl_without_a_gpu_is_an_error() {
+    use mobilenet::ffi::{has_nccl, ProcessGroup, Rendezvous};
+    if !has_nccl() || tch::Cuda::is_available() {
+        eprintln!("skipped: this build has no NCCL, or there is a GPU (gpu-check runs NCCL)");
+        return;
+    }
+    let err = ProcessGroup::join(&Rendezvous {
+        addr: "127.0.0.1".into(),
+        port: free_port(),
+        rank: 0,
+        world: 1,
+        agent_store: false,
+        restart: 0,
+        timeout: Duration::from_secs(10),
+        nccl: true,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("GPU"), "{err}");
+    assert!(!err.contains("Exception raised from"), "{err}");
+    eprintln!("NCCL without a GPU: {err}");
 }
