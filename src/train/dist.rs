@@ -192,7 +192,8 @@ impl Dist {
         backward().map_err(|e| self.failed("backward with the gradient all-reduce", e))
     }
 
-    fn failed(&self, what: &str, e: Error) -> Error {
+    /// `e`, from `what`, as this rank's failure (a peer that stopped is the likely cause).
+    pub fn failed(&self, what: &str, e: Error) -> Error {
         Error::config(
             "data-parallel training",
             format!(

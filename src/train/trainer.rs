@@ -643,9 +643,18 @@ impl Trainer {
             p => Some(Autocast::enter(self.model.device(), p.kind())?),
         };
         let logits = if self.options.freeze_features {
-            self.model.forward_with_stages(x, false, Dropout::On)?.0
+            self.model
+                .forward_with_stages(x, false, Dropout::On)
+                .map(|(l, _)| l)
         } else {
-            self.model.f_forward_t(x, true)?
+            self.model.f_forward_t(x, true)
+        };
+        let logits = match &self.dist {
+            // With --sync-bn the forward all-reduces every BatchNorm's statistics.
+            Some((d, _, _)) if self.options.sync_bn && d.world > 1 => {
+                logits.map_err(|e| d.failed("forward (SyncBatchNorm's all-reduce)", e))?
+            }
+            _ => logits?,
         };
         let loss = logits.f_cross_entropy_loss::<Tensor>(
             y,
