@@ -1,7 +1,8 @@
 // libtorch's c10d, the collective library under torch.distributed, for data-parallel training
 // under `torchrun`: a TCPStore for the rendezvous (the store torchrun's agent already hosts, or
-// one that rank 0 starts, as `init_process_group("gloo", init_method="env://")` does) and a
-// ProcessGroupGloo over it, with the all-reduce and broadcast that DistributedDataParallel uses,
+// one that rank 0 starts, as `init_process_group(init_method="env://")` does) and a
+// ProcessGroup over it (Gloo for CPU tensors; NCCL, where built, or Gloo for CUDA tensors), with
+// the all-reduce and broadcast that DistributedDataParallel uses,
 // and a differentiable all-reduce (sum) for SyncBatchNorm: its backward all-reduces the incoming
 // gradient, as SyncBatchNorm's backward all-reduces `sum_dy` and `sum_dy_xmu`; and c10d's
 // Reducer, the engine under DistributedDataParallel, which averages the gradients in buckets

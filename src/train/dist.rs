@@ -1,7 +1,8 @@
 //! Data-parallel training, one process per device under PyTorch's launcher
 //! (`torchrun --no-python ... mobilenet train ...`), as `DistributedDataParallel` runs it:
 //!
-//! - the process group: libtorch's c10d with Gloo ([`crate::ffi::ProcessGroup`]), joined from
+//! - the process group: libtorch's c10d with Gloo, and NCCL for CUDA tensors where the shim has
+//!   it ([`crate::ffi::ProcessGroup`]), joined from
 //!   the variables torchrun sets (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
 //!   `MASTER_PORT`, and `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT` for the
 //!   store torchrun's agent hosts);
