@@ -14,6 +14,7 @@ use mobilenet::nn::NormKind;
 use mobilenet::train::augment::{eval_transform, Augment};
 use mobilenet::train::data::ImageFolder;
 use mobilenet::train::dist::Dist;
+use mobilenet::train::memory;
 use mobilenet::train::trainer::{OptimizerKind, Progress, ScheduleKind, TrainOptions, Trainer};
 use mobilenet::train::EpochMetrics;
 use mobilenet::value::{Dict, Value};
@@ -266,6 +267,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("train: --sync-bn has no effect in a single process (a world size of 1)");
     }
     let per_rank = train_set.samples.len().div_ceil(world);
+    if device == Device::Cpu && !args.freeze_features {
+        // What the backward keeps, at least, against what this process may use.
+        if let Some(limit) = memory::memory_limit() {
+            let element_bytes = if args.precision == Precision::Fp32 {
+                4
+            } else {
+                2
+            };
+            let batch = args.batch_size.min(per_rank.max(1));
+            memory::check_fits(&config, args.resolution, batch, element_bytes, limit)?;
+        }
+    }
     let batches_per_epoch = per_rank.div_ceil(args.batch_size) as i64;
     let total_epochs = match args.steps {
         Some(s) => (s + batches_per_epoch.max(1) - 1) / batches_per_epoch.max(1),

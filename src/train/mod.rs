@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod groups;
 pub mod init;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

@@ -14,6 +14,7 @@ use super::amp::GradScaler;
 use super::augment::{Augment, Rng, SamplePrep};
 use super::data::{batches, Batch, Sample};
 use super::dist::{shard, Dist};
+use super::memory;
 use super::metrics::EpochMetrics;
 use super::{
     set_weight_decay, AdamW, AdamWOptions, LrGroups, Optimize, Optimizer, RmsProp, RmsPropOptions,
@@ -582,7 +583,13 @@ impl Trainer {
             }
             let x = images.f_to_device(device)?;
             let y = labels.f_to_device(device)?;
-            let (loss, hits) = self.train_step(&x, &y)?;
+            let (loss, hits) = self.train_step(&x, &y).map_err(|e| {
+                if memory::is_out_of_memory(&e) {
+                    memory::out_of_memory(&e, n, o.resolution)
+                } else {
+                    e
+                }
+            })?;
             seen += n;
             loss_sum += loss * n as f64;
             correct += hits;

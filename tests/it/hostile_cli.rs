@@ -1,5 +1,6 @@
 //! Hostile command lines and images (issue 13): a PNG decompression bomb beside good images,
-//! truncated JPEGs, out-of-range count flags, libtorch's C++ backtraces and decoder messages.
+//! truncated JPEGs, out-of-range count flags, libtorch's C++ backtraces and decoder messages;
+//! `train` steps too large for memory.
 //!
 //! Every run is the binary under an address-space limit (`RLIMIT_AS`, 4 GiB) and a deadline
 //! (killed past it: a hang fails the test). Hostile files are generated into a temp folder.
@@ -387,4 +388,51 @@ fn libtorch_errors_have_no_backtrace() {
     assert_clean(&out.stderr, &out);
     assert!(out.stderr.contains("libtorch"), "{out:?}");
     assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+}
+
+/// `train` on the 6 training images of tests/gen_train.py at `resolution`, batch 8 (so 6).
+fn train_at(dir: &Path, resolution: &str) -> Run {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/train/data");
+    let (data, out) = (data.to_str().unwrap(), dir.join("out"));
+    let flags = format!(
+        "train --arch mobilenet_v2 --width-mult 0.35 --norm batch --batch-size 8 --steps 1 \
+         --resolution {resolution} --augment none --device cpu --threads 1 --workers 1"
+    );
+    let mut args: Vec<&str> = flags.split_whitespace().collect();
+    args.extend(["--data", data, "--out", out.to_str().unwrap()]);
+    run(dir, &args, Duration::from_secs(300))
+}
+
+#[test]
+fn train_steps_too_large_for_memory_are_errors() {
+    // Refused before training: at 4096 the floor of what a step keeps for the backward (twice
+    // the convolutions' outputs, 7 GiB per image here) is past the 4 GiB address space.
+    let dir = temp_dir("train-huge");
+    let started = Instant::now();
+    let r = train_at(&dir, "4096");
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("a training step of 6 images of 4096x4096 keeps at least"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("lower --batch-size or --resolution"),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{r:?}");
+    assert!(!dir.join("out/model.pth").exists());
+    assert_clean(&r.stderr, &r);
+    // Past the floor but not past the address space: libtorch's allocation fails in the step,
+    // and the error says which step and what to lower.
+    let dir = temp_dir("train-large");
+    let r = train_at(&dir, "1024");
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("out of memory in a step of 6 images of 1024x1024"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("can't allocate memory"), "{r:?}");
+    assert_clean(&r.stderr, &r);
 }

@@ -1,0 +1,153 @@
+//! A bound on what a training step keeps for its backward, checked before training starts, so
+//! that a batch and resolution that cannot fit are refused with an error instead of ending in
+//! the kernel's out-of-memory killer (which takes the process, and can take its neighbours).
+//!
+//! The bound is a floor, never an estimate: every convolution's output is kept for its norm's
+//! backward and every norm's (or activation's) output for the next layer's, so a step keeps at
+//! least twice the sum of the convolutions' outputs per image. MobileNetV2 at 224 keeps 84 MB
+//! per image in practice (3.3 times its 25.5 MiB of convolution outputs); the floor says 51 MiB.
+//! A run refused by it could not have run; one that passes may still run out, and then libtorch's
+//! allocation failure is reported as [`out_of_memory`] says.
+
+use crate::models::{ModelConfig, Summary};
+use crate::{Error, Result};
+
+/// The bytes a training step keeps per image, at least: twice the convolutions' outputs, of
+/// `element_bytes` each (4 for fp32, 2 under bf16/fp16 autocast).
+pub fn kept_bytes_per_image(
+    config: &ModelConfig,
+    resolution: i64,
+    element_bytes: u64,
+) -> Result<u64> {
+    let summary = Summary::for_config(config.clone(), resolution)?;
+    let elements: u64 = summary
+        .layers
+        .iter()
+        .filter(|r| r.output_shape.len() == 3 && r.kind != "squeeze-excite")
+        .map(|r| {
+            r.output_shape
+                .iter()
+                .map(|&d| d.max(0) as u64)
+                .product::<u64>()
+        })
+        .sum();
+    Ok(2 * elements * element_bytes)
+}
+
+/// The memory this process may use, in bytes: the least of the machine's RAM (`MemTotal`), the
+/// cgroup's limit (`memory.max`, a container's) and the address-space limit (`RLIMIT_AS`).
+/// `None` where none can be read.
+pub fn memory_limit() -> Option<u64> {
+    let mut limits = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
+        let total = text.lines().find_map(|l| {
+            let kb = l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+            kb.trim().parse::<u64>().ok()
+        });
+        limits.extend(total.map(|kb| kb * 1024));
+    }
+    if let Ok(text) = std::fs::read_to_string("/sys/fs/cgroup/memory.max") {
+        limits.extend(text.trim().parse::<u64>().ok());
+    }
+    #[cfg(unix)]
+    {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into `rl`, which lives for the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) } == 0
+            && rl.rlim_cur != libc::RLIM_INFINITY
+        {
+            limits.push(rl.rlim_cur);
+        }
+    }
+    limits.into_iter().min()
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Refuses a step of `batch` images at `resolution` whose floor ([`kept_bytes_per_image`])
+/// exceeds `limit` bytes.
+pub fn check_fits(
+    config: &ModelConfig,
+    resolution: i64,
+    batch: usize,
+    element_bytes: u64,
+    limit: u64,
+) -> Result<()> {
+    let per_image = kept_bytes_per_image(config, resolution, element_bytes)?;
+    let need = per_image.saturating_mul(batch as u64);
+    if need > limit {
+        return Err(Error::config(
+            "batch size",
+            format!(
+                "a training step of {batch} images of {resolution}x{resolution} keeps at least \
+                 {:.1} GiB for the backward ({:.3} GiB per image), more than the {:.1} GiB this \
+                 process may use: lower --batch-size or --resolution",
+                gib(need),
+                gib(per_image),
+                gib(limit)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `e` is libtorch's allocation failure ("DefaultCPUAllocator: can't allocate memory",
+/// or CUDA's "out of memory").
+pub fn is_out_of_memory(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("can't allocate memory") || text.contains("out of memory")
+}
+
+/// The error for a step of `batch` images at `resolution` that ran out of memory (`e`).
+pub fn out_of_memory(e: &Error, batch: usize, resolution: i64) -> Error {
+    let text = e.to_string();
+    let why = text
+        .split("DefaultCPUAllocator: ")
+        .nth(1)
+        .unwrap_or(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Error::config(
+        "training",
+        format!(
+            "out of memory in a step of {batch} images of {resolution}x{resolution} ({why}): \
+             lower --batch-size or --resolution"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Arch;
+
+    #[test]
+    fn the_floor_grows_with_the_square_of_the_resolution() {
+        let config = ModelConfig::new(Arch::MobilenetV2);
+        let at = |r| kept_bytes_per_image(&config, r, 4).unwrap();
+        // 6,678,112 convolution output values per image at 224 (`mobilenet summary`), kept twice.
+        assert_eq!(at(224), 2 * 6_678_112 * 4);
+        assert!(at(448) > 3 * at(224));
+        assert_eq!(kept_bytes_per_image(&config, 224, 2).unwrap() * 2, at(224));
+        assert!(check_fits(&config, 224, 32, 4, 8 << 30).is_ok());
+        let err = check_fits(&config, 224, 32, 4, 1 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lower --batch-size or --resolution"), "{err}");
+    }
+
+    #[test]
+    fn a_limit_is_found_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(memory_limit().is_some_and(|b| b > 1 << 20));
+        }
+    }
+}
