@@ -167,6 +167,15 @@ PADDED = ("png/chelsea.png", "png/wide_400x50.png", "png/tall_50x400.png", "png/
           "png/tiny_1x1.png")
 
 
+def fixture_images(out):
+    """(sub, file, the image as `Image.open(p).convert("RGB")`) for each file of `out`/png and
+    `out`/jpeg, sorted: the images the tests name `sub/file`."""
+    for sub in ("png", "jpeg"):
+        folder = os.path.join(out, sub)
+        for file in sorted(os.listdir(folder)):
+            yield sub, file, Image.open(os.path.join(folder, file)).convert("RGB")
+
+
 def transform(preset):
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms._presets import ImageClassification
@@ -227,23 +236,20 @@ def main():
     write_jpegs(os.path.join(args.out, "jpeg"))
 
     refs, inputs, pil_inputs = {}, {}, {}
-    for sub in ("png", "jpeg"):
-        folder = os.path.join(args.out, sub)
-        for file in sorted(os.listdir(folder)):
-            name = f"{sub}/{file}"
-            pil = Image.open(os.path.join(folder, file)).convert("RGB")
-            refs[f"{name}.pixels"] = torch.from_numpy(np.asarray(pil).copy())
-            sample = sub == "png" and file[:-4] in SAMPLE_NAMES
-            presets = ["tv232", "tv256", "timm256", "timm248"] if sample else ["tv232", "timm256"]
-            if name in PADDED:
-                presets.append("pad221")
-            for preset in presets:
-                t = transform(preset)
-                x = t(pil_to_tensor(pil))
-                refs[f"{name}.{preset}"] = x.contiguous()
-                if preset == "tv232":
-                    refs[f"{name}.{preset}.pil"] = pil_inputs[name] = t(pil).contiguous()
-                    inputs[name] = x
+    for sub, file, pil in fixture_images(args.out):
+        name = f"{sub}/{file}"
+        refs[f"{name}.pixels"] = torch.from_numpy(np.asarray(pil).copy())
+        sample = sub == "png" and file[:-4] in SAMPLE_NAMES
+        presets = ["tv232", "tv256", "timm256", "timm248"] if sample else ["tv232", "timm256"]
+        if name in PADDED:
+            presets.append("pad221")
+        for preset in presets:
+            t = transform(preset)
+            x = t(pil_to_tensor(pil))
+            refs[f"{name}.{preset}"] = x.contiguous()
+            if preset == "tv232":
+                refs[f"{name}.{preset}.pil"] = pil_inputs[name] = t(pil).contiguous()
+                inputs[name] = x
     from safetensors.torch import save_file
 
     save_file(refs, os.path.join(args.out, "preprocess.safetensors"))

@@ -102,23 +102,20 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     import export
-    from gen_classify import seeded_model
+    from gen_classify import fixture_images, seeded_model
 
     write_pngs(os.path.join(args.out, "png"))
     write_jpegs(os.path.join(args.out, "jpeg"))
     presets = transforms()
 
     refs, inputs = {}, {}
-    for sub in ("png", "jpeg"):
-        folder = os.path.join(args.out, sub)
-        for file in sorted(os.listdir(folder)):
-            name = f"{sub}/{file}"
-            pil = Image.open(os.path.join(folder, file)).convert("RGB")
-            refs[f"{name}.pixels"] = torch.from_numpy(np.asarray(pil).copy())
-            for preset, t in presets.items():
-                x = t(Image.open(os.path.join(folder, file)).convert("RGB")).contiguous()
-                refs[f"{name}.{preset}"] = x
-                inputs[(name, preset)] = x
+    for sub, file, pil in fixture_images(args.out):
+        name = f"{sub}/{file}"
+        refs[f"{name}.pixels"] = torch.from_numpy(np.asarray(pil).copy())
+        for preset, t in presets.items():
+            x = t(pil).contiguous()
+            refs[f"{name}.{preset}"] = x
+            inputs[(name, preset)] = x
     names = sorted({n for n, _ in inputs})
 
     photos = ["png/astronaut_512x512.png", "png/chelsea_451x300.png", "png/coffee_600x400.png", "png/rocket_640x427.png"]

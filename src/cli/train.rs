@@ -47,13 +47,15 @@ epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per ep
 data loading included).
 
 Data-parallel: under `torchrun --no-python --nproc-per-node N mobilenet train ...` each process
-is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of a c10d Gloo
-group: rank 0's weights at the start and its buffers before each forward, gradients averaged by
+is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of a c10d
+group (Gloo; NCCL for CUDA tensors where built): rank 0's weights at the start and its buffers
+before each forward, gradients averaged by
 c10d's Reducer (DistributedDataParallel's engine: buckets of --bucket-cap-mb whose all-reduce
 overlaps the backward), each rank on its DistributedSampler shard with --batch-size images per
 step. With --json, rank 0 prints {\"event\": \"buckets\", \"buckets\": [[names]]} when the
-buckets are rebuilt in the backward's order (at the second step). Only rank 0 validates and writes. A rank that stops
-makes the others fail after --dist-timeout. --sync-bn normalizes every BatchNorm over all ranks'
+buckets are rebuilt in the backward's order (at the second step). Only rank 0 validates and
+writes. A rank that never joins makes the others fail after --dist-timeout; one that stops makes
+them fail at their next collective. --sync-bn normalizes every BatchNorm over all ranks'
 batches in training (nn.SyncBatchNorm); model.pth keeps BatchNorm2d's keys.
 
 Exit status: 0 done; 2 bad usage, bad data or weights, or a failed step.";

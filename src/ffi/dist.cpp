@@ -2,7 +2,7 @@
 // under `torchrun`: a TCPStore for the rendezvous (the store torchrun's agent already hosts, or
 // one that rank 0 starts, as `init_process_group(init_method="env://")` does) and a
 // ProcessGroup over it (Gloo for CPU tensors; NCCL, where built, or Gloo for CUDA tensors), with
-// the all-reduce and broadcast that DistributedDataParallel uses,
+// the broadcast that DistributedDataParallel uses for the buffers,
 // and a differentiable all-reduce (sum) for SyncBatchNorm: its backward all-reduces the incoming
 // gradient, as SyncBatchNorm's backward all-reduces `sum_dy` and `sum_dy_xmu`; and c10d's
 // Reducer, the engine under DistributedDataParallel, which averages the gradients in buckets
@@ -140,19 +140,13 @@ MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agen
 
 void mn_dist_free(MnGroup* g) { delete g; }
 
-// In place: `t` becomes the sum over the ranks (op 0), or rank `root`'s `t` (op 1).
-bool mn_dist_collective(MnGroup* g, int op, const at::Tensor* t, int root, char** err) {
+// In place: `t` becomes rank `root`'s `t`.
+bool mn_dist_broadcast(MnGroup* g, const at::Tensor* t, int root, char** err) {
   MN_PROTECT({
     std::vector<at::Tensor> ts{*t};
-    c10::intrusive_ptr<c10d::Work> work;
-    if (op == 0) {
-      work = g->group->allreduce(ts);
-    } else {
-      c10d::BroadcastOptions o;
-      o.rootRank = root;
-      work = g->group->broadcast(ts, o);
-    }
-    work->wait();
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    g->group->broadcast(ts, o)->wait();
     return true;
   })
   return false;

@@ -57,9 +57,8 @@ extern "C" {
     ) -> *mut std::ffi::c_void;
     fn mn_dist_has_nccl() -> bool;
     fn mn_dist_free(g: *mut std::ffi::c_void);
-    fn mn_dist_collective(
+    fn mn_dist_broadcast(
         g: *mut std::ffi::c_void,
-        op: i32,
         t: *const C_tensor,
         root: i32,
         err: *mut *mut c_char,
@@ -314,26 +313,13 @@ impl ProcessGroup {
         })
     }
 
-    fn collective(&self, op: i32, t: &Tensor, root: usize, what: &str) -> Result<()> {
-        let mut err = std::ptr::null_mut();
-        // SAFETY: the group and the tensor are valid for the call.
-        let ok = unsafe {
-            mn_dist_collective(self.group.as_ptr(), op, t.as_ptr(), root as i32, &mut err)
-        };
-        if ok {
-            return Ok(());
-        }
-        take(std::ptr::null_mut::<u8>(), err, what).map(drop)
-    }
-
-    /// In place: `t` becomes the sum of every rank's `t`.
-    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
-        self.collective(0, t, 0, "all-reduce")
-    }
-
     /// In place: `t` becomes rank `root`'s `t`.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
-        self.collective(1, t, root, "broadcast")
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the group and the tensor are valid for the call.
+        let ok =
+            unsafe { mn_dist_broadcast(self.group.as_ptr(), t.as_ptr(), root as i32, &mut err) };
+        checked(ok, err, "broadcast")
     }
 
     /// A new tensor, the sum of every rank's `t`, that autograd differentiates: its backward

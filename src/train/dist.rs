@@ -22,7 +22,8 @@
 //!   padded with its own first indices to a multiple of the world size, then every
 //!   `world`-th index from `rank`).
 //!
-//! A rank that dies makes the others' next collective fail after the timeout, with an error.
+//! A rank that never joins makes the others fail after the timeout; one that dies makes their
+//! next collective fail as soon as its connections close. Either way with an error.
 
 use crate::ffi::{ProcessGroup, Reducer, Rendezvous};
 use crate::{Error, Result};

@@ -167,17 +167,13 @@ fn bench_bf16_says_native_or_emulated() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bf16_compute"], bf16, "{v}");
     // fp32 has no such line or field.
-    let fp32 = output_ok(Command::new(BIN).args(&args[..5]).args([
-        "--batch-sizes",
-        "1",
-        "--resolution",
-        "64",
-        "--warmup",
-        "0",
-        "--iters",
-        "1",
-        "--json",
-    ]));
+    // The same flags without `--precision bf16` (args[5..7]).
+    let fp32 = output_ok(
+        Command::new(BIN)
+            .args(&args[..5])
+            .args(&args[7..])
+            .arg("--json"),
+    );
     let v: serde_json::Value = serde_json::from_slice(&fp32.stdout).unwrap();
     assert!(v["bf16_compute"].is_null(), "{v}");
 }
