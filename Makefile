@@ -40,6 +40,7 @@ test: check-torch fixtures
 	$(PY) scripts/norm_study.py --replicas 4 --smoke
 	$(PY) scripts/train_compare.py --smoke
 	$(PY) scripts/classify_compare.py --smoke
+	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --smoke
 
 ## BatchNorm against GroupNorm, LayerNorm and InstanceNorm as the batch shrinks (about 40 min on
 ## 2 cores): bench-results/norm-study.json and docs/norm-study.png.
@@ -62,10 +63,10 @@ weights: check-torch
 ## Side-by-side CPU benchmark against PyTorch eager, TorchScript and ONNX Runtime; training
 ## steps per second against PyTorch eager on scikit-learn's digits.
 bench: release
-	$(PY) scripts/bench_compare.py --arch mobilenet_v2 --rounds 5 --iters 20
-	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20
-	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20
-	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20
+	$(PY) scripts/bench_compare.py --arch mobilenet_v2 --rounds 5 --iters 20 --precisions fp32,bf16
+	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20 --precisions fp32,bf16
+	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20 --precisions fp32,bf16
+	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20 --precisions fp32,bf16
 	$(PY) scripts/train_compare.py --arch mobilenet_v2 --steps 20 --batch-size 32 --resolution 64
 	$(PY) scripts/classify_compare.py
 

@@ -19,10 +19,26 @@ implementation can beat at that rate and the share of it each implementation rea
 implementation run faster than the ceiling allows, it prints a warning that the ceiling is wrong
 instead of a share above 100%.
 
+With --precisions fp32,bf16 (what `make bench` runs) it then times bf16: ours
+(`mobilenet bench --precision bf16`) and PyTorch eager channels-last in bf16, each against ONNX
+Runtime's fp32 of the same run and against each other. On a CPU without native bf16
+(`avx512_bf16` or `amx_bf16` in /proc/cpuinfo) both widen bf16 to fp32 and are tens of times
+slower than fp32: those rows are labelled "emulated" and run --bf16-iters iterations (default 3)
+after one warm-up, in one round.
+
+Last, it says which targets of issue 19 this run meets: fp32 at most 0.8x ONNX Runtime (or, where
+ONNX Runtime already reaches 80% of the ceiling, at least 90% of it), and for V2 and V3 Large bf16
+at most 0.5x ONNX Runtime's fp32 where bf16 is native.
+
+--smoke (for CI): one round of one iteration after no warm-up, batch 1, fp32 and bf16, the JSON
+into a temporary folder unless --out names a file; it checks that every path runs, and its numbers
+claim nothing.
+
 Installs onnxruntime and onnx into the venv when missing (only this script needs them).
 Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
 """
 import argparse
+import builtins
 import importlib.util
 import json
 import os
@@ -82,6 +98,11 @@ def cpu_flags():
     except OSError:
         pass
     return set()
+
+
+def bf16_native(flags):
+    """Whether the CPU computes bf16 natively (what `mobilenet info` reports as native)."""
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def fp32_flop_per_cycle(flags):
@@ -179,6 +200,91 @@ def eager_cl_worker(args):
     print(json.dumps(out))
 
 
+def bench_bf16(args, weights, batch_sizes, ort_p50, ours_fp32_p50):
+    """Ours and PyTorch eager channels-last in bf16, on the same weights and threads; printed
+    against ONNX Runtime's fp32 (`ort_p50`, None without it) and our fp32 of this run."""
+    import torch
+    from export import seeded
+
+    native = bf16_native(cpu_flags())
+    iters = args.bf16_iters or (args.iters if native else 3)
+    warmup, rounds = (args.warmup, args.rounds) if native else (min(1, args.warmup), 1)
+    cl = torch.channels_last
+    model = seeded(args.arch, args.width_mult, "batch", 1000, 0).eval().to(memory_format=cl)
+    model = model.to(torch.bfloat16)
+    timings = {}  # name -> batch -> [timing per round]
+    ours_compute = None
+    cmd = [args.binary, "bench", "--arch", args.arch, "--width-mult", str(args.width_mult),
+           "--threads", str(args.threads), "--batch-sizes", args.batch_sizes, "--iters", str(iters),
+           "--warmup", str(warmup), "--weights", weights, "--device", "cpu", "--precision", "bf16", "--json"]
+    for r in range(rounds):
+        print(f"bench_compare: bf16 round {r + 1}/{rounds}", file=sys.stderr)
+        ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        ours_compute = ours.get("bf16_compute")
+        for row in ours["results"]:
+            timings.setdefault("mobilenet (ours) bf16", {}).setdefault(row["batch_size"], []).append(row)
+        with torch.no_grad():
+            for bs in batch_sizes:
+                x = torch.randn(bs, 3, 224, 224).to(torch.bfloat16).contiguous(memory_format=cl)
+                timings.setdefault("pytorch eager channels-last bf16", {}).setdefault(bs, []).append(
+                    timeit(lambda: model(x), warmup, iters))
+    p50 = {name: {bs: sorted(t["p50_ms"] for t in ts)[len(ts) // 2] for bs, ts in rows.items()}
+           for name, rows in timings.items()}
+    ours_p50, torch_p50 = p50["mobilenet (ours) bf16"], p50["pytorch eager channels-last bf16"]
+    how = "native" if native else "emulated (no avx512_bf16 or amx_bf16: bf16 widened to fp32)"
+    print(f"bf16, {how}; ours reports bf16 compute: {ours_compute}; {iters} iterations after {warmup} "
+          f"warm-up x {rounds} round(s)")
+    print(f"{'implementation':<46} {'batch':>5} {'p50 ms':>9} {'/ORT fp32':>10} {'/our fp32':>10} "
+          f"{'ours/this':>10}")
+    rows = []
+    for name, by_bs in p50.items():
+        for bs in batch_sizes:
+            ms = by_bs[bs]
+            vs_ort = ms / ort_p50[bs] if ort_p50 else None
+            row = {"implementation": name, "batch_size": bs, "p50_ms": ms, "over_ort_fp32": vs_ort,
+                   "over_ours_fp32": ms / ours_fp32_p50[bs], "ours_over_this": ours_p50[bs] / ms}
+            rows.append(row)
+            ort_text = f"{vs_ort:>9.2f}x" if vs_ort is not None else f"{'-':>10}"
+            print(f"{name:<46} {bs:>5} {ms:>9.2f} {ort_text} {row['over_ours_fp32']:>9.2f}x "
+                  f"{row['ours_over_this']:>9.2f}x")
+    return {"native": native, "ours_bf16_compute": ours_compute, "iters": iters, "warmup": warmup,
+            "rounds": rounds, "table": rows,
+            "ours_over_ort_fp32": ({bs: ours_p50[bs] / ort_p50[bs] for bs in batch_sizes}
+                                   if ort_p50 else None)}
+
+
+def issue19_targets(arch, batch_sizes, mine, ort_p50, ort_share, our_share, bf16, quiet=False):
+    """Returns, per batch size, whether this run meets issue 19's targets; prints them unless
+    `quiet` (a smoke's numbers judge nothing)."""
+    print = builtins.print if not quiet else (lambda *a, **k: None)
+    verdicts = {"fp32": {}, "bf16": {}}
+    for bs in batch_sizes:
+        ratio = mine[bs]["p50_ms"] / ort_p50[bs]
+        if ort_share is not None and ort_share[bs] > 0.8:
+            met = our_share is not None and our_share[bs] >= 0.9
+            rule = f"ONNX Runtime at {ort_share[bs]:.0%} of the ceiling: ours at least 90% of it"
+        else:
+            met = ratio <= 0.8
+            rule = "ours at most 0.8x ONNX Runtime"
+        verdicts["fp32"][bs] = {"ours_over_ort": ratio, "rule": rule, "met": met}
+        print(f"target fp32, batch {bs}: {rule}: ours/ORT {ratio:.2f}x: {'met' if met else 'NOT met'}")
+    for bs in batch_sizes:
+        if arch not in ("mobilenet_v2", "mobilenet_v3_large"):
+            continue
+        if bf16 is None:
+            verdict = {"met": None, "why": "bf16 not run (--precisions)"}
+        elif not bf16["native"]:
+            verdict = {"met": None, "why": "not applicable: this CPU has no native bf16"}
+        else:
+            ratio = bf16["ours_over_ort_fp32"][bs]
+            verdict = {"ours_bf16_over_ort_fp32": ratio, "met": ratio <= 0.5}
+        verdicts["bf16"][bs] = verdict
+        text = verdict.get("why") or (f"ours bf16/ORT fp32 {verdict['ours_bf16_over_ort_fp32']:.2f}x: "
+                                      + ("met" if verdict["met"] else "NOT met"))
+        print(f"target bf16 (at most 0.5x ONNX Runtime fp32), batch {bs}: {text}")
+    return verdicts
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="mobilenet_v2")
@@ -192,8 +298,18 @@ def main():
     p.add_argument("--binary", default=os.path.join(ROOT, "target/release/mobilenet"))
     p.add_argument("--out")
     p.add_argument("--skip-ort", action="store_true")
+    p.add_argument("--precisions", default="fp32",
+                   help="fp32, or fp32,bf16 to time bf16 after fp32 (make bench)")
+    p.add_argument("--bf16-iters", type=int,
+                   help="bf16 iterations (default: --iters where bf16 is native, else 3)")
+    p.add_argument("--smoke", action="store_true",
+                   help="CI: batch 1, one round of one iteration, fp32 and bf16; numbers claim nothing")
     p.add_argument("--eager-cl-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.smoke:
+        args.batch_sizes, args.rounds, args.iters, args.warmup = "1", 1, 1, 0
+        args.precisions, args.bf16_iters = "fp32,bf16", 1
+        args.out = args.out or os.path.join(tempfile.mkdtemp(prefix="bench-smoke-"), "compare.json")
     if args.eager_cl_worker:
         return eager_cl_worker(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -327,12 +443,24 @@ def main():
         for name in ["mobilenet (ours)", *([ort_name] if sess is not None else [])]:
             print(f"{name} reaches " + ", ".join(f"{share:.0%} of it at batch {bs}"
                                                   for bs, share in shares[name].items()))
+    ort_p50 = ({bs: results[ort_name][bs]["p50_ms"] for bs in batch_sizes} if sess is not None else None)
+    bf16 = None
+    if "bf16" in args.precisions.split(","):
+        bf16 = bench_bf16(args, weights, batch_sizes, ort_p50, {bs: mine[bs]["p50_ms"] for bs in batch_sizes})
+    targets = None
+    if ort_p50 is not None:
+        ort_share = None if over else shares[ort_name]
+        targets = issue19_targets(args.arch, batch_sizes, mine, ort_p50, ort_share,
+                                  None if over else shares["mobilenet (ours)"], bf16, quiet=args.smoke)
+    if args.smoke:
+        print("bench_compare --smoke: one iteration with no warm-up; these numbers claim nothing")
     out = args.out or os.path.join(ROOT, "bench-results", f"compare-{args.arch}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"arch": args.arch, "width_mult": args.width_mult, "threads": args.threads,
                    "iters": args.iters, "rounds": args.rounds, "cpu": cpu_name(), "cores": os.cpu_count(),
-                   "torch": torch.__version__, "ours": ours, "table": table, "roofline": roofline}, f, indent=1)
+                   "torch": torch.__version__, "ours": ours, "table": table, "roofline": roofline,
+                   "bf16": bf16, "targets": targets}, f, indent=1)
     print(f"wrote {out}", file=sys.stderr)
 
 

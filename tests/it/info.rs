@@ -93,7 +93,7 @@ fn binary_needs_libtorch_and_has_rpath() {
 
 /// This machine's CPU flags, read here from /proc/cpuinfo (the first `flags` line), and whether
 /// it has bf16 arithmetic (avx512_bf16 or AMX bf16).
-fn cpu_flags() -> (Vec<String>, bool) {
+pub(crate) fn cpu_flags() -> (Vec<String>, bool) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags: Vec<String> = cpuinfo
         .lines()

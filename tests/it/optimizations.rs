@@ -459,7 +459,8 @@ fn malloc_settings_take_on_glibc() {
 
 /// `make bench`'s comparison script end to end, one iteration and no ONNX Runtime (which it
 /// would install): every implementation timed on the same seeded weights, the ratios and the
-/// compute ceiling written as JSON.
+/// compute ceiling written as JSON, then ours and PyTorch in bf16, labelled native or emulated
+/// as /proc/cpuinfo says.
 #[test]
 fn comparison_script_smoke() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -479,6 +480,10 @@ fn comparison_script_smoke() {
                 "--warmup",
                 "0",
                 "--skip-ort",
+                "--precisions",
+                "fp32,bf16",
+                "--bf16-iters",
+                "1",
                 "--binary",
                 BIN,
                 "--out",
@@ -537,4 +542,27 @@ fn comparison_script_smoke() {
         roofline["floor_ms_per_image"].as_f64().unwrap() > 0.0,
         "{roofline}"
     );
+
+    let bf16 = &v["bf16"];
+    let (_, native) = crate::info::cpu_flags();
+    assert_eq!(bf16["native"], native, "{bf16}");
+    let compute = if native { "native" } else { "emulated" };
+    assert_eq!(bf16["ours_bf16_compute"], compute, "{bf16}");
+    let names: Vec<&str> = bf16["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert!(row["p50_ms"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["over_ours_fp32"].as_f64().unwrap() > 0.0, "{row}");
+            // No ONNX Runtime in this run: nothing to hold bf16 against, and no verdicts.
+            assert!(row["over_ort_fp32"].is_null(), "{row}");
+            row["implementation"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["mobilenet (ours) bf16", "pytorch eager channels-last bf16"]
+    );
+    assert!(v["targets"].is_null(), "{}", v["targets"]);
 }
