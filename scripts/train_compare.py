@@ -23,9 +23,9 @@ over DIR/val (resize to floor(R / 0.875), center-crop R) and torch.save of the m
 checkpoint. Its loop rate counts the steps after the first 2 (warm-up).
 
 Our side: `mobilenet train ... --steps N --json` with the same settings (and `--threads T`,
-`--seed S` when the command has them). Its loop rate comes from the JSON lines it prints:
-per-step lines with `step` and `elapsed` (seconds since the loop began) give the rate after 2
-warm-up steps as for PyTorch; otherwise the final line's `images_per_s` (the training loop's,
+`--seed S` and `--log-every 1` when the command has them). Its loop rate comes from the JSON
+lines it prints: per-step lines with `step` and `elapsed` (seconds since the loop began) give
+the rate after 2 warm-up steps as for PyTorch; otherwise the final line's `images_per_s` (the training loop's,
 data loading included), else its `steps` / `seconds`.
 
 Prints a table (steps/s, images/s, ours/PyTorch; higher is faster for us) for the training loop
@@ -241,7 +241,7 @@ def run_ours(args, out_dir):
            "--momentum", "0.9", "--weight-decay", "4e-5", "--workers", str(args.workers),
            "--out", out_dir, "--json"]
     # Passed only when the command has them: --threads is not among issue #16's flags.
-    for flag, value in (("--threads", args.threads), ("--seed", args.seed)):
+    for flag, value in (("--threads", args.threads), ("--seed", args.seed), ("--log-every", 1)):
         if flag in help_text.stdout:
             cmd += [flag, str(value)]
     start = time.perf_counter()

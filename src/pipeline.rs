@@ -56,15 +56,19 @@ where
     for _ in 0..workers.max(1) {
         let job_rx = Arc::clone(&job_rx);
         let f = Arc::clone(&f);
-        thread::spawn(move || loop {
-            let job = match job_rx.lock() {
-                Ok(rx) => rx.recv(),
-                Err(poisoned) => poisoned.into_inner().recv(),
-            };
-            let Ok((item, tx)) = job else { break };
-            // A panic drops `tx`: the consumer sees `None` for this item and goes on.
-            if let Ok(out) = catch_unwind(AssertUnwindSafe(|| f(item))) {
-                let _ = tx.send(out);
+        thread::spawn(move || {
+            // One core per worker: libtorch ops in `f` run inline, not in an OpenMP team.
+            crate::ffi::serial_thread();
+            loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(poisoned) => poisoned.into_inner().recv(),
+                };
+                let Ok((item, tx)) = job else { break };
+                // A panic drops `tx`: the consumer sees `None` for this item and goes on.
+                if let Ok(out) = catch_unwind(AssertUnwindSafe(|| f(item))) {
+                    let _ = tx.send(out);
+                }
             }
         });
     }
@@ -102,6 +106,23 @@ mod tests {
             n <= 5 + 2 + 2,
             "{n} items started while the consumer held one"
         );
+    }
+
+    /// Workers see one libtorch thread, as PyTorch's DataLoader workers; the caller keeps its own.
+    #[test]
+    fn workers_run_libtorch_on_one_thread() {
+        tch::set_num_threads(2);
+        let out: Vec<_> = ordered_map(0..8, 2, 4, |_| {
+            // An op large enough that parallel_for would split it across a team.
+            let sum = tch::Tensor::ones([1 << 20], (tch::Kind::Float, tch::Device::Cpu)).sum(None);
+            (tch::get_num_threads(), sum.double_value(&[]))
+        })
+        .collect();
+        assert!(
+            out.iter().all(|r| *r == Some((1, (1 << 20) as f64))),
+            "{out:?}"
+        );
+        assert_eq!(tch::get_num_threads(), 2);
     }
 
     #[test]

@@ -42,8 +42,8 @@ torch.load(p, weights_only=True) loads it into torchvision.models.mobilenet_v2(n
 checkpoint.pth (model, optimizer, lr_scheduler, epoch, args, as torchvision's reference writes
 them; --resume OUT continues from it exactly), model.json and classes.json (classify uses them
 from beside model.pth), metrics.jsonl (one row per epoch), curves.png (loss and accuracy per
-epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per epoch, then
-{\"done\", \"epochs\", \"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops,
+epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per epoch (and with
+--log-every N a {\"event\": \"step\", ...} row every N steps), then {\"done\", \"epochs\", \"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops,
 data loading included).
 
 Data-parallel: under `torchrun --no-python --nproc-per-node N mobilenet train ...` each process
@@ -186,6 +186,12 @@ pub struct Args {
     /// One JSON object per epoch on stdout, then a summary line.
     #[arg(long)]
     json: bool,
+    /// Every N steps, report the step: with --json a line {"event": "step", "epoch", "step",
+    /// "loss", "top1", "elapsed"} on stdout (loss and top1 running over the epoch, elapsed
+    /// seconds since training started), else a line on stderr when it is not a terminal
+    /// (torchvision's --print-freq). 0: only per epoch.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    log_every: u64,
 }
 
 #[derive(Serialize)]
@@ -334,7 +340,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let started = Instant::now();
-    let mut report = Reporter::new(args.json, total_epochs);
+    let mut report = Reporter::new(args.json, total_epochs, args.log_every);
     let validate = main.then_some(&val);
     while !trainer.finished() {
         let metrics = trainer.run_epoch(&train, validate, eval, &mut |p| {
@@ -669,21 +675,71 @@ struct Reporter {
     total_epochs: i64,
     bar: Option<ProgressBar>,
     interactive: bool,
+    /// `--log-every`.
+    log_every: u64,
+    /// The epoch under way, and when training started.
+    epoch: i64,
+    started: Instant,
+}
+
+/// `--log-every`'s JSON line.
+#[derive(Serialize)]
+struct StepRow {
+    event: &'static str,
+    epoch: i64,
+    step: i64,
+    loss: f64,
+    top1: f64,
+    elapsed: f64,
 }
 
 impl Reporter {
-    fn new(json: bool, total_epochs: i64) -> Reporter {
+    fn new(json: bool, total_epochs: i64, log_every: u64) -> Reporter {
         Reporter {
             json,
             total_epochs,
             bar: None,
             interactive: std::io::stderr().is_terminal(),
+            log_every,
+            epoch: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// `--log-every`: the step's line, every N steps.
+    fn log_step(&self, step: i64, loss: f64, top1: f64) {
+        if self.log_every == 0 || step % self.log_every as i64 != 0 {
+            return;
+        }
+        let row = StepRow {
+            event: "step",
+            epoch: self.epoch,
+            step,
+            loss,
+            top1,
+            elapsed: self.started.elapsed().as_secs_f64(),
+        };
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&row) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        } else if !self.interactive {
+            eprintln!(
+                "epoch {}/{} step {step}: loss {loss:.4} top1 {:.2}% | {:.1} s",
+                row.epoch,
+                self.total_epochs,
+                top1 * 100.0,
+                row.elapsed
+            );
         }
     }
 
     fn on(&mut self, p: Progress<'_>) {
         match p {
             Progress::EpochStart { epoch, batches } => {
+                self.epoch = epoch;
                 if self.interactive {
                     let bar = ProgressBar::with_draw_target(
                         Some(batches as u64),
@@ -699,11 +755,12 @@ impl Reporter {
                     self.bar = Some(bar);
                 }
             }
-            Progress::Step { loss, top1, .. } => {
+            Progress::Step { step, loss, top1 } => {
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
                     bar.set_message(format!("loss {loss:.4} top1 {:.1}%", top1 * 100.0));
                 }
+                self.log_step(step, loss, top1);
             }
             Progress::Skipped { path, why } => {
                 let line = format!("train: skipped {}: {why}", path.display());

@@ -35,6 +35,7 @@ extern "C" {
     fn mn_graph_free(module: *mut std::ffi::c_void);
     fn mn_enable_onednn_fusion(enabled: bool);
     fn mn_clear_grad(t: *const C_tensor);
+    fn mn_serial_thread() -> i32;
     fn mn_hardtanh(
         t: *const C_tensor,
         lo: f64,
@@ -142,6 +143,14 @@ fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
 include!(concat!(env!("OUT_DIR"), "/ffi_types.rs"));
 
 /// Whether this libtorch has the fused convolution on the CPU (builds without oneDNN do not).
+/// Makes libtorch run single-threaded (intra-op) in the calling thread only, as
+/// `torch.set_num_threads(1)` does in each DataLoader worker process: for threads that prepare
+/// inputs beside a model that uses every core. Returns the thread count this thread now sees.
+pub fn serial_thread() -> i32 {
+    // SAFETY: no arguments; sets this thread's OpenMP thread count.
+    unsafe { mn_serial_thread() }
+}
+
 pub fn conv_pointwise_available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: a dispatcher lookup without arguments.

@@ -15,6 +15,9 @@
 #include <ATen/ops/addcdiv.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/hardtanh.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
 
 #include <stdexcept>
 #include <string>
@@ -164,5 +167,21 @@ void mn_autocast_exit(int device) {
 // `p.grad = None`: drops a parameter's gradient, as torch.optim's `zero_grad(set_to_none=True)`
 // does (tch 0.24's `zero_grad` fills it with zeros instead).
 void mn_clear_grad(const at::Tensor* t) { t->mutable_grad().reset(); }
+
+// One intra-op thread for the calling thread only, as `torch.set_num_threads(1)` in each
+// DataLoader worker: ATen's `parallel_for` then runs inline there instead of starting an OpenMP
+// team per worker, whose threads would compete with the model's for the cores (and, with more
+// OpenMP threads than cores, make libgomp sleep on a futex between parallel regions). ATen's
+// per-thread initialization runs first (it would otherwise reset the count later); OpenMP's
+// `nthreads-var` is per thread, so the model's threads keep theirs. Returns the count now seen
+// by this thread.
+int mn_serial_thread() {
+  (void)at::get_num_threads();
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))) {
+    set(1);
+  }
+  return at::get_num_threads();
+}
 
 }  // extern "C"

@@ -244,8 +244,9 @@ impl Ema {
 pub enum Progress<'a> {
     /// An epoch starts: its number (1-based) and how many batches it has at most.
     EpochStart { epoch: i64, batches: usize },
-    /// A training step finished: running loss and accuracy of the epoch so far.
-    Step { loss: f64, top1: f64 },
+    /// A training step finished: the steps done in the whole run (1-based, counting any before a
+    /// resume), and the running loss and accuracy of the epoch so far.
+    Step { step: i64, loss: f64, top1: f64 },
     /// A file was left out.
     Skipped {
         path: &'a std::path::Path,
@@ -594,6 +595,7 @@ impl Trainer {
             loss_sum += loss * n as f64;
             correct += hits;
             progress(Progress::Step {
+                step: self.step,
                 loss: loss_sum / seen as f64,
                 top1: correct as f64 / seen as f64,
             });

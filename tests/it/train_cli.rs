@@ -512,3 +512,53 @@ fn another_class_count_resets_the_classifier() {
     assert_eq!(after["classifier.3.weight"].size(), [2, 1024]);
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// `--log-every N`: with `--json`, a step row every N steps (run-wide step numbers, the epoch
+/// they belong to, elapsed time that grows), between the epoch rows.
+#[test]
+fn log_every_reports_steps() {
+    let data = data_copy("log-every", &[]);
+    let step_rows = |epochs: i64, log_every: &str| -> Vec<serde_json::Value> {
+        let out = tempdir(&format!("log-every-{log_every}"));
+        let args = ["--epochs", &epochs.to_string(), "--log-every", log_every];
+        let run = train_on(&data, &args, &out);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let rows: Vec<serde_json::Value> = String::from_utf8(run.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // 8 images at batch 4: 2 steps per epoch; the epoch rows and the summary are still there.
+        let epoch_rows = rows.iter().filter(|r| r["train_loss"].is_f64()).count();
+        assert_eq!(epoch_rows as i64, epochs, "{rows:?}");
+        assert_eq!(rows.last().unwrap()["steps"], 2 * epochs, "{rows:?}");
+        rows.into_iter().filter(|r| r["event"] == "step").collect()
+    };
+    let every = step_rows(2, "1");
+    let steps: Vec<(i64, i64)> = every
+        .iter()
+        .map(|r| (r["epoch"].as_i64().unwrap(), r["step"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(steps, [(1, 1), (1, 2), (2, 3), (2, 4)], "{every:?}");
+    let elapsed: Vec<f64> = every
+        .iter()
+        .map(|r| r["elapsed"].as_f64().unwrap())
+        .collect();
+    assert!(
+        elapsed.windows(2).all(|w| w[0] > 0.0 && w[1] > w[0]),
+        "{elapsed:?}"
+    );
+    for r in &every {
+        assert!(r["loss"].as_f64().unwrap().is_finite(), "{r}");
+        assert!((0.0..=1.0).contains(&r["top1"].as_f64().unwrap()), "{r}");
+    }
+    let second: Vec<i64> = step_rows(1, "2")
+        .iter()
+        .map(|r| r["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(second, [2]);
+}
