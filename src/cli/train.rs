@@ -43,8 +43,9 @@ checkpoint.pth (model, optimizer, lr_scheduler, epoch, args, as torchvision's re
 them; --resume OUT continues from it exactly), model.json and classes.json (classify uses them
 from beside model.pth), metrics.jsonl (one row per epoch), curves.png (loss and accuracy per
 epoch), model_ema.pth with --ema. With --json, stdout has one metrics row per epoch (and with
---log-every N a {\"event\": \"step\", ...} row every N steps), then {\"done\", \"epochs\", \"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops,
-data loading included).
+--log-every N a {\"event\": \"step\", ...} row every N steps), then {\"done\", \"epochs\",
+\"steps\", \"seconds\", \"images_per_s\", \"out\"} (images_per_s: the training loops, data
+loading included).
 
 Data-parallel: under `torchrun --no-python --nproc-per-node N mobilenet train ...` each process
 is a rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun sets them) of a c10d
@@ -708,7 +709,7 @@ impl Reporter {
 
     /// `--log-every`: the step's line, every N steps.
     fn log_step(&self, step: i64, loss: f64, top1: f64) {
-        if self.log_every == 0 || step % self.log_every as i64 != 0 {
+        if self.log_every == 0 || step.max(0) as u64 % self.log_every != 0 {
             return;
         }
         let row = StepRow {
