@@ -38,7 +38,6 @@ Installs onnxruntime and onnx into the venv when missing (only this script needs
 Prints each p50 latency and the ratio ours/theirs, and writes everything as JSON.
 """
 import argparse
-import builtins
 import importlib.util
 import json
 import os
@@ -98,6 +97,18 @@ def cpu_flags():
     except OSError:
         pass
     return set()
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def common_args(args, iters, warmup):
+    """The model, threads, batch sizes and iterations, as both `mobilenet bench` and the eager
+    child process take them."""
+    return ["--arch", args.arch, "--width-mult", str(args.width_mult), "--threads", str(args.threads),
+            "--batch-sizes", args.batch_sizes, "--iters", str(iters), "--warmup", str(warmup)]
 
 
 def bf16_native(flags):
@@ -214,9 +225,8 @@ def bench_bf16(args, weights, batch_sizes, ort_p50, ours_fp32_p50):
     model = model.to(torch.bfloat16)
     timings = {}  # name -> batch -> [timing per round]
     ours_compute = None
-    cmd = [args.binary, "bench", "--arch", args.arch, "--width-mult", str(args.width_mult),
-           "--threads", str(args.threads), "--batch-sizes", args.batch_sizes, "--iters", str(iters),
-           "--warmup", str(warmup), "--weights", weights, "--device", "cpu", "--precision", "bf16", "--json"]
+    cmd = [args.binary, "bench", *common_args(args, iters, warmup), "--weights", weights, "--device", "cpu",
+           "--precision", "bf16", "--json"]
     for r in range(rounds):
         print(f"bench_compare: bf16 round {r + 1}/{rounds}", file=sys.stderr)
         ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -228,9 +238,9 @@ def bench_bf16(args, weights, batch_sizes, ort_p50, ours_fp32_p50):
                 x = torch.randn(bs, 3, 224, 224).to(torch.bfloat16).contiguous(memory_format=cl)
                 timings.setdefault("pytorch eager channels-last bf16", {}).setdefault(bs, []).append(
                     timeit(lambda: model(x), warmup, iters))
-    p50 = {name: {bs: sorted(t["p50_ms"] for t in ts)[len(ts) // 2] for bs, ts in rows.items()}
+    p50 = {name: {bs: median(t["p50_ms"] for t in ts) for bs, ts in rows.items()}
            for name, rows in timings.items()}
-    ours_p50, torch_p50 = p50["mobilenet (ours) bf16"], p50["pytorch eager channels-last bf16"]
+    ours_p50 = p50["mobilenet (ours) bf16"]
     how = "native" if native else "emulated (no avx512_bf16 or amx_bf16: bf16 widened to fp32)"
     print(f"bf16, {how}; ours reports bf16 compute: {ours_compute}; {iters} iterations after {warmup} "
           f"warm-up x {rounds} round(s)")
@@ -256,7 +266,7 @@ def bench_bf16(args, weights, batch_sizes, ort_p50, ours_fp32_p50):
 def issue19_targets(arch, batch_sizes, mine, ort_p50, ort_share, our_share, bf16, quiet=False):
     """Returns, per batch size, whether this run meets issue 19's targets; prints them unless
     `quiet` (a smoke's numbers judge nothing)."""
-    print = builtins.print if not quiet else (lambda *a, **k: None)
+    say = (lambda *a, **k: None) if quiet else print
     verdicts = {"fp32": {}, "bf16": {}}
     for bs in batch_sizes:
         ratio = mine[bs]["p50_ms"] / ort_p50[bs]
@@ -267,7 +277,7 @@ def issue19_targets(arch, batch_sizes, mine, ort_p50, ort_share, our_share, bf16
             met = ratio <= 0.8
             rule = "ours at most 0.8x ONNX Runtime"
         verdicts["fp32"][bs] = {"ours_over_ort": ratio, "rule": rule, "met": met}
-        print(f"target fp32, batch {bs}: {rule}: ours/ORT {ratio:.2f}x: {'met' if met else 'NOT met'}")
+        say(f"target fp32, batch {bs}: {rule}: ours/ORT {ratio:.2f}x: {'met' if met else 'NOT met'}")
     for bs in batch_sizes:
         if arch not in ("mobilenet_v2", "mobilenet_v3_large"):
             continue
@@ -281,7 +291,7 @@ def issue19_targets(arch, batch_sizes, mine, ort_p50, ort_share, our_share, bf16
         verdicts["bf16"][bs] = verdict
         text = verdict.get("why") or (f"ours bf16/ORT fp32 {verdict['ours_bf16_over_ort_fp32']:.2f}x: "
                                       + ("met" if verdict["met"] else "NOT met"))
-        print(f"target bf16 (at most 0.5x ONNX Runtime fp32), batch {bs}: {text}")
+        say(f"target bf16 (at most 0.5x ONNX Runtime fp32), batch {bs}: {text}")
     return verdicts
 
 
@@ -306,6 +316,9 @@ def main():
                    help="CI: batch 1, one round of one iteration, fp32 and bf16; numbers claim nothing")
     p.add_argument("--eager-cl-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    unknown = set(args.precisions.split(",")) - {"fp32", "bf16"}
+    if unknown or "fp32" not in args.precisions.split(","):
+        p.error(f"--precisions: {args.precisions!r} is not fp32 or fp32,bf16")
     if args.smoke:
         args.batch_sizes, args.rounds, args.iters, args.warmup = "1", 1, 1, 0
         args.precisions, args.bf16_iters = "fp32,bf16", 1
@@ -362,8 +375,7 @@ def main():
         rounds.setdefault(name, {}).setdefault(bs, []).append(timing)
 
     ours = None
-    common = ["--arch", args.arch, "--width-mult", str(args.width_mult), "--threads", str(args.threads),
-              "--batch-sizes", args.batch_sizes, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    common = common_args(args, args.iters, args.warmup)
     for r in range(args.rounds):
         print(f"bench_compare: round {r + 1}/{args.rounds}", file=sys.stderr)
         # Ours, in its own process (its own libtorch thread pool).
@@ -387,10 +399,6 @@ def main():
                                check=True, capture_output=True, text=True, env=env)
         for bs, timing in json.loads(child.stdout.strip().splitlines()[-1]).items():
             record(tuned_name, int(bs), timing)
-
-    def median(values):
-        values = sorted(values)
-        return values[len(values) // 2]
 
     results = {name: {bs: {"p50_ms": median([t["p50_ms"] for t in ts]),
                            "min_ms": min(t["min_ms"] for t in ts),

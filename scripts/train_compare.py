@@ -25,8 +25,8 @@ checkpoint. Its loop rate counts the steps after the first 2 (warm-up).
 Our side: `mobilenet train ... --steps N --json` with the same settings (and `--threads T`,
 `--seed S` and `--log-every 1` when the command has them). Its loop rate comes from the JSON
 lines it prints: per-step lines with `step` and `elapsed` (seconds since the loop began) give
-the rate after 2 warm-up steps as for PyTorch; otherwise the final line's `images_per_s` (the training loop's,
-data loading included), else its `steps` / `seconds`.
+the rate after 2 warm-up steps as for PyTorch; otherwise the final line's `images_per_s` (the
+training loop's, data loading included), else its `steps` / `seconds`.
 
 Prints a table (steps/s, images/s, ours/PyTorch; higher is faster for us) for the training loop
 and for the whole process, with the CPU model and its AVX flags, and writes it all as JSON.

@@ -142,7 +142,6 @@ fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
 // struct that build.rs declares once for Rust and C++ (`OUT_DIR/mn_ffi.h`).
 include!(concat!(env!("OUT_DIR"), "/ffi_types.rs"));
 
-/// Whether this libtorch has the fused convolution on the CPU (builds without oneDNN do not).
 /// Makes libtorch run single-threaded (intra-op) in the calling thread only, as
 /// `torch.set_num_threads(1)` does in each DataLoader worker process: for threads that prepare
 /// inputs beside a model that uses every core. Returns the thread count this thread now sees.
@@ -151,6 +150,7 @@ pub fn serial_thread() -> i32 {
     unsafe { mn_serial_thread() }
 }
 
+/// Whether this libtorch has the fused convolution on the CPU (builds without oneDNN do not).
 pub fn conv_pointwise_available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: a dispatcher lookup without arguments.

@@ -7,6 +7,7 @@
 // Tensors cross the boundary as tch's `C_tensor`, which is `at::Tensor*`. Every function reports
 // a C++ exception as a malloc'd message in `*err` (freed with `mn_free_error`) and returns null.
 
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -15,7 +16,6 @@
 #include <ATen/ops/addcdiv.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/hardtanh.h>
-#include <ATen/Parallel.h>
 
 #include <dlfcn.h>
 
