@@ -68,7 +68,9 @@ whose key hashes to it, the key being the input's path relative to the folder ar
 found under (a file argument: its path as given), the hash 64-bit FNV-1a of the key's bytes,
 the shard floor(hash * N / 2^64). A file's shard depends on its key alone: adding files elsewhere
 in the tree moves no file to another shard, and the N shards together hold every input once.
-Within a shard the inputs keep their order. --shard auto reads the shard from the environment:
+Within a shard the inputs keep their order. Merged, the shards' lines equal one process's byte
+for byte with --batch-size 1; at larger batch sizes an image's probabilities depend on its batch
+in the last digits (about 1e-6). --shard auto reads the shard from the environment:
 a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, with MOBILENET_SHARDS set to the Job's
 .spec.completions (docs/k8s-indexed-job.yaml), or a Slurm array's SLURM_ARRAY_TASK_ID,
 SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_STEP (docs/slurm-classify.sbatch);

@@ -12,7 +12,8 @@
 //! - the `classify --json` top-5 (the real CLI, default `--preprocess pil`) is Python's: same
 //!   classes, probabilities within 1e-4 (classify's model folds BatchNorm and runs channels-last
 //!   in batches: other float32 rounding, as PyTorch's own channels-last forward differs from its
-//!   contiguous one by 5e-5 on these logits, which reach 20).
+//!   contiguous one by 5e-5 on these logits, which reach 20), with the fused kernel alone and
+//!   with the compiled oneDNN graph.
 
 use mobilenet::images;
 use mobilenet::models::{Arch, Model, ModelConfig};
@@ -158,17 +159,23 @@ fn jpeg_input_and_logits_equal_python() {
     check_decoded("jpeg");
 }
 
-/// `classify --json` on every image of `subs` with the seeded weights: top-5 as Python's.
+/// `classify --json` on every image of `subs` with the seeded weights: top-5 as Python's, with
+/// the default forward (fused kernel) and the compiled one (`--graph`).
 fn check_cli(subs: &[&str]) {
     let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
     let expected: Value = serde_json::from_str(&text).unwrap();
     let mut f = Failures::new();
-    for (key, file) in [
+    for ((key, file), graph) in [
         ("v2", "mobilenet_v2-seeded.pth"),
         ("v1", "mobilenet_v1-seeded.pth"),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|model| [(model, None), (model, Some("--graph"))])
+    {
         let out = Command::new(BIN)
-            .args(["classify", "--device", "cpu", "--json", "--weights"])
+            .args(["classify", "--device", "cpu", "--json"])
+            .args(graph)
+            .arg("--weights")
             .arg(fixtures().join(file))
             .args(subs.iter().map(|s| fixtures().join(s)))
             .output()
@@ -185,7 +192,8 @@ fn check_cli(subs: &[&str]) {
             let want = &expected[rel.to_str().unwrap()][key];
             let top = record["top"].as_array().unwrap();
             for (i, class) in top.iter().enumerate() {
-                let what = format!("{} {key} rank {}", rel.display(), i + 1);
+                let how = graph.unwrap_or("default");
+                let what = format!("{} {key} {how} rank {}", rel.display(), i + 1);
                 f.check(
                     class["index"] == want["index"][i],
                     &what,
