@@ -41,6 +41,7 @@ test: check-torch fixtures
 	$(PY) scripts/train_compare.py --smoke
 	$(PY) scripts/classify_compare.py --smoke
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --smoke
+	$(PY) scripts/thread_scaling.py --arch mobilenet_v3_small --smoke
 
 ## BatchNorm against GroupNorm, LayerNorm and InstanceNorm as the batch shrinks (about 40 min on
 ## 2 cores): bench-results/norm-study.json and docs/norm-study.png.
@@ -67,6 +68,8 @@ bench: release
 	$(PY) scripts/bench_compare.py --arch mobilenet_v1 --rounds 5 --iters 20 --precisions fp32,bf16
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_large --rounds 5 --iters 20 --precisions fp32,bf16
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --rounds 5 --iters 20 --precisions fp32,bf16
+	$(PY) scripts/thread_scaling.py --arch mobilenet_v2
+	$(PY) scripts/thread_scaling.py --arch mobilenet_v3_small
 	$(PY) scripts/train_compare.py --arch mobilenet_v2 --steps 20 --batch-size 32 --resolution 64
 	$(PY) scripts/classify_compare.py
 
