@@ -79,6 +79,24 @@ def timeit(fn, warmup, iters):
     }
 
 
+def export_onnx(model, path):
+    """`model` as ONNX at `path`, input `x` with a dynamic batch, output `logits`."""
+    import torch
+
+    torch.onnx.export(model, torch.randn(1, 3, 224, 224), path, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+
+
+def ort_session(path, threads):
+    """An ONNX Runtime CPU session of `path` on `threads` intra-op threads, no inter-op ones."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -363,12 +381,8 @@ def main():
         import onnxruntime as ort
 
         onnx_path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(model, torch.randn(1, 3, 224, 224), onnx_path, input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        export_onnx(model, onnx_path)
+        sess = ort_session(onnx_path, args.threads)
         ort_name = f"onnxruntime {ort.__version__}"
     tuned_name = "pytorch eager channels-last, malloc as ours"
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 import bench_compare
-from bench_compare import ROOT, cpu_name, median, timeit
+from bench_compare import ROOT, cpu_name, export_onnx, median, ort_session, timeit
 
 
 def main():
@@ -55,8 +55,7 @@ def main():
     weights = os.path.join(tmp, "weights.safetensors")
     save_weights(model, weights)
     onnx_path = os.path.join(tmp, "model.onnx")
-    torch.onnx.export(model, torch.randn(1, 3, 224, 224), onnx_path, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    export_onnx(model, onnx_path)
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3, 224, 224), dtype=np.float32)
 
     def ours(threads):
@@ -67,10 +66,7 @@ def main():
         return json.loads(out)["results"][0]["p50_ms"]
 
     def onnxruntime(threads):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(onnx_path, threads)
         return timeit(lambda: sess.run(None, {"x": x}), args.warmup, args.iters)["p50_ms"]
 
     p50 = {(who, t): [] for who in ("ours", "ort") for t in counts}

@@ -683,6 +683,15 @@ struct Reporter {
     started: Instant,
 }
 
+/// `row` as one JSON line on stdout, flushed at once (a reader follows the run line by line).
+fn json_line(row: &impl Serialize) {
+    if let Ok(line) = serde_json::to_string(row) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
 /// `--log-every`'s JSON line.
 #[derive(Serialize)]
 struct StepRow {
@@ -721,11 +730,7 @@ impl Reporter {
             elapsed: self.started.elapsed().as_secs_f64(),
         };
         if self.json {
-            if let Ok(line) = serde_json::to_string(&row) {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
+            json_line(&row);
         } else if !self.interactive {
             eprintln!(
                 "epoch {}/{} step {step}: loss {loss:.4} top1 {:.2}% | {:.1} s",
@@ -781,10 +786,7 @@ impl Reporter {
             Progress::BucketsRebuilt { buckets } => {
                 // What TORCH_DISTRIBUTED_DEBUG=INFO logs; in JSON mode only.
                 if self.json {
-                    let row = serde_json::json!({"event": "buckets", "buckets": buckets});
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{row}");
-                    let _ = out.flush();
+                    json_line(&serde_json::json!({"event": "buckets", "buckets": buckets}));
                 }
             }
         }
@@ -795,11 +797,7 @@ impl Reporter {
             bar.finish_and_clear();
         }
         if self.json {
-            if let Ok(line) = serde_json::to_string(m) {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
+            json_line(m);
             if !self.interactive {
                 return;
             }
