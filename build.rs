@@ -45,6 +45,7 @@ fn main() {
     );
     println!("cargo:rustc-env=MOBILENET_LIBTORCH_LIB={}", lib.display());
     build_shim(&lib);
+    build_engine(&lib);
     if cfg!(target_os = "linux") || std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -106,6 +107,75 @@ fn build_shim(lib: &Path) {
         .warnings(true)
         .extra_warnings(true)
         .compile("mobilenet_shim");
+}
+
+/// Builds src/ffi/engine.cpp (the whole forward as direct oneDNN calls) into
+/// `OUT_DIR/libmobilenet_engine.so`, against the oneDNN that `make setup` installs into the venv
+/// beside libtorch (PyPI `onednn-cpu-gomp` and `onednn-devel-cpu-gomp`: `<venv>/lib/libdnnl.so.3`,
+/// `<venv>/include/oneapi/dnnl`), with an rpath to it. It is compiled apart from the shim,
+/// without libtorch's headers (which ship another oneDNN's), and not linked into the binary:
+/// src/ffi/engine.rs loads it with dlopen, isolated from libtorch's symbols. Its path is
+/// exported as `MOBILENET_ENGINE_LIB`, empty where no oneDNN was found (no engine then).
+fn build_engine(lib: &Path) {
+    println!("cargo:rerun-if-changed=src/ffi/engine.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/protect.h");
+    println!("cargo:rerun-if-env-changed=MOBILENET_DNNL_ROOT");
+    let Some(root) = dnnl_root(lib) else {
+        println!(
+            "cargo:warning=no oneDNN (lib/libdnnl.so.3 and include/oneapi/dnnl/dnnl.hpp) above \
+             libtorch's folder; the direct oneDNN engine is left out (run `make setup`)"
+        );
+        println!("cargo:rustc-env=MOBILENET_ENGINE_LIB=");
+        return;
+    };
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .file("src/ffi/engine.cpp")
+        .include(&out)
+        .flag("-isystem")
+        .flag(root.join("include").display().to_string())
+        .flag("-std=c++17")
+        .flag("-fvisibility=hidden")
+        .warnings(true)
+        .extra_warnings(true);
+    let objects = build.compile_intermediates();
+    let libdir = root.join("lib");
+    let so = out.join("libmobilenet_engine.so");
+    let compiler = build.get_compiler();
+    let status = std::process::Command::new(compiler.path())
+        .arg("-shared")
+        .arg("-o")
+        .arg(&so)
+        .args(&objects)
+        .arg(format!("-L{}", libdir.display()))
+        .arg("-ldnnl")
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", compiler.path().display()));
+    assert!(status.success(), "linking {} failed", so.display());
+    println!("cargo:rustc-env=MOBILENET_ENGINE_LIB={}", so.display());
+}
+
+/// The prefix holding `lib/libdnnl.so.3` and `include/oneapi/dnnl/dnnl.hpp`:
+/// `MOBILENET_DNNL_ROOT`, else the nearest folder above libtorch's (the venv it was installed
+/// in) that has both.
+fn dnnl_root(lib: &Path) -> Option<PathBuf> {
+    let has = |root: &Path| {
+        root.join("lib/libdnnl.so.3").exists() && root.join("include/oneapi/dnnl/dnnl.hpp").exists()
+    };
+    if let Ok(root) = std::env::var("MOBILENET_DNNL_ROOT") {
+        let root = PathBuf::from(root);
+        return has(&root).then_some(root);
+    }
+    let lib = lib.canonicalize().ok()?;
+    lib.ancestors()
+        .skip(1)
+        .take(6)
+        .find(|r| has(r))
+        .map(Path::to_path_buf)
 }
 
 /// The include folders that c10d's `ProcessGroupNCCL.hpp` needs, when this libtorch has CUDA

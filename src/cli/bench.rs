@@ -51,6 +51,11 @@ pub struct Args {
     /// libtorch's oneDNN Graph fuser (see `Model::compile_graph`; CPU fp32).
     #[arg(long)]
     no_graph: bool,
+    /// Run the whole forward through libtorch (the compiled graph, or the layers one by one)
+    /// instead of the direct oneDNN engine (see `Model::compile_engine`; CPU fp32, BatchNorm
+    /// folded). The engine picks oneDNN's blocked layouts, whatever `--layout` says.
+    #[arg(long)]
+    no_engine: bool,
     /// Keep glibc's default malloc settings (large blocks mmapped and unmapped on every pass)
     /// instead of `mobilenet::alloc::keep_freed_memory`.
     #[arg(long)]
@@ -83,6 +88,10 @@ struct Report {
     fused: bool,
     /// The forward runs as one oneDNN Graph compiled graph.
     graph: bool,
+    /// The forward runs as direct oneDNN calls (ahead of the graph).
+    engine: bool,
+    /// The oneDNN the engine links, when it runs.
+    engine_onednn: Option<String>,
     /// glibc malloc keeps freed memory (`mobilenet::alloc::keep_freed_memory`).
     malloc_tuned: bool,
     threads: i32,
@@ -129,6 +138,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bn_folded: model.is_folded(),
         fused: model.is_accelerated(),
         graph: model.has_graph(),
+        engine: model.has_engine(),
+        engine_onednn: model.has_engine().then(mobilenet::ffi::engine_version),
         malloc_tuned,
         threads: tch::get_num_threads(),
         bf16_compute: bf16_cpu.then_some(cpu.bf16),
@@ -190,6 +201,9 @@ fn prepare_model(args: &Args, device: tch::Device) -> anyhow::Result<Model> {
     if !args.no_fuse {
         model.accelerate()?;
     }
+    if !args.no_engine && model.compile_engine()? {
+        return Ok(model);
+    }
     if !args.no_graph {
         // The fuser is process-wide; this process runs only our graph.
         mobilenet::ffi::enable_onednn_fusion(true);
@@ -201,7 +215,7 @@ fn prepare_model(args: &Args, device: tch::Device) -> anyhow::Result<Model> {
 /// The settings line and one row per batch size.
 fn print_table(report: &Report) {
     println!(
-        "{} width {} on {} {} layout {} bn folded {} fused {} graph {} malloc tuned {} threads {} libtorch {}",
+        "{} width {} on {} {} layout {} bn folded {} fused {} graph {} engine {} malloc tuned {} threads {} libtorch {}",
         report.arch,
         report.width_mult,
         report.device,
@@ -210,10 +224,14 @@ fn print_table(report: &Report) {
         report.bn_folded,
         report.fused,
         report.graph,
+        report.engine,
         report.malloc_tuned,
         report.threads,
         report.libtorch_version
     );
+    if let Some(onednn) = &report.engine_onednn {
+        println!("engine: {onednn}");
+    }
     if let Some(bf16) = &report.bf16_summary {
         println!("bf16 compute: {bf16}");
     }

@@ -127,11 +127,16 @@ pub struct Args {
     /// Decoding threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
-    /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser (faster forwards,
-    /// after about 0.2 s of compiling per batch shape, on its second batch; it pays off when
-    /// the forward, not decoding and resizing the images, is the bottleneck).
+    /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser instead of the
+    /// direct oneDNN engine (about 0.2 s of compiling per batch shape, on its second batch;
+    /// the first batch of each shape runs uncompiled).
     #[arg(long)]
     graph: bool,
+    /// On the CPU: run the layers one by one through libtorch (oneDNN's fused convolution)
+    /// instead of the default direct oneDNN engine (the whole forward as oneDNN calls, see
+    /// `Model::compile_engine`; fp32 with BatchNorm). Probabilities differ by about 1e-6.
+    #[arg(long)]
+    no_engine: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(THREADS))]
     threads: Option<i32>,
@@ -424,8 +429,9 @@ fn find_inputs(paths: &[PathBuf], shard: Shard) -> anyhow::Result<(Vec<Input>, u
 /// The model, loaded, folded in fp32 and cast (folding from rounded parameters would not match
 /// PyTorch's reduced-precision numbers), then tuned for inference on `device`: channels-last
 /// (the faster layout on the CPU, measured, see the README, and for cuDNN); on the CPU in fp32
-/// oneDNN's fused kernel ([`Model::accelerate`]), optionally the compiled graph, and glibc
-/// keeping freed activations for the next batch; on CUDA cuDNN's fastest algorithms per shape.
+/// the direct oneDNN engine ([`Model::compile_engine`]; with `--no-engine` oneDNN's fused kernel,
+/// [`Model::accelerate`]; with `--graph` the compiled graph), and glibc keeping freed
+/// activations for the next batch; on CUDA cuDNN's fastest algorithms per shape.
 fn prepare_model(
     args: &Args,
     config: &ModelConfig,
@@ -456,6 +462,9 @@ fn prepare_model(
         // The fuser is process-wide; this process runs only our graph.
         mobilenet::ffi::enable_onednn_fusion(true);
         model.compile_graph()?;
+    } else if !args.no_engine {
+        // Where it applies (CPU, fp32, BatchNorm); else the fused kernel runs.
+        model.compile_engine()?;
     }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);

@@ -11,6 +11,9 @@
 //! `torch.ops.mkldnn._convolution_pointwise(...)` does from Python; a C++ exception comes back as
 //! [`Error::Torch`].
 
+mod engine;
+pub use engine::{engine_available, engine_version, Engine};
+
 use crate::{Error, Result};
 use std::ffi::{c_char, CStr};
 use std::ptr::NonNull;

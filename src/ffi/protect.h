@@ -1,5 +1,6 @@
-// Shared by shim.cpp and graph.cpp: a C++ exception becomes a malloc'd message in `*err` (freed
-// with `mn_free_error`) and the function returns null.
+// Shared by shim.cpp, graph.cpp and engine.cpp: a C++ exception becomes a malloc'd message in
+// `*err` (freed with `mn_free_error`, or the engine's `mn_engine_free_error`) and the function
+// returns null.
 #pragma once
 
 #include <cstdlib>

@@ -7,6 +7,7 @@
 //! fold its BatchNorm or read its feature map.
 
 pub mod arch;
+pub mod engine;
 pub mod graph;
 mod load;
 pub mod mobilenet_v1;
@@ -104,8 +105,9 @@ pub fn make_divisible(v: f64, divisor: i64) -> i64 {
 /// network. `Send`: it can move into a worker thread.
 ///
 /// Eval-mode forwards take the fastest path the model was prepared for: each conv unit is plain,
-/// folded or fused ([`Model::fold_batch_norm`], [`Model::accelerate`]), and a compiled graph
-/// ([`Model::compile_graph`]) runs the whole forward when present.
+/// folded or fused ([`Model::fold_batch_norm`], [`Model::accelerate`]); the direct oneDNN engine
+/// ([`Model::compile_engine`]) or else a compiled graph ([`Model::compile_graph`]) runs the whole
+/// forward when present.
 #[derive(Debug)]
 pub struct Model {
     config: ModelConfig,
@@ -115,6 +117,8 @@ pub struct Model {
     channels_last: bool,
     /// The whole eval-mode forward compiled with oneDNN Graph.
     graph: Option<crate::ffi::Graph>,
+    /// The whole eval-mode forward as direct oneDNN calls.
+    engine: Option<crate::ffi::Engine>,
 }
 
 impl Model {
@@ -129,6 +133,7 @@ impl Model {
             net,
             channels_last: false,
             graph: None,
+            engine: None,
         })
     }
 
@@ -165,6 +170,11 @@ impl Model {
         self.graph.is_some()
     }
 
+    /// Whether eval-mode forwards run the direct oneDNN engine.
+    pub fn has_engine(&self) -> bool {
+        self.engine.is_some()
+    }
+
     pub fn is_channels_last(&self) -> bool {
         self.channels_last
     }
@@ -186,6 +196,7 @@ impl Model {
             unit.cast_folded(device, kind)?;
         }
         self.graph = None;
+        self.engine = None;
         Ok(())
     }
 
@@ -193,6 +204,11 @@ impl Model {
     /// dropout.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_mode(train)?;
+        if let (Some(engine), false) = (&self.engine, train) {
+            // The engine takes NCHW and picks its own layouts.
+            self.check_input(xs)?;
+            return engine.forward(xs);
+        }
         let x = self.prepare_input(xs)?;
         if let (Some(graph), false) = (&self.graph, train) {
             return graph.forward(&x);
@@ -232,6 +248,16 @@ impl Model {
     }
 
     fn prepare_input(&self, xs: &Tensor) -> Result<Tensor> {
+        self.check_input(xs)?;
+        if self.channels_last {
+            crate::nn::conv::to_channels_last(xs)
+        } else {
+            Ok(xs.shallow_clone())
+        }
+    }
+
+    /// Images `[N, 3, H, W]` of at least 32x32, on the model's device and of its kind.
+    fn check_input(&self, xs: &Tensor) -> Result<()> {
         let size = xs.size();
         if size.len() != 4 || size[1] != 3 {
             return Err(Error::bad_input(
@@ -257,11 +283,7 @@ impl Model {
                 ),
             ));
         }
-        if self.channels_last {
-            crate::nn::conv::to_channels_last(xs)
-        } else {
-            Ok(xs.shallow_clone())
-        }
+        Ok(())
     }
 
     /// The floating-point kind of the weights.
@@ -280,6 +302,7 @@ impl Model {
     /// Drops the fused kernels and the compiled graph.
     pub fn fold_batch_norm(&mut self) -> Result<usize> {
         self.graph = None;
+        self.engine = None;
         let mut n = 0;
         for unit in self.net.convs_mut() {
             n += unit.fold_batch_norm()? as usize;
@@ -304,6 +327,21 @@ impl Model {
         }
         self.graph = graph::compile(&self.net.program())?;
         Ok(self.graph.is_some())
+    }
+
+    /// Records the folded model's forward as direct oneDNN calls ([`crate::ffi::Engine`],
+    /// src/ffi/engine.cpp) and uses them for eval-mode forwards, ahead of a compiled graph. CPU
+    /// fp32, every architecture with BatchNorm; returns whether it was built (not before folding,
+    /// nor on CUDA, nor in a build without oneDNN). The first forward of each input shape builds
+    /// its primitives (tens of milliseconds); [`Model::forward_with_stages`] keeps the
+    /// layer-by-layer path.
+    pub fn compile_engine(&mut self) -> Result<bool> {
+        self.engine = None;
+        if !self.is_folded() || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
+            return Ok(false);
+        }
+        self.engine = engine::build(&self.net.program())?;
+        Ok(self.engine.is_some())
     }
 
     /// Switches the folded convolutions to the fused CPU kernel ([`crate::nn::accel`]): oneDNN
@@ -333,6 +371,7 @@ impl Model {
             unit.unfold();
         }
         self.graph = None;
+        self.engine = None;
     }
 
     /// Switches weights (and so activations) to channels-last strides, or back.

@@ -69,6 +69,17 @@ impl Activation {
         }
     }
 
+    /// The number src/ffi/engine.cpp gives this activation.
+    pub fn engine_code(self) -> i32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Relu6 => 2,
+            Activation::Hardswish => 3,
+            Activation::Hardsigmoid => 4,
+        }
+    }
+
     /// The TorchScript expression applying the activation to the expression `x`.
     pub fn torchscript(self, x: &str) -> String {
         match self {

@@ -207,16 +207,22 @@ fn batch_size_does_not_change_results() {
         assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
         records(&out)
     };
-    let (one, many) = (
-        run(&["--batch-size", "1", "--graph"]),
-        run(&["--batch-size", "2", "--threads", "1"]),
-    );
+    // The default forward (the direct oneDNN engine) gives the same bytes at any batch size;
+    // the compiled graph and the layer-by-layer path agree with it to rounding.
+    let one = run(&["--batch-size", "1"]);
     assert_eq!(one.len(), 5);
-    for (a, b) in one.iter().zip(&many) {
-        assert_eq!(a["path"], b["path"]);
-        for ((ia, pa), (ib, pb)) in top(a).iter().zip(top(b)) {
-            assert_eq!(*ia, ib, "{}", a["path"]);
-            assert!((pa - pb).abs() <= 1e-5, "{}: {pa} vs {pb}", a["path"]);
+    assert_eq!(one, run(&["--batch-size", "2", "--threads", "1"]));
+    assert_eq!(one, run(&["--batch-size", "5"]));
+    for other in [
+        run(&["--batch-size", "1", "--graph"]),
+        run(&["--batch-size", "2", "--no-engine"]),
+    ] {
+        for (a, b) in one.iter().zip(&other) {
+            assert_eq!(a["path"], b["path"]);
+            for ((ia, pa), (ib, pb)) in top(a).iter().zip(top(b)) {
+                assert_eq!(*ia, ib, "{}", a["path"]);
+                assert!((pa - pb).abs() <= 5e-5, "{}: {pa} vs {pb}", a["path"]);
+            }
         }
     }
 }

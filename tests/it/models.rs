@@ -192,11 +192,10 @@ fn bf16_parity_like_for_like_on_cpu() {
     assert!(checked >= 14, "only {checked} bf16 references");
 }
 
-/// The fastest CPU path (BatchNorm folded, channels-last, the fused kernel, then the whole
-/// forward compiled with oneDNN Graph) against PyTorch's eval logits for every BatchNorm
-/// configuration: V1, V2 and V3 at every width, V3 Large with the reduced, dilated tail.
-#[test]
-fn compiled_graph_matches_pytorch_every_batch_norm_configuration() {
+/// The CPU fast paths against PyTorch's eval logits for every BatchNorm configuration: V1, V2
+/// and V3 at every width, V3 Large with the reduced, dilated tail. `prepare` switches a loaded
+/// model to the path (false: it did not take); `passes` forwards of each input are checked.
+fn fast_path_matches_pytorch(path: &str, prepare: fn(&mut Model) -> bool, passes: usize) {
     let mut f = Failures::new();
     let mut checked = 0;
     for entry in manifest() {
@@ -206,26 +205,18 @@ fn compiled_graph_matches_pytorch_every_batch_norm_configuration() {
         let weights = fixtures().join(entry["weights"].as_str().unwrap());
         let mut model = Model::load(config(&entry), &weights).unwrap();
         model.fold_batch_norm().unwrap();
-        model.set_channels_last(true).unwrap();
-        model.accelerate().unwrap();
-        mobilenet::ffi::enable_onednn_fusion(true);
-        if !f.check(
-            model.compile_graph().unwrap(),
-            &entry["name"],
-            "not compiled",
-        ) {
+        if !f.check(prepare(&mut model), &entry["name"], format!("no {path}")) {
             continue;
         }
         for r in entry["references"].as_array().unwrap() {
             if r["mode"] == "train" {
                 continue;
             }
-            let path = fixtures().join(r["path"].as_str().unwrap());
-            let reference = parity::read_reference(&path).unwrap();
-            // The graph compiles on the second forward of a shape; the third runs it compiled.
-            for pass in 0..3 {
+            let file = fixtures().join(r["path"].as_str().unwrap());
+            let reference = parity::read_reference(&file).unwrap();
+            for pass in 0..passes {
                 let got = tch::no_grad(|| model.f_forward_t(&reference["input"], false)).unwrap();
-                let d = parity::diff("graph", &got, &reference["logits"]).unwrap();
+                let d = parity::diff(path, &got, &reference["logits"]).unwrap();
                 let what = format!("{} {} pass {pass}", entry["name"], r["resolution"]);
                 f.within(&what, &d, Tol::Abs(1e-4));
                 let top = |t: &tch::Tensor| {
@@ -243,6 +234,30 @@ fn compiled_graph_matches_pytorch_every_batch_norm_configuration() {
     }
     f.assert_none();
     assert!(checked >= 12, "only {checked} eval references");
+}
+
+/// BatchNorm folded, channels-last, the fused kernel, then the whole forward compiled with
+/// oneDNN Graph. The graph compiles on the second forward of a shape; the third runs it
+/// compiled.
+#[test]
+fn compiled_graph_matches_pytorch_every_batch_norm_configuration() {
+    fast_path_matches_pytorch(
+        "graph",
+        |model| {
+            model.set_channels_last(true).unwrap();
+            model.accelerate().unwrap();
+            mobilenet::ffi::enable_onednn_fusion(true);
+            model.compile_graph().unwrap()
+        },
+        3,
+    );
+}
+
+/// BatchNorm folded, then the whole forward as direct oneDNN calls (the first forward of a
+/// shape builds its primitives, the second reuses them).
+#[test]
+fn engine_matches_pytorch_every_batch_norm_configuration() {
+    fast_path_matches_pytorch("engine", |model| model.compile_engine().unwrap(), 2);
 }
 
 #[test]

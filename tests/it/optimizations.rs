@@ -316,6 +316,47 @@ fn graph_forward_is_exact() {
     f.assert_none();
 }
 
+/// The direct oneDNN engine against the plain model: logits within 1e-5 of the largest, for
+/// every architecture, across batch sizes and input sizes (each shape builds its own
+/// primitives; going back reuses them), with odd sizes where the layers' maps round down.
+#[test]
+fn engine_forward_is_exact() {
+    assert!(
+        mobilenet::ffi::engine_available(),
+        "no engine: {}",
+        mobilenet::ffi::engine_version()
+    );
+    let mut f = Failures::new();
+    for (arch, name) in EVERY_ARCH {
+        let reference = load(arch, name);
+        let mut model = load(arch, name);
+        f.check(
+            !model.compile_engine().unwrap(),
+            arch,
+            "built before folding",
+        );
+        model.fold_batch_norm().unwrap();
+        if !f.check(model.compile_engine().unwrap(), arch, "not built") {
+            continue;
+        }
+        assert!(model.has_engine(), "{arch}");
+        for (i, (batch, size)) in [(1, 224), (1, 224), (3, 224), (2, 161), (1, 97), (1, 224)]
+            .into_iter()
+            .enumerate()
+        {
+            let x = normal(&[batch, 3, size, size], 700 + i as u64);
+            let d = diff("engine", &logits(&model, &x), &logits(&reference, &x)).unwrap();
+            f.within(format!("{arch} {batch}x{size}"), &d, Tol::Rel(1e-5));
+        }
+        // Refolding (new weights) drops the engine; a CUDA or bf16 model never gets one.
+        model.fold_batch_norm().unwrap();
+        f.check(!model.has_engine(), arch, "engine kept after refolding");
+        model.to(Device::Cpu, Precision::Bf16).unwrap();
+        f.check(!model.compile_engine().unwrap(), arch, "built in bf16");
+    }
+    f.assert_none();
+}
+
 #[test]
 fn non_batch_norms_are_left_unfolded() {
     let cfg = ModelConfig {
@@ -350,7 +391,13 @@ fn bench_smoke_one_iteration() {
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["bn_folded"], true);
     assert_eq!(v["fused"], true);
-    assert_eq!(v["graph"], true);
+    // The engine runs the forward; the graph is not compiled beside it.
+    assert_eq!(v["engine"], true);
+    assert_eq!(v["graph"], false);
+    assert!(v["engine_onednn"]
+        .as_str()
+        .unwrap()
+        .starts_with("oneDNN 3."));
     assert_eq!(v["malloc_tuned"], true);
     assert_eq!(v["layout"], "nhwc");
     assert!(v["libtorch_version"]
@@ -513,7 +560,7 @@ fn comparison_script_smoke() {
             "pytorch eager channels-last, malloc as ours",
         ]
     );
-    assert_eq!(v["ours"]["graph"], true);
+    assert_eq!(v["ours"]["engine"], true);
     let roofline = &v["roofline"];
     // torch's own FLOP count of V3 Small at 224: 2 x 56.8M multiply-adds, plus the few
     // non-conv FLOPs it counts.

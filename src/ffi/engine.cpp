@@ -1,0 +1,420 @@
+// A folded model's forward as a list of oneDNN primitives, called directly (no TorchScript, no
+// ATen between layers): every convolution with its activation and residual add as post-ops,
+// squeeze-excitation as pooling, two 1x1 convolutions and a broadcast multiply, then global
+// pooling and the classifier as 1x1 convolutions. Activations stay in the layouts oneDNN picks
+// (8-channel blocks on AVX2) from the first layer to the last; buffers are reused as soon as a
+// value is dead. The primitives, reordered weights and buffers of each input shape are built on
+// its first forward and kept (a few shapes at most).
+//
+// It links the oneDNN that `make setup` installs into .venv (PyPI `onednn-cpu-gomp`), not
+// libtorch's. build.rs compiles it on its own, without libtorch's headers (which ship another
+// oneDNN's), into a shared library that src/ffi/engine.rs loads with dlopen(RTLD_LOCAL |
+// RTLD_DEEPBIND): the two oneDNNs export some of the same C++ symbols (the vtables of their
+// primitive caches' results, with different layouts), and each must bind to its own. It shares
+// libtorch's OpenMP runtime (the same libgomp.so.1). Only plain C types cross the boundary.
+// Errors come back as in shim.cpp (protect.h): a malloc'd message in `*err`, freed by
+// `mn_engine_free_error`.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "mn_ffi.h"
+#include "protect.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+// Activations as src/nn/activation.rs numbers them (Activation::engine_code).
+enum Act : int32_t { kIdentity = 0, kRelu = 1, kRelu6 = 2, kHardswish = 3, kHardsigmoid = 4 };
+
+void append_act(dnnl::post_ops& po, int32_t act) {
+  switch (act) {
+    case kIdentity:
+      break;
+    case kRelu:
+      po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      break;
+    case kRelu6:
+      po.append_eltwise(dnnl::algorithm::eltwise_clip, 0.f, 6.f);
+      break;
+    case kHardswish:
+      po.append_eltwise(dnnl::algorithm::eltwise_hardswish, 1.f / 6.f, 0.5f);
+      break;
+    case kHardsigmoid:
+      po.append_eltwise(dnnl::algorithm::eltwise_hardsigmoid, 1.f / 6.f, 0.5f);
+      break;
+    default:
+      throw std::invalid_argument("unknown activation code " + std::to_string(act));
+  }
+}
+
+void check_act(int32_t act) {
+  if (act < kIdentity || act > kHardsigmoid) {
+    throw std::invalid_argument("unknown activation code " + std::to_string(act));
+  }
+}
+
+// One recorded operation of the program, with its own copy of the weights (PyTorch's layouts).
+struct Op {
+  enum Kind { kConv, kResidualStart, kResidualEnd, kSqueezeExcite, kPool } kind;
+  explicit Op(Kind k) : kind(k) {}
+  // Conv (also the squeeze-excitation's first conv): weight [oc, ic/groups, k, k], bias [oc].
+  std::vector<float> w, b;
+  int64_t oc = 0, icg = 0, k = 1, stride = 1, padding = 0, dilation = 1, groups = 1;
+  int32_t act = kIdentity;
+  // Squeeze-excitation's second conv: [channels, squeeze] and [channels].
+  std::vector<float> w2, b2;
+};
+
+// A buffer of `bytes`, reused once the value in it is dead.
+struct Buffer {
+  std::unique_ptr<char, decltype(&std::free)> data{nullptr, &std::free};
+  size_t bytes = 0;
+  int refs = 0;
+};
+
+struct Step {
+  dnnl::primitive p;
+  std::unordered_map<int, memory> args;
+};
+
+// Everything one input shape needs.
+struct Plan {
+  std::vector<Step> steps;
+  std::vector<std::unique_ptr<Buffer>> buffers;
+  std::vector<memory> weights;  // reordered once
+  memory input, output;         // the caller's pointers, set on every run
+};
+
+class Engine {
+ public:
+  std::vector<Op> ops;
+  int64_t classes = 0;
+
+  void run(const float* x, int64_t n, int64_t h, int64_t w, float* out) {
+    auto key = std::make_tuple(n, h, w);
+    auto it = plans_.find(key);
+    if (it == plans_.end()) {
+      if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());
+      it = plans_.emplace(key, build(n, h, w)).first;
+    }
+    Plan& plan = *it->second;
+    plan.input.set_data_handle(const_cast<float*>(x));
+    plan.output.set_data_handle(out);
+    for (auto& s : plan.steps) s.p.execute(stream_, s.args);
+    stream_.wait();
+  }
+
+ private:
+  static constexpr size_t kMaxPlans = 4;
+  dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream_{eng_};
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans_;
+
+  // A value during planning: its memory and the buffer that holds it.
+  struct Value {
+    memory mem;
+    Buffer* buf;
+  };
+
+  Value alloc(Plan& plan, const memory::desc& d) {
+    size_t bytes = d.get_size();
+    Buffer* best = nullptr;
+    for (auto& b : plan.buffers) {
+      if (b->refs == 0 && b->bytes >= bytes && (best == nullptr || b->bytes < best->bytes)) {
+        best = b.get();
+      }
+    }
+    if (best == nullptr) {
+      plan.buffers.push_back(std::make_unique<Buffer>());
+      best = plan.buffers.back().get();
+      best->bytes = bytes;
+      // 64-byte aligned, as oneDNN allocates its own.
+      best->data.reset(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+      if (!best->data) throw std::bad_alloc();
+    }
+    best->refs = 1;
+    return {memory(d, eng_, best->data.get()), best};
+  }
+
+  static void release(Value& v) {
+    if (v.buf != nullptr) --v.buf->refs;
+  }
+
+  memory weights(Plan& plan, const std::vector<float>& data, const memory::dims& dims, tag t,
+                 const memory::desc& want) {
+    memory src(memory::desc(dims, dt::f32, t), eng_, const_cast<float*>(data.data()));
+    memory dst(want, eng_);
+    dnnl::reorder(src, dst).execute(stream_, src, dst);
+    stream_.wait();
+    plan.weights.push_back(dst);
+    return dst;
+  }
+
+  // `src` in the layout `want`, reordering into a fresh buffer when it differs.
+  Value as_layout(Plan& plan, Value src, const memory::desc& want) {
+    if (src.mem.get_desc() == want) return src;
+    Value r = alloc(plan, want);
+    plan.steps.push_back({dnnl::reorder(src.mem, r.mem),
+                          {{DNNL_ARG_FROM, src.mem}, {DNNL_ARG_TO, r.mem}}});
+    release(src);
+    return r;
+  }
+
+  // A convolution of `src` ([n, c, h, w]); with `residual`, `dst = act(conv(src) + residual)`
+  // computed in the residual's buffer.
+  Value conv(Plan& plan, Value src, const std::vector<float>& wdata, const std::vector<float>& bdata,
+             int64_t oc, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t groups,
+             int32_t act, Value* residual) {
+    auto dims = src.mem.get_desc().get_dims();
+    int64_t n = dims[0], c = dims[1], h = dims[2], w = dims[3];
+    int64_t ek = dil * (k - 1) + 1;
+    int64_t oh = (h + 2 * pad - ek) / stride + 1, ow = (w + 2 * pad - ek) / stride + 1;
+    if (oh < 1 || ow < 1) throw std::invalid_argument("input too small for a convolution");
+    memory::dims wd = groups == 1 ? memory::dims{oc, c, k, k}
+                                  : memory::dims{groups, oc / groups, c / groups, k, k};
+    tag wt = groups == 1 ? tag::oihw : tag::goihw;
+    memory::desc bdesc({oc}, dt::f32, tag::x);
+    dnnl::post_ops po;
+    if (residual != nullptr) po.append_sum(1.f);
+    append_act(po, act);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(po);
+    auto make = [&](const memory::desc& s, const memory::desc& d) {
+      return dnnl::convolution_forward::primitive_desc(
+          eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, s,
+          memory::desc(wd, dt::f32, tag::any), bdesc, d, {stride, stride}, {dil - 1, dil - 1},
+          {pad, pad}, {pad, pad}, attr);
+    };
+    memory::desc dst_d = residual != nullptr
+                             ? residual->mem.get_desc()
+                             : memory::desc({n, oc, oh, ow}, dt::f32, tag::any);
+    // The layout the previous layer wrote, else whatever oneDNN prefers (and a reorder).
+    dnnl::convolution_forward::primitive_desc pd;
+    try {
+      pd = make(src.mem.get_desc(), dst_d);
+    } catch (const dnnl::error&) {
+      pd = make(memory::desc(dims, dt::f32, tag::any), dst_d);
+    }
+    src = as_layout(plan, src, pd.src_desc());
+    memory wm = weights(plan, wdata, wd, wt, pd.weights_desc());
+    memory bm = weights(plan, bdata, {oc}, tag::x, bdesc);
+    Value dst;
+    if (residual != nullptr) {
+      dst = *residual;  // takes over the shortcut's reference
+    } else {
+      dst = alloc(plan, pd.dst_desc());
+    }
+    plan.steps.push_back({dnnl::convolution_forward(pd),
+                          {{DNNL_ARG_SRC, src.mem},
+                           {DNNL_ARG_WEIGHTS, wm},
+                           {DNNL_ARG_BIAS, bm},
+                           {DNNL_ARG_DST, dst.mem}}});
+    release(src);
+    return dst;
+  }
+
+  Value global_pool(Plan& plan, Value src) {
+    auto dims = src.mem.get_desc().get_dims();
+    memory::desc d({dims[0], dims[1], 1, 1}, dt::f32, tag::any);
+    auto pd = dnnl::pooling_forward::primitive_desc(
+        eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
+        src.mem.get_desc(), d, {dims[2], dims[3]}, {dims[2], dims[3]}, {0, 0}, {0, 0}, {0, 0});
+    Value dst = alloc(plan, pd.dst_desc());
+    plan.steps.push_back(
+        {dnnl::pooling_forward(pd), {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_DST, dst.mem}}});
+    return dst;
+  }
+
+  std::unique_ptr<Plan> build(int64_t n, int64_t h, int64_t w) {
+    auto plan = std::make_unique<Plan>();
+    plan->input = memory(memory::desc({n, 3, h, w}, dt::f32, tag::nchw), eng_, nullptr);
+    Value cur{plan->input, nullptr};
+    std::vector<Value> shortcuts;
+    bool pooled = false;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const Op& op = ops[i];
+      switch (op.kind) {
+        case Op::kConv: {
+          // A shortcut that ends right after this conv becomes its sum post-op when the conv
+          // has no activation (torchvision's blocks: `x + project(...)`).
+          bool fuse_sum = i + 1 < ops.size() && ops[i + 1].kind == Op::kResidualEnd &&
+                          op.act == kIdentity && !shortcuts.empty();
+          Value* res = nullptr;
+          if (fuse_sum) {
+            // The shortcut must be in the layout the conv writes; make it so.
+            auto dims = cur.mem.get_desc().get_dims();
+            int64_t ek = op.dilation * (op.k - 1) + 1;
+            int64_t oh = (dims[2] + 2 * op.padding - ek) / op.stride + 1;
+            int64_t ow = (dims[3] + 2 * op.padding - ek) / op.stride + 1;
+            auto sd = shortcuts.back().mem.get_desc().get_dims();
+            if (sd != memory::dims{dims[0], op.oc, oh, ow}) {
+              throw std::invalid_argument("residual shapes differ");
+            }
+            res = &shortcuts.back();
+          }
+          cur = conv(*plan, cur, op.w, op.b, op.oc, op.k, op.stride, op.padding, op.dilation,
+                     op.groups, op.act, res);
+          if (fuse_sum) {
+            shortcuts.pop_back();
+            ++i;  // the ResidualEnd is done
+          }
+          break;
+        }
+        case Op::kResidualStart:
+          if (cur.buf == nullptr) throw std::invalid_argument("a shortcut from the input");
+          ++cur.buf->refs;
+          shortcuts.push_back(cur);
+          break;
+        case Op::kResidualEnd: {
+          if (shortcuts.empty()) throw std::invalid_argument("a shortcut end without a start");
+          Value s = shortcuts.back();
+          shortcuts.pop_back();
+          s = as_layout(*plan, s, cur.mem.get_desc());
+          auto pd = dnnl::binary::primitive_desc(eng_, dnnl::algorithm::binary_add,
+                                                 cur.mem.get_desc(), s.mem.get_desc(),
+                                                 cur.mem.get_desc());
+          plan->steps.push_back(
+              {dnnl::binary(pd),
+               {{DNNL_ARG_SRC_0, cur.mem}, {DNNL_ARG_SRC_1, s.mem}, {DNNL_ARG_DST, cur.mem}}});
+          release(s);
+          break;
+        }
+        case Op::kSqueezeExcite: {
+          Value p = global_pool(*plan, cur);
+          int64_t sq = op.oc;
+          int64_t c = cur.mem.get_desc().get_dims()[1];
+          Value a = conv(*plan, p, op.w, op.b, sq, 1, 1, 0, 1, 1, kRelu, nullptr);
+          Value g = conv(*plan, a, op.w2, op.b2, c, 1, 1, 0, 1, 1, kHardsigmoid, nullptr);
+          auto d = cur.mem.get_desc();
+          auto pd = dnnl::binary::primitive_desc(eng_, dnnl::algorithm::binary_mul, d,
+                                                 g.mem.get_desc(), d);
+          plan->steps.push_back(
+              {dnnl::binary(pd),
+               {{DNNL_ARG_SRC_0, cur.mem}, {DNNL_ARG_SRC_1, g.mem}, {DNNL_ARG_DST, cur.mem}}});
+          release(g);
+          break;
+        }
+        case Op::kPool: {
+          Value p = global_pool(*plan, cur);
+          release(cur);
+          cur = p;
+          pooled = true;
+          break;
+        }
+      }
+    }
+    if (!pooled || !shortcuts.empty()) throw std::invalid_argument("incomplete program");
+    auto dims = cur.mem.get_desc().get_dims();
+    if (dims[1] != classes || dims[2] != 1 || dims[3] != 1) {
+      throw std::invalid_argument("the program does not end in [N, classes]");
+    }
+    plan->output = memory(memory::desc({n, classes, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
+    plan->steps.push_back({dnnl::reorder(cur.mem, plan->output),
+                           {{DNNL_ARG_FROM, cur.mem}, {DNNL_ARG_TO, plan->output}}});
+    return plan;
+  }
+};
+
+Engine* as_engine(void* e) { return static_cast<Engine*>(e); }
+
+std::vector<float> copy(const float* p, int64_t count) {
+  if (count < 0) throw std::invalid_argument("negative size");
+  return std::vector<float>(p, p + count);
+}
+
+}  // namespace
+
+#define MN_EXPORT __attribute__((visibility("default")))
+
+extern "C" {
+
+MN_EXPORT void mn_engine_free_error(char* err) { std::free(err); }
+
+MN_EXPORT const char* mn_engine_version() {
+  static std::string v = [] {
+    const dnnl_version_t* ver = dnnl_version();
+    std::string runtime = ver->cpu_runtime == DNNL_RUNTIME_OMP   ? "OpenMP"
+                          : ver->cpu_runtime == DNNL_RUNTIME_TBB ? "TBB"
+                          : ver->cpu_runtime == DNNL_RUNTIME_SEQ ? "sequential"
+                                                                 : "other";
+    return "oneDNN " + std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." +
+           std::to_string(ver->patch) + " (" + runtime + ", " + ver->hash + ")";
+  }();
+  return v.c_str();
+}
+
+MN_EXPORT void* mn_engine_new() { return new Engine(); }
+
+MN_EXPORT void mn_engine_free(void* e) { delete as_engine(e); }
+
+// A convolution with weight [oc, in_channels / groups, k, k] and bias [oc], then `act`.
+MN_EXPORT bool mn_engine_conv(void* e, const float* w, const float* b, int64_t oc, int64_t icg, int64_t k,
+                    MnConvGeometry g, int32_t act, char** err) {
+  MN_PROTECT({
+    Op op(Op::kConv);
+    op.w = copy(w, oc * icg * k * k);
+    op.b = copy(b, oc);
+    op.oc = oc, op.icg = icg, op.k = k, op.stride = g.stride, op.padding = g.padding;
+    op.dilation = g.dilation, op.groups = g.groups, op.act = act;
+    check_act(act);
+    as_engine(e)->ops.push_back(std::move(op));
+    return true;
+  })
+  return false;
+}
+
+MN_EXPORT void mn_engine_residual_start(void* e) { as_engine(e)->ops.push_back(Op(Op::kResidualStart)); }
+
+MN_EXPORT void mn_engine_residual_end(void* e) { as_engine(e)->ops.push_back(Op(Op::kResidualEnd)); }
+
+// torchvision's SqueezeExcitation over `channels`: pool, fc1 [squeeze, channels] + ReLU, fc2
+// [channels, squeeze] + hardsigmoid, times the input.
+MN_EXPORT bool mn_engine_squeeze_excite(void* e, const float* w1, const float* b1, const float* w2,
+                              const float* b2, int64_t channels, int64_t squeeze, char** err) {
+  MN_PROTECT({
+    Op op(Op::kSqueezeExcite);
+    op.w = copy(w1, squeeze * channels);
+    op.b = copy(b1, squeeze);
+    op.w2 = copy(w2, channels * squeeze);
+    op.b2 = copy(b2, channels);
+    op.oc = squeeze;
+    as_engine(e)->ops.push_back(std::move(op));
+    return true;
+  })
+  return false;
+}
+
+// Global average pooling to [N, C, 1, 1]; the classifier follows as 1x1 convolutions.
+MN_EXPORT void mn_engine_pool(void* e) { as_engine(e)->ops.push_back(Op(Op::kPool)); }
+
+// Declares the output width; the program must end in [N, classes, 1, 1].
+MN_EXPORT void mn_engine_set_classes(void* e, int64_t classes) { as_engine(e)->classes = classes; }
+
+// Runs the program on `x` ([n, 3, h, w], contiguous fp32) into `out` ([n, classes]).
+MN_EXPORT bool mn_engine_run(void* e, const float* x, int64_t n, int64_t h, int64_t w, float* out,
+                   char** err) {
+  MN_PROTECT({
+    as_engine(e)->run(x, n, h, w, out);
+    return true;
+  })
+  return false;
+}
+
+}  // extern "C"
+

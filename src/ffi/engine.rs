@@ -1,0 +1,388 @@
+//! The direct oneDNN engine (src/ffi/engine.cpp): a folded model's forward as oneDNN primitives
+//! called one after another, with no TorchScript or ATen between the layers.
+//!
+//! build.rs builds it into its own shared library against the oneDNN that `make setup` installs
+//! into the venv, and this module loads it on first use with `dlopen(RTLD_LOCAL |
+//! RTLD_DEEPBIND)`. Linked into the binary, that oneDNN's exported C++ symbols (the vtables of its
+//! primitive caches' results, among others) would replace libtorch's own, whose layouts differ,
+//! and libtorch's oneDNN calls would free memory they never allocated. Loaded this way, each
+//! library binds to its own.
+
+use super::ConvGeometry;
+use crate::{Error, Result};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use tch::Tensor;
+
+type Handle = *mut c_void;
+type ErrOut = *mut *mut c_char;
+
+/// The engine library's entry points.
+struct Api {
+    free_error: unsafe extern "C" fn(*mut c_char),
+    version: unsafe extern "C" fn() -> *const c_char,
+    new: unsafe extern "C" fn() -> Handle,
+    free: unsafe extern "C" fn(Handle),
+    conv: unsafe extern "C" fn(
+        Handle,
+        *const f32,
+        *const f32,
+        i64,
+        i64,
+        i64,
+        ConvGeometry,
+        i32,
+        ErrOut,
+    ) -> bool,
+    residual_start: unsafe extern "C" fn(Handle),
+    residual_end: unsafe extern "C" fn(Handle),
+    squeeze_excite: unsafe extern "C" fn(
+        Handle,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i64,
+        i64,
+        ErrOut,
+    ) -> bool,
+    pool: unsafe extern "C" fn(Handle),
+    set_classes: unsafe extern "C" fn(Handle, i64),
+    run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, ErrOut) -> bool,
+}
+
+/// The loaded library, or why it is not there.
+fn api() -> std::result::Result<&'static Api, &'static str> {
+    static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load).as_ref().map_err(String::as_str)
+}
+
+/// Where the library is: the path build.rs wrote, else beside the executable.
+fn library_path() -> std::result::Result<std::path::PathBuf, String> {
+    let built = env!("MOBILENET_ENGINE_LIB");
+    if built.is_empty() {
+        return Err("built without oneDNN (run `make setup`, then rebuild)".into());
+    }
+    let built = std::path::PathBuf::from(built);
+    if built.exists() {
+        return Ok(built);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("libmobilenet_engine.so")));
+    match beside {
+        Some(p) if p.exists() => Ok(p),
+        _ => Err(format!("{} is missing", built.display())),
+    }
+}
+
+fn load() -> std::result::Result<Api, String> {
+    let path = library_path()?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("NUL in {}", path.display()))?;
+    // SAFETY: a NUL-terminated path; the handle is never closed (the library lives as long as
+    // the process).
+    let handle = unsafe {
+        libc::dlopen(
+            c.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
+        )
+    };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a NUL-terminated message (or null) after a failed dlopen.
+        let why = unsafe { libc::dlerror() };
+        let why = if why.is_null() {
+            "unknown error".into()
+        } else {
+            unsafe { CStr::from_ptr(why) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(format!("cannot load {}: {why}", path.display()));
+    }
+    macro_rules! sym {
+        ($name:literal) => {{
+            // SAFETY: a NUL-terminated name looked up in the handle opened above.
+            let p = unsafe { libc::dlsym(handle, concat!($name, "\0").as_ptr().cast()) };
+            if p.is_null() {
+                return Err(format!("{} has no {}", path.display(), $name));
+            }
+            // SAFETY: engine.cpp defines the symbol with the signature of the field it fills.
+            unsafe { fn_pointer(p) }
+        }};
+    }
+    Ok(Api {
+        free_error: sym!("mn_engine_free_error"),
+        version: sym!("mn_engine_version"),
+        new: sym!("mn_engine_new"),
+        free: sym!("mn_engine_free"),
+        conv: sym!("mn_engine_conv"),
+        residual_start: sym!("mn_engine_residual_start"),
+        residual_end: sym!("mn_engine_residual_end"),
+        squeeze_excite: sym!("mn_engine_squeeze_excite"),
+        pool: sym!("mn_engine_pool"),
+        set_classes: sym!("mn_engine_set_classes"),
+        run: sym!("mn_engine_run"),
+    })
+}
+
+/// `p` as the function pointer type `F`.
+///
+/// # Safety
+/// `p` must be a function of that signature.
+unsafe fn fn_pointer<F: Copy>(p: *mut c_void) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: same size (checked); the caller vouches for the signature.
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
+/// An error of the engine: its message (freed here), or `what` failed without one.
+fn checked(api: &Api, ok: bool, err: *mut c_char, what: &str) -> Result<()> {
+    if ok && err.is_null() {
+        return Ok(());
+    }
+    let msg = if err.is_null() {
+        "failed".to_string()
+    } else {
+        // SAFETY: the engine sets `err` to a NUL-terminated malloc'd string, freed here once.
+        let m = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { (api.free_error)(err) };
+        m
+    };
+    Err(engine_error(&format!("{what}: {msg}")))
+}
+
+fn engine_error(msg: &str) -> Error {
+    Error::Torch(tch::TchError::Torch(format!("oneDNN engine: {msg}")))
+}
+
+/// Whether the direct oneDNN engine ([`Engine`]) was built and loads (`make setup` installs the
+/// oneDNN it links).
+pub fn engine_available() -> bool {
+    api().is_ok()
+}
+
+/// The oneDNN the engine links (version, threading runtime, commit), or why there is no engine.
+pub fn engine_version() -> String {
+    match api() {
+        // SAFETY: a static NUL-terminated string.
+        Ok(api) => unsafe { CStr::from_ptr((api.version)()) }
+            .to_string_lossy()
+            .into_owned(),
+        Err(why) => format!("none ({why})"),
+    }
+}
+
+/// A folded model's forward as direct oneDNN primitives (src/ffi/engine.cpp): recorded op by op
+/// ([`Engine::conv`], [`Engine::squeeze_excite`], ...), compiled for each input shape on its
+/// first forward. The engine copies the weights it is given. CPU fp32 only.
+#[derive(Debug)]
+pub struct Engine {
+    engine: NonNull<c_void>,
+    classes: i64,
+}
+
+// SAFETY: the engine is owned by this value and not shared; it can move to another thread (the
+// type is not Sync).
+unsafe impl Send for Engine {}
+
+/// A contiguous fp32 CPU copy (or view) of `t`, checked to hold `numel` values.
+fn f32_data(t: &Tensor, numel: i64, what: &str) -> Result<Tensor> {
+    let t = t.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
+    if t.device() != tch::Device::Cpu || t.numel() as i64 != numel {
+        return Err(engine_error(&format!(
+            "{what}: expected {numel} fp32 values on the CPU, got {:?} on {:?}",
+            t.size(),
+            t.device()
+        )));
+    }
+    Ok(t)
+}
+
+impl Engine {
+    pub fn new() -> Result<Engine> {
+        let api = api().map_err(engine_error)?;
+        // SAFETY: no arguments; a new heap object, freed on drop.
+        let engine = unsafe { (api.new)() };
+        Ok(Engine {
+            engine: NonNull::new(engine).ok_or_else(|| engine_error("no engine"))?,
+            classes: 0,
+        })
+    }
+
+    /// A convolution (weight `[oc, in / groups, k, k]`, bias `[oc]`) with `activation`.
+    pub fn conv(
+        &mut self,
+        weight: &Tensor,
+        bias: &Tensor,
+        geometry: ConvGeometry,
+        activation: crate::nn::Activation,
+    ) -> Result<()> {
+        let size = weight.size();
+        if size.len() != 4 || size[2] != size[3] {
+            return Err(engine_error(&format!(
+                "conv weight {size:?} is not [O, I, k, k]"
+            )));
+        }
+        let (oc, icg, k) = (size[0], size[1], size[2]);
+        let w = f32_data(weight, oc * icg * k * k, "conv weight")?;
+        let b = f32_data(bias, oc, "conv bias")?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `w` and `b` hold the counts checked above for the call; the engine copies them.
+        let api = api().map_err(engine_error)?;
+        let ok = unsafe {
+            (api.conv)(
+                self.engine.as_ptr(),
+                w.data_ptr() as *const f32,
+                b.data_ptr() as *const f32,
+                oc,
+                icg,
+                k,
+                geometry,
+                activation.engine_code(),
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "conv")?;
+        self.classes = oc;
+        Ok(())
+    }
+
+    /// Remembers the current activation as a shortcut.
+    pub fn residual_start(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: the engine is valid.
+            unsafe { (api.residual_start)(self.engine.as_ptr()) }
+        }
+    }
+
+    /// Adds the last remembered shortcut.
+    pub fn residual_end(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: the engine is valid.
+            unsafe { (api.residual_end)(self.engine.as_ptr()) }
+        }
+    }
+
+    /// torchvision's `SqueezeExcitation` (ReLU, then hardsigmoid) with fc1 `w1 [s, c, 1, 1]`,
+    /// `b1 [s]`, fc2 `w2 [c, s, 1, 1]`, `b2 [c]`.
+    pub fn squeeze_excite(
+        &mut self,
+        w1: &Tensor,
+        b1: &Tensor,
+        w2: &Tensor,
+        b2: &Tensor,
+    ) -> Result<()> {
+        let size = w1.size();
+        if size.len() != 4 {
+            return Err(engine_error(&format!(
+                "squeeze-excitation fc1 weight {size:?}"
+            )));
+        }
+        let (s, c) = (size[0], size[1]);
+        let w1 = f32_data(w1, s * c, "squeeze-excitation fc1 weight")?;
+        let b1 = f32_data(b1, s, "squeeze-excitation fc1 bias")?;
+        let w2 = f32_data(w2, c * s, "squeeze-excitation fc2 weight")?;
+        let b2 = f32_data(b2, c, "squeeze-excitation fc2 bias")?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the four tensors hold the counts checked above; the engine copies them.
+        let api = api().map_err(engine_error)?;
+        let ok = unsafe {
+            (api.squeeze_excite)(
+                self.engine.as_ptr(),
+                w1.data_ptr() as *const f32,
+                b1.data_ptr() as *const f32,
+                w2.data_ptr() as *const f32,
+                b2.data_ptr() as *const f32,
+                c,
+                s,
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "squeeze-excitation")
+    }
+
+    /// Global average pooling to `[N, C, 1, 1]`.
+    pub fn pool(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: the engine is valid.
+            unsafe { (api.pool)(self.engine.as_ptr()) }
+        }
+    }
+
+    /// A linear layer (`weight [out, in]`) on the pooled features, as a 1x1 convolution.
+    pub fn linear(
+        &mut self,
+        weight: &Tensor,
+        bias: &Tensor,
+        activation: crate::nn::Activation,
+    ) -> Result<()> {
+        let size = weight.size();
+        if size.len() != 2 {
+            return Err(engine_error(&format!(
+                "linear weight {size:?} is not [out, in]"
+            )));
+        }
+        let w = weight.f_reshape([size[0], size[1], 1, 1])?;
+        let g = ConvGeometry {
+            padding: 0,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+        };
+        self.conv(&w, bias, g, activation)
+    }
+
+    /// Logits `[N, classes]` for `x` `[N, 3, H, W]` (fp32, CPU); the last op recorded gives the
+    /// classes.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let size = x.size();
+        if size.len() != 4
+            || size[1] != 3
+            || x.device() != tch::Device::Cpu
+            || x.kind() != tch::Kind::Float
+        {
+            return Err(engine_error(&format!(
+                "expected fp32 CPU images [N, 3, H, W], got {:?} {:?} on {:?}",
+                x.kind(),
+                size,
+                x.device()
+            )));
+        }
+        let x = x.f_contiguous()?;
+        let out = Tensor::f_empty(
+            [size[0], self.classes],
+            (tch::Kind::Float, tch::Device::Cpu),
+        )?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `x` is contiguous [N, 3, H, W] fp32 and `out` [N, classes] fp32, both alive for
+        // the call; `set_classes` told the engine the width.
+        let api = api().map_err(engine_error)?;
+        let ok = unsafe {
+            (api.set_classes)(self.engine.as_ptr(), self.classes);
+            (api.run)(
+                self.engine.as_ptr(),
+                x.data_ptr() as *const f32,
+                size[0],
+                size[2],
+                size[3],
+                out.data_ptr() as *mut f32,
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "forward")?;
+        Ok(out)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: created by the library's `mn_engine_new`, freed once.
+            unsafe { (api.free)(self.engine.as_ptr()) }
+        }
+    }
+}
