@@ -186,6 +186,13 @@ class Engine {
     int64_t ek = dil * (k - 1) + 1;
     int64_t oh = (h + 2 * pad - ek) / stride + 1, ow = (w + 2 * pad - ek) / stride + 1;
     if (oh < 1 || ow < 1) throw std::invalid_argument("input too small for a convolution");
+    // The weights were copied with the recorded shape; a differing input would read past them.
+    if (groups < 1 || c % groups != 0 || oc % groups != 0 ||
+        static_cast<size_t>(oc * (c / groups) * k * k) != wdata.size() ||
+        static_cast<size_t>(oc) != bdata.size()) {
+      throw std::invalid_argument("a convolution's weights do not fit its " + std::to_string(c) +
+                                  "-channel input");
+    }
     memory::dims wd = groups == 1 ? memory::dims{oc, c, k, k}
                                   : memory::dims{groups, oc / groups, c / groups, k, k};
     tag wt = groups == 1 ? tag::oihw : tag::goihw;
