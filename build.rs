@@ -139,6 +139,7 @@ fn build_engine(lib: &Path) {
         .flag(root.join("include").display().to_string())
         .flag("-std=c++17")
         .flag("-fvisibility=hidden")
+        .flag("-fopenmp")
         .warnings(true)
         .extra_warnings(true);
     let objects = build.compile_intermediates();
@@ -152,6 +153,7 @@ fn build_engine(lib: &Path) {
         .args(&objects)
         .arg(format!("-L{}", libdir.display()))
         .arg("-ldnnl")
+        .arg("-fopenmp")
         .arg(format!("-Wl,-rpath,{}", libdir.display()))
         .status()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", compiler.path().display()));

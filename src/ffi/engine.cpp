@@ -4,7 +4,8 @@
 // pooling and the classifier as 1x1 convolutions. Activations stay in the layouts oneDNN picks
 // (8-channel blocks on AVX2) from the first layer to the last; buffers are reused as soon as a
 // value is dead. The primitives, reordered weights and buffers of each input shape are built on
-// its first forward and kept (a few shapes at most).
+// its first forward and kept (a few shapes at most). A batch runs its layers up to the global
+// pooling one image per thread ("lanes", Engine::run) and the classifier once for the batch.
 //
 // It links the oneDNN that `make setup` installs into .venv (PyPI `onednn-cpu-gomp`), not
 // libtorch's. build.rs compiles it on its own, without libtorch's headers (which ship another
@@ -32,6 +33,7 @@
 #include "protect.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
 
 namespace {
 
@@ -95,10 +97,20 @@ struct Step {
 
 // Everything one input shape needs.
 struct Plan {
+  explicit Plan(const dnnl::engine& eng) : stream(eng) {}
   std::vector<Step> steps;
   std::vector<std::unique_ptr<Buffer>> buffers;
   std::vector<memory> weights;  // reordered once
   memory input, output;         // the caller's pointers, set on every run
+  dnnl::stream stream;          // its own, so that lanes run concurrently
+  uint64_t used = 0;            // when it last ran, for eviction
+  int64_t channels = 0;         // a trunk's pooled features
+};
+
+// A plan per lane: one image at a time on one thread each (see Engine::run).
+struct Lanes {
+  std::vector<std::unique_ptr<Plan>> plans;
+  uint64_t used = 0;
 };
 
 class Engine {
@@ -106,25 +118,133 @@ class Engine {
   std::vector<Op> ops;
   int64_t classes = 0;
 
+  // The program runs in two parts: the trunk, every layer up to the global pooling, and the
+  // head, the classifier after it, with the pooled features in between ([n, C], `pooled_`).
+  //
+  // A batch of two or more images on T > 1 threads runs its trunk as T lanes: each thread takes
+  // whole images, one at a time, through a trunk built for one image on one thread. That keeps
+  // an image's activations in its core's cache, where a batched trunk streams the whole batch
+  // through memory at every layer and splits small layers across threads. The images left over
+  // (n mod T) go through a one-image trunk on all threads. The head then runs once for the
+  // batch on all threads, so that its weights (the largest of the model) are read once per
+  // batch rather than once per image.
+  //
+  // Every convolution computes each output from the same sums in the same order whatever the
+  // thread count and the batch (threads split outputs, never a reduction), so an image's logits
+  // do not depend on the batch it came in (tests/it/optimizations.rs checks it bit for bit).
   void run(const float* x, int64_t n, int64_t h, int64_t w, float* out) {
-    auto key = std::make_tuple(n, h, w);
-    auto it = plans_.find(key);
-    if (it == plans_.end()) {
-      if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());
-      it = plans_.emplace(key, build(n, h, w)).first;
+    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int64_t image = 3 * h * w;
+    if (n < 2 || threads < 2) {
+      Plan& trunk = trunk_for(n, h, w);
+      pooled_.resize(n * trunk.channels);
+      execute(trunk, x, pooled_.data());
+      execute(head_for(n, trunk.channels), pooled_.data(), out);
+      return;
     }
-    Plan& plan = *it->second;
-    plan.input.set_data_handle(const_cast<float*>(x));
-    plan.output.set_data_handle(out);
-    for (auto& s : plan.steps) s.p.execute(stream_, s.args);
-    stream_.wait();
+    Lanes& lanes = lanes_for(h, w, threads);
+    const int64_t c = lanes.plans[0]->channels;
+    pooled_.resize(n * c);
+    float* pooled = pooled_.data();
+    const int64_t whole = n / threads * threads;
+    std::string error;
+#pragma omp parallel num_threads(threads)
+    {
+      // The team may be smaller than asked for; its threads still cover every image.
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();
+      Plan& p = *lanes.plans[t];
+      try {
+        for (int64_t i = t; i < whole; i += team) execute(p, x + i * image, pooled + i * c);
+      } catch (const std::exception& e) {
+#pragma omp critical(mn_engine_error)
+        error = e.what();
+      }
+    }
+    if (!error.empty()) throw std::runtime_error(error);
+    if (whole < n) {
+      Plan& one = trunk_for(1, h, w);
+      for (int64_t i = whole; i < n; ++i) execute(one, x + i * image, pooled + i * c);
+    }
+    execute(head_for(n, c), pooled, out);
   }
 
  private:
   static constexpr size_t kMaxPlans = 4;
   dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream_{eng_};
-  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans_;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> trunks_;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Plan>> heads_;  // by (n, channels)
+  std::map<std::pair<int64_t, int64_t>, Lanes> lanes_;                  // by (h, w)
+  std::vector<float> pooled_;
+  uint64_t clock_ = 0;
+
+  static void execute(Plan& p, const float* x, float* out) {
+    p.input.set_data_handle(const_cast<float*>(x));
+    p.output.set_data_handle(out);
+    for (auto& s : p.steps) s.p.execute(p.stream, s.args);
+    p.stream.wait();
+  }
+
+  // The plan under `key` in `cache`, built by `make` on first use; the least recently used of
+  // kMaxPlans goes.
+  template <typename Key, typename Make>
+  Plan& cached(std::map<Key, std::unique_ptr<Plan>>& cache, const Key& key, Make make) {
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      auto built = make();
+      evict(cache);
+      it = cache.emplace(key, std::move(built)).first;
+    }
+    it->second->used = ++clock_;
+    return *it->second;
+  }
+
+  Plan& trunk_for(int64_t n, int64_t h, int64_t w) {
+    return cached(trunks_, std::make_tuple(n, h, w), [&] { return build_trunk(n, h, w); });
+  }
+
+  Plan& head_for(int64_t n, int64_t c) {
+    return cached(heads_, std::make_pair(n, c), [&] { return build_head(n, c); });
+  }
+
+  // `threads` one-image trunks of this image size, each built for one thread (oneDNN sizes its
+  // kernels' blocking by the threads it sees when a primitive is created).
+  Lanes& lanes_for(int64_t h, int64_t w, int threads) {
+    auto key = std::make_pair(h, w);
+    auto it = lanes_.find(key);
+    if (it == lanes_.end() || it->second.plans.size() < static_cast<size_t>(threads)) {
+      Lanes lanes;
+      if (it != lanes_.end()) lanes = std::move(it->second);
+      const int before = omp_get_max_threads();
+      omp_set_num_threads(1);
+      try {
+        while (lanes.plans.size() < static_cast<size_t>(threads)) {
+          lanes.plans.push_back(build_trunk(1, h, w));
+        }
+      } catch (...) {
+        omp_set_num_threads(before);
+        throw;
+      }
+      omp_set_num_threads(before);
+      if (it == lanes_.end()) evict(lanes_);
+      it = lanes_.insert_or_assign(key, std::move(lanes)).first;
+    }
+    it->second.used = ++clock_;
+    return it->second;
+  }
+
+  // Makes room for one more entry in `cache`: drops the least recently used at kMaxPlans.
+  template <typename Map>
+  static void evict(Map& cache) {
+    if (cache.size() < kMaxPlans) return;
+    auto oldest = cache.begin();
+    for (auto i = cache.begin(); i != cache.end(); ++i) {
+      if (used_of(i->second) < used_of(oldest->second)) oldest = i;
+    }
+    cache.erase(oldest);
+  }
+  static uint64_t used_of(const std::unique_ptr<Plan>& p) { return p->used; }
+  static uint64_t used_of(const Lanes& l) { return l.used; }
 
   // A value during planning: its memory and the buffer that holds it.
   struct Value {
@@ -248,19 +368,16 @@ class Engine {
     return dst;
   }
 
-  std::unique_ptr<Plan> build(int64_t n, int64_t h, int64_t w) {
-    auto plan = std::make_unique<Plan>();
-    plan->input = memory(memory::desc({n, 3, h, w}, dt::f32, tag::nchw), eng_, nullptr);
-    Value cur{plan->input, nullptr};
+  // Ops [begin, end) of the program on `cur`; a shortcut must end where it starts.
+  Value walk(Plan& plan, Value cur, size_t begin, size_t end) {
     std::vector<Value> shortcuts;
-    bool pooled = false;
-    for (size_t i = 0; i < ops.size(); ++i) {
+    for (size_t i = begin; i < end; ++i) {
       const Op& op = ops[i];
       switch (op.kind) {
         case Op::kConv: {
           // A shortcut that ends right after this conv becomes its sum post-op when the conv
           // has no activation (torchvision's blocks: `x + project(...)`).
-          bool fuse_sum = i + 1 < ops.size() && ops[i + 1].kind == Op::kResidualEnd &&
+          bool fuse_sum = i + 1 < end && ops[i + 1].kind == Op::kResidualEnd &&
                           op.act == kIdentity && !shortcuts.empty();
           Value* res = nullptr;
           if (fuse_sum) {
@@ -275,7 +392,7 @@ class Engine {
             }
             res = &shortcuts.back();
           }
-          cur = conv(*plan, cur, op.w, op.b, op.oc, op.k, op.stride, op.padding, op.dilation,
+          cur = conv(plan, cur, op.w, op.b, op.oc, op.k, op.stride, op.padding, op.dilation,
                      op.groups, op.act, res);
           if (fuse_sum) {
             shortcuts.pop_back();
@@ -292,41 +409,67 @@ class Engine {
           if (shortcuts.empty()) throw std::invalid_argument("a shortcut end without a start");
           Value s = shortcuts.back();
           shortcuts.pop_back();
-          s = as_layout(*plan, s, cur.mem.get_desc());
+          s = as_layout(plan, s, cur.mem.get_desc());
           auto pd = dnnl::binary::primitive_desc(eng_, dnnl::algorithm::binary_add,
                                                  cur.mem.get_desc(), s.mem.get_desc(),
                                                  cur.mem.get_desc());
-          plan->steps.push_back(
+          plan.steps.push_back(
               {dnnl::binary(pd),
                {{DNNL_ARG_SRC_0, cur.mem}, {DNNL_ARG_SRC_1, s.mem}, {DNNL_ARG_DST, cur.mem}}});
           release(s);
           break;
         }
         case Op::kSqueezeExcite: {
-          Value p = global_pool(*plan, cur);
+          Value p = global_pool(plan, cur);
           int64_t sq = op.oc;
           int64_t c = cur.mem.get_desc().get_dims()[1];
-          Value a = conv(*plan, p, op.w, op.b, sq, 1, 1, 0, 1, 1, kRelu, nullptr);
-          Value g = conv(*plan, a, op.w2, op.b2, c, 1, 1, 0, 1, 1, kHardsigmoid, nullptr);
+          Value a = conv(plan, p, op.w, op.b, sq, 1, 1, 0, 1, 1, kRelu, nullptr);
+          Value g = conv(plan, a, op.w2, op.b2, c, 1, 1, 0, 1, 1, kHardsigmoid, nullptr);
           auto d = cur.mem.get_desc();
           auto pd = dnnl::binary::primitive_desc(eng_, dnnl::algorithm::binary_mul, d,
                                                  g.mem.get_desc(), d);
-          plan->steps.push_back(
+          plan.steps.push_back(
               {dnnl::binary(pd),
                {{DNNL_ARG_SRC_0, cur.mem}, {DNNL_ARG_SRC_1, g.mem}, {DNNL_ARG_DST, cur.mem}}});
           release(g);
           break;
         }
-        case Op::kPool: {
-          Value p = global_pool(*plan, cur);
-          release(cur);
-          cur = p;
-          pooled = true;
-          break;
-        }
+        case Op::kPool:
+          throw std::invalid_argument("a second global pooling");
       }
     }
-    if (!pooled || !shortcuts.empty()) throw std::invalid_argument("incomplete program");
+    if (!shortcuts.empty()) throw std::invalid_argument("a shortcut without an end");
+    return cur;
+  }
+
+  // Where the trunk ends: the program's one global pooling.
+  size_t pool_index() const {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].kind == Op::kPool) return i;
+    }
+    throw std::invalid_argument("incomplete program: no global pooling");
+  }
+
+  // Every layer up to the global pooling, for [n, 3, h, w] into [n, C] (plain layout).
+  std::unique_ptr<Plan> build_trunk(int64_t n, int64_t h, int64_t w) {
+    auto plan = std::make_unique<Plan>(eng_);
+    plan->input = memory(memory::desc({n, 3, h, w}, dt::f32, tag::nchw), eng_, nullptr);
+    Value cur = walk(*plan, Value{plan->input, nullptr}, 0, pool_index());
+    Value p = global_pool(*plan, cur);
+    release(cur);
+    plan->channels = p.mem.get_desc().get_dims()[1];
+    plan->output =
+        memory(memory::desc({n, plan->channels, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
+    plan->steps.push_back(
+        {dnnl::reorder(p.mem, plan->output), {{DNNL_ARG_FROM, p.mem}, {DNNL_ARG_TO, plan->output}}});
+    return plan;
+  }
+
+  // The layers after the global pooling, for [n, c] into [n, classes].
+  std::unique_ptr<Plan> build_head(int64_t n, int64_t c) {
+    auto plan = std::make_unique<Plan>(eng_);
+    plan->input = memory(memory::desc({n, c, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
+    Value cur = walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
     auto dims = cur.mem.get_desc().get_dims();
     if (dims[1] != classes || dims[2] != 1 || dims[3] != 1) {
       throw std::invalid_argument("the program does not end in [N, classes]");

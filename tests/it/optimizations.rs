@@ -357,6 +357,30 @@ fn engine_forward_is_exact() {
     f.assert_none();
 }
 
+/// The engine runs a batch as one image per thread (lanes, src/ffi/engine.cpp), and the images
+/// left over on all threads: every image's logits are bit for bit those it gets alone.
+#[test]
+fn engine_batch_equals_each_image_alone() {
+    let mut f = Failures::new();
+    for (arch, name) in [EVERY_ARCH[0], EVERY_ARCH[3]] {
+        let mut model = load(arch, name);
+        model.fold_batch_norm().unwrap();
+        assert!(model.compile_engine().unwrap(), "{arch}");
+        // 5 on two threads: two images per lane, one left over.
+        let x = normal(&[5, 3, 224, 224], 900);
+        let batch = logits(&model, &x);
+        for i in 0..5 {
+            let alone = logits(&model, &x.narrow(0, i, 1));
+            f.check(
+                batch.narrow(0, i, 1).equal(&alone),
+                arch,
+                format!("image {i} of 5 differs from its logits alone"),
+            );
+        }
+    }
+    f.assert_none();
+}
+
 #[test]
 fn non_batch_norms_are_left_unfolded() {
     let cfg = ModelConfig {
