@@ -158,6 +158,9 @@ class Engine {
       } catch (const std::exception& e) {
 #pragma omp critical(mn_engine_error)
         error = e.what();
+      } catch (...) {  // nothing may leave an OpenMP region
+#pragma omp critical(mn_engine_error)
+        error = "unknown error in an engine lane";
       }
     }
     if (!error.empty()) throw std::runtime_error(error);
