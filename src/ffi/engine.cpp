@@ -104,7 +104,7 @@ struct Plan {
   memory input, output;         // the caller's pointers, set on every run
   dnnl::stream stream;          // its own, so that lanes run concurrently
   uint64_t used = 0;            // when it last ran, for eviction
-  int64_t channels = 0;         // a trunk's pooled features
+  int64_t channels = 0;         // per image out: a trunk's pooled features, a head's classes
 };
 
 // A plan per lane: one image at a time on one thread each (see Engine::run).
@@ -116,7 +116,6 @@ struct Lanes {
 class Engine {
  public:
   std::vector<Op> ops;
-  int64_t classes = 0;
 
   // The program runs in two parts: the trunk, every layer up to the global pooling, and the
   // head, the classifier after it, with the pooled features in between ([n, C], `pooled_`).
@@ -132,18 +131,22 @@ class Engine {
   // Every convolution computes each output from the same sums in the same order whatever the
   // thread count and the batch (threads split outputs, never a reduction), so an image's logits
   // do not depend on the batch it came in (tests/it/optimizations.rs checks it bit for bit).
-  void run(const float* x, int64_t n, int64_t h, int64_t w, float* out) {
+  //
+  // `out` holds `width` values per image, which must be what the program gives.
+  void run(const float* x, int64_t n, int64_t h, int64_t w, float* out, int64_t width) {
     const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
     const int64_t image = 3 * h * w;
     if (n < 2 || threads < 2) {
       Plan& trunk = trunk_for(n, h, w);
+      Plan& head = checked_head(n, trunk.channels, width);
       pooled_.resize(n * trunk.channels);
       execute(trunk, x, pooled_.data());
-      execute(head_for(n, trunk.channels), pooled_.data(), out);
+      execute(head, pooled_.data(), out);
       return;
     }
     Lanes& lanes = lanes_for(h, w, threads);
     const int64_t c = lanes.plans[0]->channels;
+    Plan& head = checked_head(n, c, width);
     pooled_.resize(n * c);
     float* pooled = pooled_.data();
     const int64_t whole = n / threads * threads;
@@ -168,7 +171,7 @@ class Engine {
       Plan& one = trunk_for(1, h, w);
       for (int64_t i = whole; i < n; ++i) execute(one, x + i * image, pooled + i * c);
     }
-    execute(head_for(n, c), pooled, out);
+    execute(head, pooled, out);
   }
 
  private:
@@ -206,9 +209,29 @@ class Engine {
     return cached(trunks_, std::make_tuple(n, h, w), [&] { return build_trunk(n, h, w); });
   }
 
-  Plan& head_for(int64_t n, int64_t c) {
-    return cached(heads_, std::make_pair(n, c), [&] { return build_head(n, c); });
+  // The head for `n` images of `c` features, which must give `width` values per image.
+  Plan& checked_head(int64_t n, int64_t c, int64_t width) {
+    Plan& head = cached(heads_, std::make_pair(n, c), [&] { return build_head(n, c); });
+    if (head.channels != width) {
+      throw std::invalid_argument("the output holds " + std::to_string(width) +
+                                  " values per image; the program gives " +
+                                  std::to_string(head.channels));
+    }
+    return head;
   }
+
+  // Sets this thread's OpenMP threads (oneDNN's count for the primitives created meanwhile) and
+  // restores them on leaving the scope.
+  class ThreadsFor {
+   public:
+    explicit ThreadsFor(int n) : before_(omp_get_max_threads()) { omp_set_num_threads(n); }
+    ~ThreadsFor() { omp_set_num_threads(before_); }
+    ThreadsFor(const ThreadsFor&) = delete;
+    ThreadsFor& operator=(const ThreadsFor&) = delete;
+
+   private:
+    int before_;
+  };
 
   // `threads` one-image trunks of this image size, each built for one thread (oneDNN sizes its
   // kernels' blocking by the threads it sees when a primitive is created).
@@ -218,17 +241,12 @@ class Engine {
     if (it == lanes_.end() || it->second.plans.size() < static_cast<size_t>(threads)) {
       Lanes lanes;
       if (it != lanes_.end()) lanes = std::move(it->second);
-      const int before = omp_get_max_threads();
-      omp_set_num_threads(1);
-      try {
+      {
+        ThreadsFor one(1);
         while (lanes.plans.size() < static_cast<size_t>(threads)) {
           lanes.plans.push_back(build_trunk(1, h, w));
         }
-      } catch (...) {
-        omp_set_num_threads(before);
-        throw;
       }
-      omp_set_num_threads(before);
       if (it == lanes_.end()) evict(lanes_);
       it = lanes_.insert_or_assign(key, std::move(lanes)).first;
     }
@@ -468,16 +486,19 @@ class Engine {
     return plan;
   }
 
-  // The layers after the global pooling, for [n, c] into [n, classes].
+  // The layers after the global pooling, for [n, c] into [n, classes] (`channels`: the
+  // classes).
   std::unique_ptr<Plan> build_head(int64_t n, int64_t c) {
     auto plan = std::make_unique<Plan>(eng_);
     plan->input = memory(memory::desc({n, c, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
     Value cur = walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
     auto dims = cur.mem.get_desc().get_dims();
-    if (dims[1] != classes || dims[2] != 1 || dims[3] != 1) {
+    if (dims[2] != 1 || dims[3] != 1) {
       throw std::invalid_argument("the program does not end in [N, classes]");
     }
-    plan->output = memory(memory::desc({n, classes, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
+    plan->channels = dims[1];
+    plan->output =
+        memory(memory::desc({n, plan->channels, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
     plan->steps.push_back({dnnl::reorder(cur.mem, plan->output),
                            {{DNNL_ARG_FROM, cur.mem}, {DNNL_ARG_TO, plan->output}}});
     return plan;
@@ -556,14 +577,12 @@ MN_EXPORT bool mn_engine_squeeze_excite(void* e, const float* w1, const float* b
 // Global average pooling to [N, C, 1, 1]; the classifier follows as 1x1 convolutions.
 MN_EXPORT void mn_engine_pool(void* e) { as_engine(e)->ops.push_back(Op(Op::kPool)); }
 
-// Declares the output width; the program must end in [N, classes, 1, 1].
-MN_EXPORT void mn_engine_set_classes(void* e, int64_t classes) { as_engine(e)->classes = classes; }
-
-// Runs the program on `x` ([n, 3, h, w], contiguous fp32) into `out` ([n, classes]).
+// Runs the program on `x` ([n, 3, h, w], contiguous fp32) into `out` ([n, width]); an error
+// when the program does not give `width` values per image.
 MN_EXPORT bool mn_engine_run(void* e, const float* x, int64_t n, int64_t h, int64_t w, float* out,
-                   char** err) {
+                   int64_t width, char** err) {
   MN_PROTECT({
-    as_engine(e)->run(x, n, h, w, out);
+    as_engine(e)->run(x, n, h, w, out, width);
     return true;
   })
   return false;

@@ -48,8 +48,7 @@ struct Api {
         ErrOut,
     ) -> bool,
     pool: unsafe extern "C" fn(Handle),
-    set_classes: unsafe extern "C" fn(Handle, i64),
-    run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, ErrOut) -> bool,
+    run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, i64, ErrOut) -> bool,
 }
 
 /// The loaded library, or why it is not there.
@@ -122,7 +121,6 @@ fn load() -> std::result::Result<Api, String> {
         residual_end: sym!("mn_engine_residual_end"),
         squeeze_excite: sym!("mn_engine_squeeze_excite"),
         pool: sym!("mn_engine_pool"),
-        set_classes: sym!("mn_engine_set_classes"),
         run: sym!("mn_engine_run"),
     })
 }
@@ -359,10 +357,9 @@ impl Engine {
         )?;
         let mut err = std::ptr::null_mut();
         // SAFETY: `x` is contiguous [N, 3, H, W] fp32 and `out` [N, classes] fp32, both alive for
-        // the call; `set_classes` told the engine the width.
+        // the call; the engine checks that its program gives `classes` values per image.
         let api = api().map_err(engine_error)?;
         let ok = unsafe {
-            (api.set_classes)(self.engine.as_ptr(), self.classes);
             (api.run)(
                 self.engine.as_ptr(),
                 x.data_ptr() as *const f32,
@@ -370,6 +367,7 @@ impl Engine {
                 size[2],
                 size[3],
                 out.data_ptr() as *mut f32,
+                self.classes,
                 &mut err,
             )
         };
