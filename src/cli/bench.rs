@@ -52,8 +52,9 @@ pub struct Args {
     #[arg(long)]
     no_graph: bool,
     /// Run the whole forward through libtorch (the compiled graph, or the layers one by one)
-    /// instead of the direct oneDNN engine (see `Model::compile_engine`; CPU fp32, BatchNorm
-    /// folded). The engine picks oneDNN's blocked layouts, whatever `--layout` says.
+    /// instead of the direct oneDNN engine (see `Model::compile_engine`; CPU, BatchNorm folded,
+    /// fp32, and bf16 where the CPU has avx512_bf16 or AMX). The engine picks oneDNN's
+    /// layouts, whatever `--layout` says.
     #[arg(long)]
     no_engine: bool,
     /// Keep glibc's default malloc settings (large blocks mmapped and unmapped on every pass)

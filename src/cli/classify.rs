@@ -134,7 +134,8 @@ pub struct Args {
     graph: bool,
     /// On the CPU: run the layers one by one through libtorch (oneDNN's fused convolution)
     /// instead of the default direct oneDNN engine (the whole forward as oneDNN calls, see
-    /// `Model::compile_engine`; fp32 with BatchNorm). Probabilities differ by about 1e-6.
+    /// `Model::compile_engine`; BatchNorm, fp32, and bf16 on CPUs with avx512_bf16 or AMX).
+    /// fp32 probabilities differ by about 1e-6.
     #[arg(long)]
     no_engine: bool,
     /// Intra-op threads of the forward pass [default: libtorch's, one per core].
@@ -429,7 +430,8 @@ fn find_inputs(paths: &[PathBuf], shard: Shard) -> anyhow::Result<(Vec<Input>, u
 /// The model, loaded, folded in fp32 and cast (folding from rounded parameters would not match
 /// PyTorch's reduced-precision numbers), then tuned for inference on `device`: channels-last
 /// (the faster layout on the CPU, measured, see the README, and for cuDNN); on the CPU in fp32
-/// the direct oneDNN engine ([`Model::compile_engine`]; with `--no-engine` oneDNN's fused kernel,
+/// (and in bf16 where the CPU computes in bf16) the direct oneDNN engine
+/// ([`Model::compile_engine`]; with `--no-engine` oneDNN's fused kernel,
 /// [`Model::accelerate`]; with `--graph` the compiled graph), and glibc keeping freed
 /// activations for the next batch; on CUDA cuDNN's fastest algorithms per shape.
 fn prepare_model(
@@ -463,7 +465,7 @@ fn prepare_model(
         mobilenet::ffi::enable_onednn_fusion(true);
         model.compile_graph()?;
     } else if !args.no_engine {
-        // Where it applies (CPU, fp32, BatchNorm); else the fused kernel runs.
+        // Where it applies (CPU, BatchNorm, fp32 or native bf16); else the fused kernel runs.
         model.compile_engine()?;
     }
     if device.is_cuda() {

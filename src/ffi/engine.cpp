@@ -115,6 +115,10 @@ struct Lanes {
 
 class Engine {
  public:
+  // `act`: the type of the activations and weights, f32 or bf16 (bias, input and output stay
+  // f32; a bf16 program rounds every layer's output to bf16, as PyTorch's bf16 model does).
+  explicit Engine(dt act) : act_(act) {}
+
   std::vector<Op> ops;
 
   // The program runs in two parts: the trunk, every layer up to the global pooling, and the
@@ -176,6 +180,7 @@ class Engine {
 
  private:
   static constexpr size_t kMaxPlans = 4;
+  dt act_;
   dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream_{eng_};
   std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> trunks_;
@@ -206,12 +211,12 @@ class Engine {
   }
 
   Plan& trunk_for(int64_t n, int64_t h, int64_t w) {
-    return cached(trunks_, std::make_tuple(n, h, w), [&] { return build_trunk(n, h, w); });
+    return cached(trunks_, std::make_tuple(n, h, w), [&] { return planned([&] { return build_trunk(n, h, w); }); });
   }
 
   // The head for `n` images of `c` features, which must give `width` values per image.
   Plan& checked_head(int64_t n, int64_t c, int64_t width) {
-    Plan& head = cached(heads_, std::make_pair(n, c), [&] { return build_head(n, c); });
+    Plan& head = cached(heads_, std::make_pair(n, c), [&] { return planned([&] { return build_head(n, c); }); });
     if (head.channels != width) {
       throw std::invalid_argument("the output holds " + std::to_string(width) +
                                   " values per image; the program gives " +
@@ -244,7 +249,7 @@ class Engine {
       {
         ThreadsFor one(1);
         while (lanes.plans.size() < static_cast<size_t>(threads)) {
-          lanes.plans.push_back(build_trunk(1, h, w));
+          lanes.plans.push_back(planned([&] { return build_trunk(1, h, w); }));
         }
       }
       if (it == lanes_.end()) evict(lanes_);
@@ -271,7 +276,25 @@ class Engine {
   struct Value {
     memory mem;
     Buffer* buf;
+    int producer = -1;  // the op whose conv chose this layout freely, if any
   };
+
+  // Planning a program twice: where a conv had to reorder its input, the first pass records
+  // the layout it wanted as a hint for the conv that wrote that input, and the second pass has
+  // that conv write it directly (on AVX-512 the first conv picks 16-channel blocks, which the
+  // depthwise conv after it only takes with the reference kernel: a reorder of 1.6 MB).
+  std::map<int, memory::desc> dst_hints_;
+  bool new_hint_ = false;
+
+  template <typename Build>
+  std::unique_ptr<Plan> planned(Build build) {
+    dst_hints_.clear();
+    new_hint_ = false;
+    auto plan = build();
+    if (new_hint_) plan = build();
+    dst_hints_.clear();
+    return plan;
+  }
 
   Value alloc(Plan& plan, const memory::desc& d) {
     size_t bytes = d.get_size();
@@ -319,9 +342,10 @@ class Engine {
 
   // A convolution of `src` ([n, c, h, w]); with `residual`, `dst = act(conv(src) + residual)`
   // computed in the residual's buffer.
+  // `index`: the op's place in the program, for the layout hints (-1: none).
   Value conv(Plan& plan, Value src, const std::vector<float>& wdata, const std::vector<float>& bdata,
              int64_t oc, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t groups,
-             int32_t act, Value* residual) {
+             int32_t act, Value* residual, int index) {
     auto dims = src.mem.get_desc().get_dims();
     int64_t n = dims[0], c = dims[1], h = dims[2], w = dims[3];
     int64_t ek = dil * (k - 1) + 1;
@@ -346,18 +370,38 @@ class Engine {
     auto make = [&](const memory::desc& s, const memory::desc& d) {
       return dnnl::convolution_forward::primitive_desc(
           eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, s,
-          memory::desc(wd, dt::f32, tag::any), bdesc, d, {stride, stride}, {dil - 1, dil - 1},
+          memory::desc(wd, act_, tag::any), bdesc, d, {stride, stride}, {dil - 1, dil - 1},
           {pad, pad}, {pad, pad}, attr);
     };
-    memory::desc dst_d = residual != nullptr
-                             ? residual->mem.get_desc()
-                             : memory::desc({n, oc, oh, ow}, dt::f32, tag::any);
-    // The layout the previous layer wrote, else whatever oneDNN prefers (and a reorder).
+    auto hint = residual == nullptr ? dst_hints_.find(index) : dst_hints_.end();
+    const bool free_dst = residual == nullptr && hint == dst_hints_.end();
+    memory::desc dst_d = residual != nullptr ? residual->mem.get_desc()
+                         : free_dst          ? memory::desc({n, oc, oh, ow}, act_, tag::any)
+                                             : hint->second;
+    // The layout the previous layer wrote, else whatever oneDNN prefers (and a reorder). oneDNN
+    // accepts most layouts with its reference kernel, hundreds of times slower than a jit one
+    // (on AVX-512, a depthwise conv on 16-channel blocks: 230 ms against 0.2), so that counts
+    // as not accepted.
     dnnl::convolution_forward::primitive_desc pd;
     try {
       pd = make(src.mem.get_desc(), dst_d);
+      if (is_reference(pd)) pd = {};
     } catch (const dnnl::error&) {
-      pd = make(memory::desc(dims, dt::f32, tag::any), dst_d);
+    }
+    if (!pd) {
+      try {
+        pd = make(memory::desc(dims, act_, tag::any), dst_d);
+        if (!free_dst && residual == nullptr && is_reference(pd)) pd = {};
+      } catch (const dnnl::error&) {
+        if (free_dst || residual != nullptr) throw;
+      }
+    }
+    // A hint that only the reference kernel (or none) takes is dropped.
+    if (!pd) pd = make(memory::desc(dims, act_, tag::any), memory::desc({n, oc, oh, ow}, act_, tag::any));
+    if (src.producer >= 0 && src.mem.get_desc() != pd.src_desc() &&
+        dst_hints_.count(src.producer) == 0) {
+      dst_hints_.emplace(src.producer, pd.src_desc());
+      new_hint_ = true;
     }
     src = as_layout(plan, src, pd.src_desc());
     memory wm = weights(plan, wdata, wd, wt, pd.weights_desc());
@@ -367,6 +411,7 @@ class Engine {
       dst = *residual;  // takes over the shortcut's reference
     } else {
       dst = alloc(plan, pd.dst_desc());
+      if (free_dst) dst.producer = index;
     }
     plan.steps.push_back({dnnl::convolution_forward(pd),
                           {{DNNL_ARG_SRC, src.mem},
@@ -377,9 +422,14 @@ class Engine {
     return dst;
   }
 
+  // Whether oneDNN chose its reference (not jit-compiled) implementation.
+  static bool is_reference(const dnnl::primitive_desc_base& pd) {
+    return std::strncmp(pd.impl_info_str(), "ref", 3) == 0;
+  }
+
   Value global_pool(Plan& plan, Value src) {
     auto dims = src.mem.get_desc().get_dims();
-    memory::desc d({dims[0], dims[1], 1, 1}, dt::f32, tag::any);
+    memory::desc d({dims[0], dims[1], 1, 1}, act_, tag::any);
     auto pd = dnnl::pooling_forward::primitive_desc(
         eng_, dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
         src.mem.get_desc(), d, {dims[2], dims[3]}, {dims[2], dims[3]}, {0, 0}, {0, 0}, {0, 0});
@@ -414,7 +464,7 @@ class Engine {
             res = &shortcuts.back();
           }
           cur = conv(plan, cur, op.w, op.b, op.oc, op.k, op.stride, op.padding, op.dilation,
-                     op.groups, op.act, res);
+                     op.groups, op.act, res, static_cast<int>(i));
           if (fuse_sum) {
             shortcuts.pop_back();
             ++i;  // the ResidualEnd is done
@@ -444,8 +494,8 @@ class Engine {
           Value p = global_pool(plan, cur);
           int64_t sq = op.oc;
           int64_t c = cur.mem.get_desc().get_dims()[1];
-          Value a = conv(plan, p, op.w, op.b, sq, 1, 1, 0, 1, 1, kRelu, nullptr);
-          Value g = conv(plan, a, op.w2, op.b2, c, 1, 1, 0, 1, 1, kHardsigmoid, nullptr);
+          Value a = conv(plan, p, op.w, op.b, sq, 1, 1, 0, 1, 1, kRelu, nullptr, -1);
+          Value g = conv(plan, a, op.w2, op.b2, c, 1, 1, 0, 1, 1, kHardsigmoid, nullptr, -1);
           auto d = cur.mem.get_desc();
           auto pd = dnnl::binary::primitive_desc(eng_, dnnl::algorithm::binary_mul, d,
                                                  g.mem.get_desc(), d);
@@ -533,7 +583,11 @@ MN_EXPORT const char* mn_engine_version() {
   return v.c_str();
 }
 
-MN_EXPORT void* mn_engine_new() { return new Engine(); }
+// An engine computing in fp32 (`bf16` false) or bf16.
+MN_EXPORT void* mn_engine_new(bool bf16, char** err) {
+  MN_PROTECT({ return static_cast<void*>(new Engine(bf16 ? dt::bf16 : dt::f32)); })
+  return nullptr;
+}
 
 MN_EXPORT void mn_engine_free(void* e) { delete as_engine(e); }
 

@@ -22,7 +22,7 @@ type ErrOut = *mut *mut c_char;
 struct Api {
     free_error: unsafe extern "C" fn(*mut c_char),
     version: unsafe extern "C" fn() -> *const c_char,
-    new: unsafe extern "C" fn() -> Handle,
+    new: unsafe extern "C" fn(bool, ErrOut) -> Handle,
     free: unsafe extern "C" fn(Handle),
     conv: unsafe extern "C" fn(
         Handle,
@@ -176,11 +176,13 @@ pub fn engine_version() -> String {
 
 /// A folded model's forward as direct oneDNN primitives (src/ffi/engine.cpp): recorded op by op
 /// ([`Engine::conv`], [`Engine::squeeze_excite`], ...), compiled for each input shape on its
-/// first forward. The engine copies the weights it is given. CPU fp32 only.
+/// first forward. The engine copies the weights it is given. CPU only, computing in fp32 or in
+/// bf16 ([`Engine::new`]).
 #[derive(Debug)]
 pub struct Engine {
     engine: NonNull<c_void>,
     classes: i64,
+    bf16: bool,
 }
 
 // SAFETY: the engine is owned by this value and not shared; it can move to another thread (the
@@ -201,13 +203,19 @@ fn f32_data(t: &Tensor, numel: i64, what: &str) -> Result<Tensor> {
 }
 
 impl Engine {
-    pub fn new() -> Result<Engine> {
+    /// An engine computing in fp32, or with `bf16` in bf16: weights and activations in bf16,
+    /// every layer's output rounded to bf16 as in PyTorch's bf16 model (oneDNN accumulates in
+    /// fp32), biases in fp32. A bf16 engine takes fp32 or bf16 images and gives bf16 logits.
+    pub fn new(bf16: bool) -> Result<Engine> {
         let api = api().map_err(engine_error)?;
-        // SAFETY: no arguments; a new heap object, freed on drop.
-        let engine = unsafe { (api.new)() };
+        let mut err = std::ptr::null_mut();
+        // SAFETY: a new heap object, freed on drop; `err` is set when it is null.
+        let engine = unsafe { (api.new)(bf16, &mut err) };
+        checked(api, !engine.is_null(), err, "new")?;
         Ok(Engine {
             engine: NonNull::new(engine).ok_or_else(|| engine_error("no engine"))?,
             classes: 0,
+            bf16,
         })
     }
 
@@ -334,23 +342,23 @@ impl Engine {
         self.conv(&w, bias, g, activation)
     }
 
-    /// Logits `[N, classes]` for `x` `[N, 3, H, W]` (fp32, CPU); the last op recorded gives the
-    /// classes.
+    /// Logits `[N, classes]` for `x` `[N, 3, H, W]` on the CPU (fp32, or for a bf16 engine
+    /// bf16 too, widened exactly); the last op recorded gives the classes. fp32 logits, bf16
+    /// from a bf16 engine.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let size = x.size();
-        if size.len() != 4
-            || size[1] != 3
-            || x.device() != tch::Device::Cpu
-            || x.kind() != tch::Kind::Float
-        {
+        let kind_ok =
+            x.kind() == tch::Kind::Float || (self.bf16 && x.kind() == tch::Kind::BFloat16);
+        if size.len() != 4 || size[1] != 3 || x.device() != tch::Device::Cpu || !kind_ok {
             return Err(engine_error(&format!(
-                "expected fp32 CPU images [N, 3, H, W], got {:?} {:?} on {:?}",
+                "expected {} CPU images [N, 3, H, W], got {:?} {:?} on {:?}",
+                if self.bf16 { "fp32 or bf16" } else { "fp32" },
                 x.kind(),
                 size,
                 x.device()
             )));
         }
-        let x = x.f_contiguous()?;
+        let x = x.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
         let out = Tensor::f_empty(
             [size[0], self.classes],
             (tch::Kind::Float, tch::Device::Cpu),
@@ -372,6 +380,10 @@ impl Engine {
             )
         };
         checked(api, ok, err, "forward")?;
+        if self.bf16 {
+            // The program's last step rounded to bf16: exact.
+            return Ok(out.f_to_kind(tch::Kind::BFloat16)?);
+        }
         Ok(out)
     }
 }

@@ -8,9 +8,9 @@ use crate::ffi::Engine;
 use crate::nn::{Activation, SqueezeExcitation, Unit};
 use crate::Result;
 
-/// Records `program` into an engine; `None` when a conv has no folded weights, or the engine was
-/// built without oneDNN.
-pub fn build(program: &Program<'_>) -> Result<Option<Engine>> {
+/// Records `program` into an engine computing in fp32 or `bf16`; `None` when a conv has no
+/// folded weights, or the engine was built without oneDNN.
+pub fn build(program: &Program<'_>, bf16: bool) -> Result<Option<Engine>> {
     if !crate::ffi::engine_available() {
         return Ok(None);
     }
@@ -20,7 +20,7 @@ pub fn build(program: &Program<'_>) -> Result<Option<Engine>> {
     {
         return Ok(None);
     }
-    let mut engine = Engine::new()?;
+    let mut engine = Engine::new(bf16)?;
     for step in &program.steps {
         match step {
             Step::Unit(Unit::Conv(unit)) => {

@@ -331,16 +331,22 @@ impl Model {
 
     /// Records the folded model's forward as direct oneDNN calls ([`crate::ffi::Engine`],
     /// src/ffi/engine.cpp) and uses them for eval-mode forwards, ahead of a compiled graph. CPU
-    /// fp32, every architecture with BatchNorm; returns whether it was built (not before folding,
-    /// nor on CUDA, nor in a build without oneDNN). The first forward of each input shape builds
-    /// its primitives (tens of milliseconds); [`Model::forward_with_stages`] keeps the
-    /// layer-by-layer path.
+    /// fp32, and bf16 where the CPU computes in bf16 ([`crate::info::CpuIsa::bf16_native`]:
+    /// `avx512_bf16` or AMX), every architecture with BatchNorm; returns whether it was built
+    /// (not before folding, nor on CUDA, nor in fp16 or emulated bf16, nor in a build without
+    /// oneDNN). The first forward of each input shape builds its primitives (tens of
+    /// milliseconds); [`Model::forward_with_stages`] keeps the layer-by-layer path.
     pub fn compile_engine(&mut self) -> Result<bool> {
         self.engine = None;
-        if !self.is_folded() || self.vs.device() != Device::Cpu || self.kind() != tch::Kind::Float {
+        let bf16 = match self.kind() {
+            tch::Kind::Float => false,
+            tch::Kind::BFloat16 if crate::info::CpuIsa::detect().bf16_native() => true,
+            _ => return Ok(false),
+        };
+        if !self.is_folded() || self.vs.device() != Device::Cpu {
             return Ok(false);
         }
-        self.engine = engine::build(&self.net.program())?;
+        self.engine = engine::build(&self.net.program(), bf16)?;
         Ok(self.engine.is_some())
     }
 

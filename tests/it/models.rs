@@ -192,6 +192,90 @@ fn bf16_parity_like_for_like_on_cpu() {
     assert!(checked >= 14, "only {checked} bf16 references");
 }
 
+/// The engine in bf16 (oneDNN's AMX and avx512_bf16 kernels), built only where the CPU computes
+/// in bf16 and only with BatchNorm. Its logits against the fp32 model's, on each bf16
+/// reference's input and four random images: on average within the bf16 tolerance that
+/// `parity` states against fp32, and no farther than 1.25x the plain bf16 path's (folded in
+/// fp32, cast, ATen's kernels), which rounds at the same places. Single images vary: V3 Small
+/// x0.75's reference input is 10.5% off (the plain path: 6.3%), its four random images 3.9-7.6%.
+#[test]
+fn bf16_engine_is_as_close_to_fp32_as_the_plain_bf16_path() {
+    let native = mobilenet::info::CpuIsa::detect().bf16_native();
+    let tol = parity::Tolerance::for_precision(Precision::Bf16, false).logits;
+    let mut f = Failures::new();
+    let mut compared = 0;
+    for entry in manifest() {
+        let Some(r) = entry["references"].as_array().unwrap().iter().find(|r| {
+            r["mode"] != "train"
+                && parity::read_reference(&fixtures().join(r["path"].as_str().unwrap()))
+                    .unwrap()
+                    .contains_key("logits.bf16")
+        }) else {
+            continue;
+        };
+        let name = entry["name"].as_str().unwrap().to_string();
+        let weights = fixtures().join(entry["weights"].as_str().unwrap());
+        let fp32 = Model::load(config(&entry), &weights).unwrap();
+        let mut plain = Model::load(config(&entry), &weights).unwrap();
+        plain.fold_batch_norm().unwrap();
+        plain.to(Device::Cpu, Precision::Bf16).unwrap();
+        let mut engine = Model::load(config(&entry), &weights).unwrap();
+        engine.fold_batch_norm().unwrap();
+        engine.to(Device::Cpu, Precision::Bf16).unwrap();
+        let built = engine.compile_engine().unwrap();
+        let want = native && entry["norm"] == "batch";
+        if !f.check(
+            built == want,
+            &name,
+            format!("engine built: {built}, expected {want}"),
+        ) || !built
+        {
+            continue;
+        }
+        let reference =
+            parity::read_reference(&fixtures().join(r["path"].as_str().unwrap())).unwrap();
+        let input = &reference["input"];
+        let mut inputs = vec![input.shallow_clone()];
+        for seed in 0..4 {
+            inputs.push(crate::common::normal(&input.size(), 500 + seed));
+        }
+        let (mut sum_engine, mut sum_plain) = (0.0, 0.0);
+        for (i, x) in inputs.iter().enumerate() {
+            let exact = tch::no_grad(|| fp32.f_forward_t(x, false)).unwrap();
+            let x = x.to_kind(tch::Kind::BFloat16);
+            let e = tch::no_grad(|| engine.f_forward_t(&x, false)).unwrap();
+            let p = tch::no_grad(|| plain.f_forward_t(&x, false)).unwrap();
+            f.check(
+                e.kind() == tch::Kind::BFloat16,
+                &name,
+                format!("engine logits in {:?}", e.kind()),
+            );
+            let de = parity::diff("engine bf16", &e, &exact).unwrap().max_rel;
+            let dp = parity::diff("plain bf16", &p, &exact).unwrap().max_rel;
+            println!("{name} input {i}: max rel against fp32: engine {de:.4}, plain {dp:.4}");
+            sum_engine += de;
+            sum_plain += dp;
+        }
+        let n = inputs.len() as f64;
+        let (engine_mean, plain_mean) = (sum_engine / n, sum_plain / n);
+        f.check(
+            engine_mean <= tol,
+            &name,
+            format!("engine bf16 mean max rel {engine_mean:.4} against fp32, want <= {tol}"),
+        );
+        f.check(
+            engine_mean <= 1.25 * plain_mean,
+            &name,
+            format!("engine bf16 mean max rel {engine_mean:.4}, plain bf16 {plain_mean:.4}"),
+        );
+        compared += 1;
+    }
+    f.assert_none();
+    if native {
+        assert!(compared >= 9, "only {compared} models compared");
+    }
+}
+
 /// The CPU fast paths against PyTorch's eval logits for every BatchNorm configuration: V1, V2
 /// and V3 at every width, V3 Large with the reduced, dilated tail. `prepare` switches a loaded
 /// model to the path (false: it did not take); `passes` forwards of each input are checked.
