@@ -30,6 +30,7 @@ fixtures: check-torch
 	@$(PY) tests/gen_train.py --out fixtures/train
 	@$(PY) tests/gen_decode.py --out fixtures/decode
 	@$(PY) tests/gen_dist.py --out fixtures/dist
+	@$(PY) tests/gen_trained.py --out fixtures/trained
 	@$(PY) tests/gen_pil.py --out fixtures/pil
 
 test: check-torch fixtures

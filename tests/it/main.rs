@@ -22,6 +22,7 @@ mod shard_cli;
 mod train_cli;
 mod train_dist;
 mod train_optim;
+mod trained;
 mod weights_files;
 mod weights_fuzz;
 mod weights_limits;
