@@ -89,16 +89,16 @@ def train(name, arch, width, epochs, x, y, seed=0):
     # torchvision's V3 BatchNorm has momentum 0.01: after a few hundred steps its running
     # statistics still lag the trained weights. Recompute them over the training set (the
     # cumulative average, momentum None), as after any short training.
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
         for i in range(0, len(y), 64):
             model(x[i:i + 64])
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 0.1 if arch == "mobilenet_v2" else 0.01
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     return model.eval(), time.time() - start
 
 

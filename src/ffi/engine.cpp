@@ -1,9 +1,10 @@
 // A folded model's forward as a list of oneDNN primitives, called directly (no TorchScript, no
 // ATen between layers): every convolution with its activation and residual add as post-ops,
 // squeeze-excitation as pooling, two 1x1 convolutions and a broadcast multiply, then global
-// pooling and the classifier as 1x1 convolutions. Activations stay in the layouts oneDNN picks
-// (8-channel blocks on AVX2) from the first layer to the last; buffers are reused as soon as a
-// value is dead. The primitives, reordered weights and buffers of each input shape are built on
+// pooling and the classifier as 1x1 convolutions, in fp32 or bf16. Activations keep one layout
+// from the first layer to the last (8-channel blocks on AVX2, 16-channel blocks in fp32 on
+// AVX-512, NHWC in bf16; see Engine::maps_layout); buffers are reused as soon as a value is
+// dead. The primitives, reordered weights and buffers of each input shape are built on
 // its first forward and kept (a few shapes at most). A batch runs its layers up to the global
 // pooling one image per thread ("lanes", Engine::run) and the classifier once for the batch.
 //
@@ -225,12 +226,14 @@ class Engine {
   }
 
   Plan& trunk_for(int64_t n, int64_t h, int64_t w) {
-    return cached(trunks_, std::make_tuple(n, h, w), [&] { return planned([&] { return build_trunk(n, h, w); }); });
+    return cached(trunks_, std::make_tuple(n, h, w),
+                  [&] { return planned([&] { return build_trunk(n, h, w); }); });
   }
 
   // The head for `n` images of `c` features, which must give `width` values per image.
   Plan& checked_head(int64_t n, int64_t c, int64_t width) {
-    Plan& head = cached(heads_, std::make_pair(n, c), [&] { return planned([&] { return build_head(n, c); }); });
+    Plan& head = cached(heads_, std::make_pair(n, c),
+                        [&] { return planned([&] { return build_head(n, c); }); });
     if (head.channels != width) {
       throw std::invalid_argument("the output holds " + std::to_string(width) +
                                   " values per image; the program gives " +
