@@ -363,8 +363,9 @@ fn engine_forward_is_exact() {
     f.assert_none();
 }
 
-/// The engine runs a batch as one image per thread (lanes, src/ffi/engine.cpp), and the images
-/// left over on all threads: every image's logits are bit for bit those it gets alone.
+/// The engine runs a batch as one or two images at a time per thread (lanes,
+/// src/ffi/engine.cpp), and the images left over on all threads: every image's logits are bit
+/// for bit those it gets alone.
 #[test]
 fn engine_batch_equals_each_image_alone() {
     let mut f = Failures::new();
@@ -372,7 +373,8 @@ fn engine_batch_equals_each_image_alone() {
         let mut model = load(arch, name);
         model.fold_batch_norm().unwrap();
         assert!(model.compile_engine().unwrap(), "{arch}");
-        // 5 on two threads: two images per lane, one left over.
+        // 5 on two threads: two images per lane (V1 one at a time, V3 Small two per step), one
+        // left over.
         let x = normal(&[5, 3, 224, 224], 900);
         let batch = logits(&model, &x);
         for i in 0..5 {
