@@ -220,8 +220,10 @@ class Engine {
   // of one image against two per step: V3 Large 56.3 / 55.5 / 66.8 ms against 53.8 / 54.1 /
   // 52.1, V3 Small 20.4 / 16.4 / 16.9 against 19.1 / 16.1 / 16.2; V2 and V1, which have no
   // excitation, even (67.1-81.4 against 67.1-67.7, 109.3-110.9 against 108.3-112.6); four
-  // images per step no better than two. The batched kernels sum in the same order as the
-  // one-image ones, so the logits stay bit for bit (tests/it/optimizations.rs).
+  // images per step no better than two. The two-image kernels sum in the same order as the
+  // one-image ones, so the logits stay bit for bit: checked by hand on AVX2 (V2, V3 Large and
+  // V3 Small at 2 and 4 images on one thread), and by tests/it/optimizations.rs on the machine
+  // that runs it; not yet measured for speed on AVX-512 or in bf16.
   int64_t images_per_lane(int64_t n, int threads) const {
     const bool excites = std::any_of(ops.begin(), ops.end(), [](const Op& op) {
       return op.kind == Op::kSqueezeExcite;
