@@ -1,9 +1,11 @@
 //! Links the binary, tests and examples to the libtorch that torch-sys found, so that they run
-//! without `LD_LIBRARY_PATH` and load libtorch_cuda where there is a GPU.
+//! without `LD_LIBRARY_PATH`.
 //!
 //! torch-sys exports the libtorch lib folder as `DEP_TCH_LIBTORCH_LIB` (its `links = "tch"`).
-//! A dependent binary gets no rpath from it, and `--as-needed` would drop libtorch.so (which pulls
-//! in libtorch_cuda.so) because no symbol of it is referenced directly: hence the two link args.
+//! A dependent binary gets no rpath from it: hence the rpath link arg. torch-sys also asks for
+//! libtorch_cuda, but no symbol of it is referenced, so `--as-needed` drops it: the binary needs
+//! only libtorch_cpu, and src/device.rs loads libtorch_cuda (with cuBLAS, cuDNN and NCCL behind
+//! it, 0.4 s and 350 MB) at run time, only where there is a GPU driver.
 //!
 //! The PyTorch release tch is generated against is pinned once, as `torch==X` in
 //! weights/requirements.txt; it is checked against the libtorch found here and exported to the
@@ -45,11 +47,10 @@ fn main() {
     );
     println!("cargo:rustc-env=MOBILENET_LIBTORCH_LIB={}", lib.display());
     build_shim(&lib);
+    build_nccl(&lib);
     build_engine(&lib);
     if cfg!(target_os = "linux") || std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath={}", lib.display());
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch");
     }
 }
 
@@ -78,15 +79,6 @@ fn build_shim(lib: &Path) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
-    if let Some(includes) = nccl_includes(lib) {
-        // c10d's ProcessGroupNCCL (in libtorch_cuda) for data-parallel training on CUDA.
-        build.define("MN_NCCL", "1");
-        for dir in includes {
-            build.flag("-isystem").flag(dir.display().to_string());
-        }
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
     build
         .cpp(true)
         .file("src/ffi/shim.cpp")
@@ -107,6 +99,53 @@ fn build_shim(lib: &Path) {
         .warnings(true)
         .extra_warnings(true)
         .compile("mobilenet_shim");
+}
+
+/// Builds src/ffi/nccl.cpp (c10d's ProcessGroupNCCL, for data-parallel training on CUDA) into
+/// `OUT_DIR/libmobilenet_nccl.so`, linked to libtorch_cuda with an rpath to libtorch's folder,
+/// when this libtorch has CUDA and NCCL's headers are beside it (see [`nccl_includes`]). The
+/// binary itself links only libtorch_cpu: src/ffi/dist.cpp loads this library with dlopen, and
+/// src/device.rs loads libtorch_cuda when there is a GPU driver. Its path is exported as
+/// `MOBILENET_NCCL_LIB`, empty where it is not built (no NCCL then).
+fn build_nccl(lib: &Path) {
+    println!("cargo:rerun-if-changed=src/ffi/nccl.cpp");
+    let Some(includes) = nccl_includes(lib) else {
+        println!("cargo:rustc-env=MOBILENET_NCCL_LIB=");
+        return;
+    };
+    let include = lib.parent().unwrap_or(lib).join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    for dir in includes {
+        build.flag("-isystem").flag(dir.display().to_string());
+    }
+    build
+        .cpp(true)
+        .pic(true)
+        .file("src/ffi/nccl.cpp")
+        .flag("-isystem")
+        .flag(include.display().to_string())
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include").display().to_string())
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-fvisibility=hidden")
+        .warnings(true)
+        .extra_warnings(true);
+    let so = link_shared(
+        &build,
+        "libmobilenet_nccl.so",
+        lib,
+        &[
+            "-Wl,--no-as-needed",
+            "-ltorch_cuda",
+            "-lc10_cuda",
+            "-ltorch_cpu",
+            "-lc10",
+        ],
+    );
+    println!("cargo:rustc-env=MOBILENET_NCCL_LIB={}", so.display());
 }
 
 /// Builds src/ffi/engine.cpp (the whole forward as direct oneDNN calls) into
@@ -142,9 +181,21 @@ fn build_engine(lib: &Path) {
         .flag("-fopenmp")
         .warnings(true)
         .extra_warnings(true);
+    let so = link_shared(
+        &build,
+        "libmobilenet_engine.so",
+        &root.join("lib"),
+        &["-ldnnl", "-fopenmp"],
+    );
+    println!("cargo:rustc-env=MOBILENET_ENGINE_LIB={}", so.display());
+}
+
+/// Compiles `build`'s sources and links them into `OUT_DIR/name`, a shared library that needs
+/// `args` (`-l` flags) from `libdir`, with an rpath to it. Returns its path.
+fn link_shared(build: &cc::Build, name: &str, libdir: &Path, args: &[&str]) -> PathBuf {
     let objects = build.compile_intermediates();
-    let libdir = root.join("lib");
-    let so = out.join("libmobilenet_engine.so");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let so = out.join(name);
     let compiler = build.get_compiler();
     let status = std::process::Command::new(compiler.path())
         .arg("-shared")
@@ -152,13 +203,12 @@ fn build_engine(lib: &Path) {
         .arg(&so)
         .args(&objects)
         .arg(format!("-L{}", libdir.display()))
-        .arg("-ldnnl")
-        .arg("-fopenmp")
+        .args(args)
         .arg(format!("-Wl,-rpath,{}", libdir.display()))
         .status()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", compiler.path().display()));
     assert!(status.success(), "linking {} failed", so.display());
-    println!("cargo:rustc-env=MOBILENET_ENGINE_LIB={}", so.display());
+    so
 }
 
 /// The prefix holding `lib/libdnnl.so.3` and `include/oneapi/dnnl/dnnl.hpp`:

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 make release >/dev/null
 rm -rf .gpu && mkdir -p .gpu
 cp target/release/mobilenet .gpu/
+# c10d's NCCL backend, which the binary loads at run time (found beside it on that machine).
+nccl=$(ls -t target/release/build/mobilenet-*/out/libmobilenet_nccl.so 2>/dev/null | head -1)
+if [ -n "$nccl" ]; then cp "$nccl" .gpu/; fi
 cp scripts/gpu-check.sh weights/export.py .gpu/
 cp -r fixtures/train/data .gpu/train-data  # the data-parallel check's 8 images
 PY=.venv/bin/python3

@@ -48,10 +48,13 @@ impl DeviceChoice {
     /// The device, or an error when CUDA is asked for and absent (or the index is too large).
     pub fn resolve(self) -> Result<Device> {
         match self {
-            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Auto => {
+                load_cuda();
+                Ok(Device::cuda_if_available())
+            }
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda(n) => {
-                let count = if tch::Cuda::is_available() {
+                let count = if cuda_is_available() {
                     tch::Cuda::device_count()
                 } else {
                     0
@@ -67,6 +70,102 @@ impl DeviceChoice {
             }
         }
     }
+}
+
+/// Whether this process has libtorch's CUDA library, which the binary does not link: libtorch_cuda
+/// pulls in cuBLAS, cuDNN, cuFFT, NCCL and more, 0.4 s and 350 MB to load, for nothing on a
+/// machine without a GPU. [`load_cuda`] loads it, once, before anything asks libtorch about CUDA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaLibrary {
+    /// Loaded: libtorch sees CUDA devices if the driver has any.
+    Loaded,
+    /// Not loaded: no NVIDIA driver (`libcuda.so.1`) here, so libtorch could see no device.
+    NoDriver,
+    /// Not loaded: `MOBILENET_LOAD_CUDA=0`.
+    Disabled,
+    /// This libtorch has no libtorch_cuda.so (a CPU build).
+    CpuOnlyLibtorch,
+    /// Loading failed, with the loader's message; libtorch sees no CUDA device.
+    Failed(String),
+}
+
+impl std::fmt::Display for CudaLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CudaLibrary::Loaded => f.write_str("loaded"),
+            CudaLibrary::NoDriver => f.write_str("not loaded: no NVIDIA driver (libcuda.so.1)"),
+            CudaLibrary::Disabled => f.write_str("not loaded: MOBILENET_LOAD_CUDA=0"),
+            CudaLibrary::CpuOnlyLibtorch => f.write_str("absent: a CPU-only libtorch"),
+            CudaLibrary::Failed(e) => write!(f, "failed to load: {e}"),
+        }
+    }
+}
+
+/// Loads libtorch_cuda.so from libtorch_cpu's folder (the libtorch this process runs on), once,
+/// when the NVIDIA driver is there or `MOBILENET_LOAD_CUDA=1`; never with
+/// `MOBILENET_LOAD_CUDA=0`. Its static initializers register CUDA with libtorch. Call it before
+/// the first CUDA query (`tch::Cuda::is_available`, `Device::cuda_if_available`): libtorch
+/// decides once, at that query, whether it has CUDA. [`DeviceChoice::resolve`] calls it for
+/// `auto` and `cuda`, so `--device cpu` never pays for it.
+pub fn load_cuda() -> &'static CudaLibrary {
+    static STATE: std::sync::OnceLock<CudaLibrary> = std::sync::OnceLock::new();
+    STATE.get_or_init(|| {
+        let forced = match std::env::var("MOBILENET_LOAD_CUDA").as_deref() {
+            Ok("0") => return CudaLibrary::Disabled,
+            Ok("1") => true,
+            _ => false,
+        };
+        // SAFETY: dlopen/dlsym/dladdr with NUL-terminated names; handles are never closed.
+        unsafe {
+            if !forced {
+                let driver = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY);
+                if driver.is_null() {
+                    return CudaLibrary::NoDriver;
+                }
+            }
+            let cpu = libc::dlopen(
+                c"libtorch_cpu.so".as_ptr(),
+                libc::RTLD_LAZY | libc::RTLD_NOLOAD,
+            );
+            let symbol = if cpu.is_null() {
+                std::ptr::null_mut()
+            } else {
+                libc::dlsym(cpu, c"_ZN2at13globalContextEv".as_ptr())
+            };
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            if symbol.is_null() || libc::dladdr(symbol, &mut info) == 0 || info.dli_fname.is_null()
+            {
+                return CudaLibrary::Failed("cannot find libtorch_cpu.so in this process".into());
+            }
+            let cpu_path = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy();
+            let dir = std::path::Path::new(cpu_path.as_ref())
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            let path = dir.join("libtorch_cuda.so");
+            if !path.exists() {
+                return CudaLibrary::CpuOnlyLibtorch;
+            }
+            let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                return CudaLibrary::Failed(format!("NUL in {}", path.display()));
+            };
+            if libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null() {
+                let e = libc::dlerror();
+                let why = if e.is_null() {
+                    "unknown error".into()
+                } else {
+                    std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                };
+                return CudaLibrary::Failed(why);
+            }
+            CudaLibrary::Loaded
+        }
+    })
+}
+
+/// `tch::Cuda::is_available()`, after [`load_cuda`].
+pub fn cuda_is_available() -> bool {
+    load_cuda();
+    tch::Cuda::is_available()
 }
 
 /// Floating-point precision of weights and activations.

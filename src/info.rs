@@ -16,6 +16,12 @@ pub struct Info {
     pub libtorch_version: String,
     /// The libtorch lib folder the binary's rpath points at.
     pub libtorch_lib: String,
+    /// Whether libtorch_cuda is loaded in this process, or why not (see
+    /// [`crate::device::load_cuda`]).
+    pub cuda_library: String,
+    /// Whether libtorch has CUDA built in (ATen's `hasCUDART`, true once libtorch_cuda is loaded
+    /// and has registered its hooks). Devices still need a driver and a GPU.
+    pub cuda_built: bool,
     pub cuda_available: bool,
     pub cuda_device_count: i64,
     pub cuda_devices: Vec<String>,
@@ -37,6 +43,7 @@ pub struct Info {
 impl Info {
     /// Collects the report. Never fails: what cannot be read is left empty.
     pub fn collect() -> Info {
+        let cuda_library = crate::device::load_cuda().to_string();
         let cuda_available = tch::Cuda::is_available();
         let cuda_device_count = if cuda_available {
             tch::Cuda::device_count()
@@ -49,6 +56,8 @@ impl Info {
             tch_version: "0.24.0".to_string(),
             libtorch_version: env!("MOBILENET_LIBTORCH_VERSION").to_string(),
             libtorch_lib: env!("MOBILENET_LIBTORCH_LIB").to_string(),
+            cuda_library,
+            cuda_built: tch::utils::has_cudart(),
             cuda_available,
             cuda_device_count,
             cuda_devices: cuda_device_names(cuda_device_count),

@@ -22,6 +22,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "libtorch         {} ({})",
         info.libtorch_version, info.libtorch_lib
     );
+    println!("cuda library     {}", info.cuda_library);
+    println!("cuda built       {}", info.cuda_built);
     println!("cuda available   {}", info.cuda_available);
     println!("cuda devices     {}", info.cuda_device_count);
     for (i, name) in info.cuda_devices.iter().enumerate() {

@@ -211,7 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let device = match (args.device, Dist::local_rank_from_env()?) {
         // Under torchrun, each rank on the GPU of its LOCAL_RANK.
-        (DeviceChoice::Auto, Some(local)) if tch::Cuda::is_available() => {
+        (DeviceChoice::Auto, Some(local)) if mobilenet::device::cuda_is_available() => {
             DeviceChoice::Cuda(local).resolve()?
         }
         (choice, _) => choice.resolve()?,

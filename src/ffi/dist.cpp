@@ -11,19 +11,18 @@
 // message in `*err` and returns null or false.
 
 #define USE_C10D_GLOO 1
-#ifdef MN_NCCL
-#define USE_C10D_NCCL 1
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -76,21 +75,13 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
 
 extern "C" {
 
-// Whether this shim has c10d's NCCL backend (built against a CUDA libtorch with NCCL's headers).
-bool mn_dist_has_nccl() {
-#ifdef MN_NCCL
-  return true;
-#else
-  return false;
-#endif
-}
-
 // Joins the group of `world` processes as `rank`. `agent_store`: torchrun's agent hosts the store
 // at addr:port (TORCHELASTIC_USE_AGENT_STORE=True), and every rank connects as a client under
-// the prefix torch uses, `/worker/attempt_{restart}`; else rank 0 starts the store. `nccl`: CUDA
-// tensors go through NCCL (`init_process_group`'s default "cpu:gloo,cuda:nccl"), else Gloo.
+// the prefix torch uses, `/worker/attempt_{restart}`; else rank 0 starts the store. `nccl_lib`
+// (libmobilenet_nccl.so, see nccl.cpp), when not null: CUDA tensors go through NCCL
+// (`init_process_group`'s default "cpu:gloo,cuda:nccl"), else through Gloo.
 MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agent_store,
-                      int restart, int64_t timeout_ms, bool nccl, char** err) {
+                      int restart, int64_t timeout_ms, const char* nccl_lib, char** err) {
   MN_PROTECT({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
@@ -113,20 +104,24 @@ MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agen
     group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
     pg->setSequenceNumberForGroup();
     group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, pg);
-    if (nccl) {
-#ifdef MN_NCCL
-      // As `_new_process_group_helper` builds the "cuda" entry: a prefix store of its own, the
-      // group's timeout, NCCL the default backend.
-      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-      nccl_options->timeout = timeout;
-      auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          c10::make_intrusive<c10d::PrefixStore>("cuda/", store), rank, world, nccl_options);
-      backend->setSequenceNumberForGroup();
+    if (nccl_lib != nullptr) {
+      // As `_new_process_group_helper` builds the "cuda" entry, NCCL the default backend.
+      void* lib = dlopen(nccl_lib, RTLD_NOW | RTLD_LOCAL);
+      TORCH_CHECK(lib != nullptr, "cannot load c10d's NCCL backend: ", dlerror());
+      using MakeNccl = c10d::Backend* (*)(const c10::intrusive_ptr<c10d::Store>*, int, int,
+                                          int64_t, char**);
+      auto make = reinterpret_cast<MakeNccl>(dlsym(lib, "mn_nccl_backend"));
+      TORCH_CHECK(make != nullptr, nccl_lib, " has no mn_nccl_backend");
+      char* nccl_err = nullptr;
+      c10d::Backend* raw = make(&store, rank, world, timeout_ms, &nccl_err);
+      if (raw == nullptr) {
+        std::string message = nccl_err != nullptr ? nccl_err : "unknown C++ exception";
+        std::free(nccl_err);
+        TORCH_CHECK(false, message);
+      }
+      auto backend = c10::intrusive_ptr<c10d::Backend>::reclaim(raw);
       group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, backend);
       group->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
-#else
-      TORCH_CHECK(false, "this build has no NCCL (c10d's ProcessGroupNCCL was not compiled in)");
-#endif
     } else {
       // Gloo takes CUDA tensors too (through host copies), as `init_process_group("gloo")`
       // registers it for both devices.

@@ -59,21 +59,8 @@ fn api() -> std::result::Result<&'static Api, &'static str> {
 
 /// Where the library is: the path build.rs wrote, else beside the executable.
 fn library_path() -> std::result::Result<std::path::PathBuf, String> {
-    let built = env!("MOBILENET_ENGINE_LIB");
-    if built.is_empty() {
-        return Err("built without oneDNN (run `make setup`, then rebuild)".into());
-    }
-    let built = std::path::PathBuf::from(built);
-    if built.exists() {
-        return Ok(built);
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("libmobilenet_engine.so")));
-    match beside {
-        Some(p) if p.exists() => Ok(p),
-        _ => Err(format!("{} is missing", built.display())),
-    }
+    super::built_library(env!("MOBILENET_ENGINE_LIB"), "libmobilenet_engine.so")
+        .unwrap_or_else(|| Err("built without oneDNN (run `make setup`, then rebuild)".into()))
 }
 
 fn load() -> std::result::Result<Api, String> {

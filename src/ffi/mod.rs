@@ -56,10 +56,9 @@ extern "C" {
         agent_store: bool,
         restart: i32,
         timeout_ms: i64,
-        nccl: bool,
+        nccl_lib: *const c_char,
         err: *mut *mut c_char,
     ) -> *mut std::ffi::c_void;
-    fn mn_dist_has_nccl() -> bool;
     fn mn_dist_free(g: *mut std::ffi::c_void);
     fn mn_dist_broadcast(
         g: *mut std::ffi::c_void,
@@ -289,11 +288,33 @@ pub struct Rendezvous {
     pub nccl: bool,
 }
 
-/// Whether the shim was built with c10d's NCCL backend (a CUDA libtorch, with NCCL's and CUDA's
-/// headers at build time).
+/// Whether this build has c10d's NCCL backend (libmobilenet_nccl.so, built against a CUDA
+/// libtorch with NCCL's and CUDA's headers at build time).
 pub fn has_nccl() -> bool {
-    // SAFETY: reads a constant.
-    unsafe { mn_dist_has_nccl() }
+    !env!("MOBILENET_NCCL_LIB").is_empty()
+}
+
+/// A library build.rs wrote (its path `built`, empty when it was not built: `None`): that path,
+/// else `name` beside the executable (a binary copied elsewhere with its libraries), else an
+/// error naming the missing path.
+fn built_library(
+    built: &str,
+    name: &str,
+) -> Option<std::result::Result<std::path::PathBuf, String>> {
+    if built.is_empty() {
+        return None;
+    }
+    let built = std::path::PathBuf::from(built);
+    if built.exists() {
+        return Some(Ok(built));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)));
+    Some(match beside {
+        Some(p) if p.exists() => Ok(p),
+        _ => Err(format!("{} is missing", built.display())),
+    })
 }
 
 impl ProcessGroup {
@@ -305,8 +326,19 @@ impl ProcessGroup {
         let int = |v: usize, name: &str| {
             i32::try_from(v).map_err(|_| shim_error(what, &format!("{name} {v} is too large")))
         };
+        let nccl_lib = if r.nccl {
+            let path = built_library(env!("MOBILENET_NCCL_LIB"), "libmobilenet_nccl.so")
+                .unwrap_or_else(|| Err("this build has no NCCL (see `mobilenet info`)".into()))
+                .map_err(|e| shim_error(what, &format!("c10d's NCCL backend: {e}")))?;
+            Some(
+                std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .map_err(|_| shim_error(what, &format!("NUL in {}", path.display())))?,
+            )
+        } else {
+            None
+        };
         let mut err = std::ptr::null_mut();
-        // SAFETY: the string lives for the call; the shim returns an owned group or an error.
+        // SAFETY: the strings live for the call; the shim returns an owned group or an error.
         let ptr = unsafe {
             mn_dist_init(
                 addr.as_ptr(),
@@ -316,7 +348,7 @@ impl ProcessGroup {
                 r.agent_store,
                 r.restart as i32,
                 r.timeout.as_millis().min(i64::MAX as u128) as i64,
-                r.nccl,
+                nccl_lib.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 &mut err,
             )
         };

@@ -1,7 +1,7 @@
 //! The binary runs without LD_LIBRARY_PATH, reports the pinned libtorch (`torch==X` in
-//! weights/requirements.txt, exported by build.rs), and links libtorch so that libtorch_cuda is
-//! loaded where there is a GPU; `info` and `bench --precision bf16` report the CPU's
-//! instruction sets and whether bf16 is native or emulated, as /proc/cpuinfo says.
+//! weights/requirements.txt, exported by build.rs), and links libtorch_cpu only: libtorch_cuda is
+//! loaded at run time where there is a GPU driver; `info` and `bench --precision bf16` report the
+//! CPU's instruction sets and whether bf16 is native or emulated, as /proc/cpuinfo says.
 
 use std::process::Command;
 
@@ -74,7 +74,7 @@ fn info_text_runs() {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn binary_needs_libtorch_and_has_rpath() {
+fn binary_needs_libtorch_cpu_only_and_has_rpath() {
     let out = Command::new("readelf")
         .args(["-d", BIN])
         .output()
@@ -82,13 +82,76 @@ fn binary_needs_libtorch_and_has_rpath() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("Shared library: [libtorch.so]"),
-        "libtorch.so is not NEEDED, so libtorch_cuda would not load:\n{text}"
+        text.contains("Shared library: [libtorch_cpu.so]"),
+        "libtorch_cpu.so is not NEEDED:\n{text}"
     );
+    for lazy in ["libtorch_cuda.so", "libtorch.so"] {
+        assert!(
+            !text.contains(&format!("[{lazy}]")),
+            "{lazy} is NEEDED: every run would load CUDA's libraries:\n{text}"
+        );
+    }
     assert!(
         text.contains("RPATH") || text.contains("RUNPATH"),
         "no rpath:\n{text}"
     );
+}
+
+/// `info --json` with `MOBILENET_LOAD_CUDA` set to `value` (unset: `None`), and whether the
+/// process loaded libtorch_cuda.so (the dynamic loader's own log, `LD_DEBUG=files`).
+fn info_with_load_cuda(value: Option<&str>) -> (serde_json::Value, bool) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["info", "--json"]).env("LD_DEBUG", "files");
+    match value {
+        Some(v) => cmd.env("MOBILENET_LOAD_CUDA", v),
+        None => cmd.env_remove("MOBILENET_LOAD_CUDA"),
+    };
+    let out = output_ok(&mut cmd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let loaded = log.contains("file=libtorch_cuda.so") || log.contains("/libtorch_cuda.so");
+    (
+        serde_json::from_slice(&out.stdout).expect("one JSON object"),
+        loaded,
+    )
+}
+
+/// libtorch_cuda is loaded at run time, and then registers CUDA with libtorch as if linked:
+/// forced (`MOBILENET_LOAD_CUDA=1`, even without a driver), libtorch has CUDA built in, and sees
+/// devices only where there are some; never (`=0`), it has no CUDA at all and the process never
+/// loads the library; by default, it is loaded exactly where the NVIDIA driver is.
+#[cfg(target_os = "linux")]
+#[test]
+fn libtorch_cuda_loads_only_when_wanted() {
+    let (never, loaded) = info_with_load_cuda(Some("0"));
+    assert_eq!(
+        never["cuda_library"], "not loaded: MOBILENET_LOAD_CUDA=0",
+        "{never}"
+    );
+    assert_eq!(never["cuda_built"], false, "{never}");
+    assert_eq!(never["cuda_available"], false, "{never}");
+    assert!(
+        !loaded,
+        "libtorch_cuda.so was loaded with MOBILENET_LOAD_CUDA=0"
+    );
+    let (forced, loaded) = info_with_load_cuda(Some("1"));
+    if forced["libtorch_version"].as_str().unwrap().contains("+cu") {
+        assert_eq!(forced["cuda_library"], "loaded", "{forced}");
+        assert_eq!(forced["cuda_built"], true, "{forced}");
+        assert!(loaded, "the loader's log has no libtorch_cuda.so");
+    } else {
+        assert_eq!(
+            forced["cuda_library"], "absent: a CPU-only libtorch",
+            "{forced}"
+        );
+    }
+    let (default, loaded) = info_with_load_cuda(None);
+    let state = default["cuda_library"].as_str().unwrap();
+    assert_eq!(loaded, state == "loaded", "{default}");
+    assert_eq!(default["cuda_built"], loaded, "{default}");
+    if !loaded {
+        assert_eq!(default["cuda_available"], false, "{default}");
+    }
+    eprintln!("this machine, by default: libtorch_cuda {state}");
 }
 
 /// This machine's CPU flags, read here from /proc/cpuinfo (the first `flags` line), and whether

@@ -461,7 +461,7 @@ fn bench_rejects_bad_flags() {
 /// fp16 on CUDA within the documented tolerance, when this machine has a GPU.
 #[test]
 fn cuda_fp16_within_tolerance_when_present() {
-    if !tch::Cuda::is_available() {
+    if !mobilenet::device::cuda_is_available() {
         println!("no CUDA device: fp16 check skipped");
         return;
     }

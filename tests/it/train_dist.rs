@@ -621,7 +621,7 @@ fn sync_batch_norm_over_two_ranks_is_batch_norm_over_both_batches() {
 #[test]
 fn nccl_without_a_gpu_is_an_error() {
     use mobilenet::ffi::{has_nccl, ProcessGroup, Rendezvous};
-    if !has_nccl() || tch::Cuda::is_available() {
+    if !has_nccl() || mobilenet::device::cuda_is_available() {
         eprintln!("skipped: this build has no NCCL, or there is a GPU (gpu-check runs NCCL)");
         return;
     }
