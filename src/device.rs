@@ -49,7 +49,9 @@ impl DeviceChoice {
     pub fn resolve(self) -> Result<Device> {
         match self {
             DeviceChoice::Auto => {
-                load_cuda();
+                if let CudaLibrary::Failed(why) = load_cuda() {
+                    eprintln!("warning: libtorch_cuda.so did not load ({why}); running on the CPU");
+                }
                 Ok(Device::cuda_if_available())
             }
             DeviceChoice::Cpu => Ok(Device::Cpu),
@@ -64,7 +66,14 @@ impl DeviceChoice {
                 } else {
                     Err(Error::config(
                         "device",
-                        format!("cuda:{n} was asked for, but libtorch sees {count} CUDA device(s)"),
+                        match load_cuda() {
+                            CudaLibrary::Loaded => format!(
+                                "cuda:{n} was asked for, but libtorch sees {count} CUDA device(s)"
+                            ),
+                            state => {
+                                format!("cuda:{n} was asked for, but libtorch_cuda is {state}")
+                            }
+                        },
                     ))
                 }
             }
@@ -96,7 +105,7 @@ impl std::fmt::Display for CudaLibrary {
             CudaLibrary::NoDriver => f.write_str("not loaded: no NVIDIA driver (libcuda.so.1)"),
             CudaLibrary::Disabled => f.write_str("not loaded: MOBILENET_LOAD_CUDA=0"),
             CudaLibrary::CpuOnlyLibtorch => f.write_str("absent: a CPU-only libtorch"),
-            CudaLibrary::Failed(e) => write!(f, "failed to load: {e}"),
+            CudaLibrary::Failed(e) => write!(f, "not loaded: {e}"),
         }
     }
 }

@@ -154,6 +154,58 @@ fn libtorch_cuda_loads_only_when_wanted() {
     eprintln!("this machine, by default: libtorch_cuda {state}");
 }
 
+/// `--device cuda` where libtorch sees no GPU is an error that says why: no driver (so
+/// libtorch_cuda was not loaded), the override, or no device.
+#[test]
+fn cuda_asked_for_without_a_gpu_says_why() {
+    let (default, _) = info_with_load_cuda(None);
+    if default["cuda_available"] == true {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    }
+    let cuda_libtorch = default["libtorch_version"]
+        .as_str()
+        .unwrap()
+        .contains("+cu");
+    let why = |state: &str| match state {
+        "loaded" => "libtorch sees 0 CUDA device(s)".to_string(),
+        state => format!("libtorch_cuda is {state}"),
+    };
+    let forced = if cuda_libtorch {
+        "loaded"
+    } else {
+        "absent: a CPU-only libtorch"
+    };
+    for (env, want) in [
+        (None, why(default["cuda_library"].as_str().unwrap())),
+        (Some("1"), why(forced)),
+        (Some("0"), why("not loaded: MOBILENET_LOAD_CUDA=0")),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "bench",
+            "--device",
+            "cuda",
+            "--batch-sizes",
+            "1",
+            "--iters",
+            "1",
+        ]);
+        match env {
+            Some(v) => cmd.env("MOBILENET_LOAD_CUDA", v),
+            None => cmd.env_remove("MOBILENET_LOAD_CUDA"),
+        };
+        let out = cmd.output().expect("run mobilenet bench");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "MOBILENET_LOAD_CUDA={env:?}: {err}");
+        assert!(
+            err.contains("cuda:0 was asked for") && err.contains(&want),
+            "MOBILENET_LOAD_CUDA={env:?}: want {want:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 /// This machine's CPU flags, read here from /proc/cpuinfo (the first `flags` line), and whether
 /// it has bf16 arithmetic (avx512_bf16 or AMX bf16).
 pub(crate) fn cpu_flags() -> (Vec<String>, bool) {
