@@ -208,6 +208,10 @@ impl Precision {
     /// Errors when the precision is not supported on `device`: fp16 is CUDA only; bf16 runs on
     /// the CPU when libtorch has oneDNN (mkldnn).
     pub fn check(self, device: Device) -> Result<()> {
+        if device.is_cuda() {
+            // A library caller's first step towards CUDA (`Model::from_file`, `Model::to`).
+            load_cuda();
+        }
         match (self, device) {
             (Precision::Fp16, Device::Cpu) => Err(Error::config(
                 "precision",
