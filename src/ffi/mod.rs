@@ -655,3 +655,40 @@ impl Drop for Graph {
         unsafe { mn_graph_free(self.module.as_ptr()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::built_library;
+
+    /// A library build.rs wrote: not built, at its built path, beside the executable (a binary
+    /// copied to another machine with its libraries, as scripts/gpu-prepare.sh does), missing.
+    #[test]
+    fn built_library_is_found_where_it_was_built_or_beside_the_binary() {
+        assert!(built_library("", "libx.so").is_none());
+        let dir = std::env::temp_dir().join(format!("mn-built-library-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let built = dir.join("libmn_test_built.so");
+        std::fs::write(&built, b"").unwrap();
+        let at = built_library(built.to_str().unwrap(), "libmn_test_built.so");
+        assert_eq!(at.unwrap().unwrap(), built);
+        let gone = dir.join("gone/libmn_test_beside.so");
+        let name = format!("libmn_test_beside_{}.so", std::process::id());
+        let beside = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join(&name);
+        std::fs::write(&beside, b"").unwrap();
+        let found = built_library(gone.to_str().unwrap(), &name);
+        std::fs::remove_file(&beside).unwrap();
+        assert_eq!(found.unwrap().unwrap(), beside);
+        let missing = built_library(gone.to_str().unwrap(), &name)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            missing.contains("gone/libmn_test_beside.so is missing"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
