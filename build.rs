@@ -5,7 +5,7 @@
 //! A dependent binary gets no rpath from it: hence the rpath link arg. torch-sys also asks for
 //! libtorch_cuda, but no symbol of it is referenced, so `--as-needed` drops it: the binary needs
 //! only libtorch_cpu, and src/device.rs loads libtorch_cuda (with cuBLAS, cuDNN and NCCL behind
-//! it, 0.4 s and 350 MB) at run time, only where there is a GPU driver.
+//! it, 0.3 s and 350 MB) at run time, only where there is a GPU driver.
 //!
 //! The PyTorch release tch is generated against is pinned once, as `torch==X` in
 //! weights/requirements.txt; it is checked against the libtorch found here and exported to the
@@ -109,6 +109,7 @@ fn build_shim(lib: &Path) {
 /// `MOBILENET_NCCL_LIB`, empty where it is not built (no NCCL then).
 fn build_nccl(lib: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/nccl.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/protect.h");
     let Some(includes) = nccl_includes(lib) else {
         println!("cargo:rustc-env=MOBILENET_NCCL_LIB=");
         return;

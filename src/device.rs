@@ -82,7 +82,7 @@ impl DeviceChoice {
 }
 
 /// Whether this process has libtorch's CUDA library, which the binary does not link: libtorch_cuda
-/// pulls in cuBLAS, cuDNN, cuFFT, NCCL and more, 0.4 s and 350 MB to load, for nothing on a
+/// pulls in cuBLAS, cuDNN, cuFFT, NCCL and more, 0.3 s and 350 MB to load, for nothing on a
 /// machine without a GPU. [`load_cuda`] loads it, once, before anything asks libtorch about CUDA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CudaLibrary {
@@ -165,6 +165,15 @@ pub fn load_cuda() -> &'static CudaLibrary {
                     std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
                 };
                 return CudaLibrary::Failed(why);
+            }
+            // Loaded, but libtorch may have decided before (a seed, a backward, a CUDA query
+            // before this call): then its CUDA hooks are the empty ones for good.
+            if !tch::utils::has_cudart() {
+                return CudaLibrary::Failed(
+                    "loaded after libtorch had already decided it has no CUDA (call \
+                     mobilenet::device::load_cuda first)"
+                        .into(),
+                );
             }
             CudaLibrary::Loaded
         }

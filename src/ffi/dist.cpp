@@ -111,7 +111,10 @@ MnGroup* mn_dist_init(const char* addr, int port, int rank, int world, bool agen
       using MakeNccl = c10d::Backend* (*)(const c10::intrusive_ptr<c10d::Store>*, int, int,
                                           int64_t, char**);
       auto make = reinterpret_cast<MakeNccl>(dlsym(lib, "mn_nccl_backend"));
-      TORCH_CHECK(make != nullptr, nccl_lib, " has no mn_nccl_backend");
+      if (make == nullptr) {
+        const char* why = dlerror();
+        TORCH_CHECK(false, nccl_lib, " has no mn_nccl_backend: ", why != nullptr ? why : "");
+      }
       char* nccl_err = nullptr;
       c10d::Backend* raw = make(&store, rank, world, timeout_ms, &nccl_err);
       if (raw == nullptr) {

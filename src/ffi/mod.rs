@@ -289,9 +289,15 @@ pub struct Rendezvous {
 }
 
 /// Whether this build has c10d's NCCL backend (libmobilenet_nccl.so, built against a CUDA
-/// libtorch with NCCL's and CUDA's headers at build time).
+/// libtorch with NCCL's and CUDA's headers at build time) and the library is there, where it
+/// was built or beside the binary. Without it, CUDA tensors go through Gloo.
 pub fn has_nccl() -> bool {
-    !env!("MOBILENET_NCCL_LIB").is_empty()
+    matches!(nccl_library(), Some(Ok(_)))
+}
+
+/// Where libmobilenet_nccl.so is (see [`built_library`]).
+fn nccl_library() -> Option<std::result::Result<std::path::PathBuf, String>> {
+    built_library(env!("MOBILENET_NCCL_LIB"), "libmobilenet_nccl.so")
 }
 
 /// A library build.rs wrote (its path `built`, empty when it was not built: `None`): that path,
@@ -327,7 +333,7 @@ impl ProcessGroup {
             i32::try_from(v).map_err(|_| shim_error(what, &format!("{name} {v} is too large")))
         };
         let nccl_lib = if r.nccl {
-            let path = built_library(env!("MOBILENET_NCCL_LIB"), "libmobilenet_nccl.so")
+            let path = nccl_library()
                 .unwrap_or_else(|| Err("this build has no NCCL (see `mobilenet info`)".into()))
                 .map_err(|e| shim_error(what, &format!("c10d's NCCL backend: {e}")))?;
             Some(

@@ -1,6 +1,6 @@
 // c10d's NCCL backend (ProcessGroupNCCL, in libtorch_cuda), built apart from the shim into
 // libmobilenet_nccl.so, so that the binary does not link libtorch_cuda and its CUDA libraries
-// (cuBLAS, cuDNN, NCCL: 0.4 s and 350 MB to load on a machine without a GPU). dist.cpp loads
+// (cuBLAS, cuDNN, NCCL: 0.3 s and 350 MB to load on a machine without a GPU). dist.cpp loads
 // it with dlopen when a data-parallel run puts its tensors on CUDA.
 
 #define USE_C10D_NCCL 1

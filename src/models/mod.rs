@@ -124,6 +124,9 @@ pub struct Model {
 impl Model {
     /// Builds the architecture on `device` with freshly initialized weights.
     pub fn new(config: ModelConfig, device: Device) -> Result<Model> {
+        if device.is_cuda() {
+            crate::device::load_cuda();
+        }
         let spec = config.arch.describe(&config)?;
         let vs = nn::VarStore::new(device);
         let net = spec.build(&vs.root(), &config.norm)?;

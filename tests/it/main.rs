@@ -1,5 +1,19 @@
 //! The integration tests, one crate (libtorch links once), one module per area.
 
+/// libtorch decides once, at its first CUDA query, whether it has CUDA, and the tests seed and
+/// run backwards (both ask) in parallel threads: libtorch_cuda is loaded (where there is a
+/// driver, see `mobilenet::device::load_cuda`) before any test starts, as the CLI loads it
+/// before its first query.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static LOAD_CUDA_FIRST: extern "C" fn() = {
+    extern "C" fn load() {
+        mobilenet::device::load_cuda();
+    }
+    load
+};
+
 mod card_cli;
 mod classify_cli;
 mod classify_memory;
