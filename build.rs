@@ -74,31 +74,36 @@ fn build_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/dist.cpp");
     println!("cargo:rerun-if-changed=third_party/gloo/include");
     println!("cargo:rerun-if-changed=src/ffi/protect.h");
-    let root = lib.parent().unwrap_or(lib);
-    let include = root.join("include");
+    libtorch_cpp(lib)
+        .file("src/ffi/shim.cpp")
+        .file("src/ffi/graph.cpp")
+        .file("src/ffi/dist.cpp")
+        .include(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        // Gloo's headers, which the torch wheel does not ship (third_party/gloo/README.md).
+        .flag("-isystem")
+        .flag("third_party/gloo/include")
+        .compile("mobilenet_shim");
+}
+
+/// A C++17 build against libtorch's headers (as system headers: -Wall -Wextra then warn about
+/// our code only), with libtorch's C++ ABI (`LIBTORCH_CXX11_ABI`, default 1).
+fn libtorch_cpp(lib: &Path) -> cc::Build {
+    let include = lib.parent().unwrap_or(lib).join("include");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
     build
         .cpp(true)
-        .file("src/ffi/shim.cpp")
-        .file("src/ffi/graph.cpp")
-        .file("src/ffi/dist.cpp")
-        .include(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        // libtorch's headers as system headers: -Wall -Wextra then warn about our code only.
         .flag("-isystem")
         .flag(include.display().to_string())
         .flag("-isystem")
         .flag(include.join("torch/csrc/api/include").display().to_string())
-        // Gloo's headers, which the torch wheel does not ship (third_party/gloo/README.md).
-        .flag("-isystem")
-        .flag("third_party/gloo/include")
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(true)
-        .extra_warnings(true)
-        .compile("mobilenet_shim");
+        .extra_warnings(true);
+    build
 }
 
 /// Builds src/ffi/nccl.cpp (c10d's ProcessGroupNCCL, for data-parallel training on CUDA) into
@@ -114,26 +119,14 @@ fn build_nccl(lib: &Path) {
         println!("cargo:rustc-env=MOBILENET_NCCL_LIB=");
         return;
     };
-    let include = lib.parent().unwrap_or(lib).join("include");
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    let mut build = cc::Build::new();
+    let mut build = libtorch_cpp(lib);
     for dir in includes {
         build.flag("-isystem").flag(dir.display().to_string());
     }
     build
-        .cpp(true)
         .pic(true)
         .file("src/ffi/nccl.cpp")
-        .flag("-isystem")
-        .flag(include.display().to_string())
-        .flag("-isystem")
-        .flag(include.join("torch/csrc/api/include").display().to_string())
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag("-fvisibility=hidden")
-        .warnings(true)
-        .extra_warnings(true);
+        .flag("-fvisibility=hidden");
     let so = link_shared(
         &build,
         "libmobilenet_nccl.so",

@@ -56,7 +56,8 @@ impl DeviceChoice {
             }
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda(n) => {
-                let count = if cuda_is_available() {
+                let state = load_cuda();
+                let count = if tch::Cuda::is_available() {
                     tch::Cuda::device_count()
                 } else {
                     0
@@ -66,7 +67,7 @@ impl DeviceChoice {
                 } else {
                     Err(Error::config(
                         "device",
-                        match load_cuda() {
+                        match state {
                             CudaLibrary::Loaded => format!(
                                 "cuda:{n} was asked for, but libtorch sees {count} CUDA device(s)"
                             ),
