@@ -97,24 +97,53 @@ pub fn check_fits(
 }
 
 /// Whether `e` is libtorch's allocation failure ("DefaultCPUAllocator: can't allocate memory",
-/// or CUDA's "out of memory").
+/// or CUDA's "out of memory"), or oneDNN's failure to create a primitive while this process
+/// holds at least half of what it may use ([`primitive_failed_near_the_limit`]).
 pub fn is_out_of_memory(e: &Error) -> bool {
     let text = e.to_string();
-    text.contains("can't allocate memory") || text.contains("out of memory")
+    text.contains("can't allocate memory")
+        || text.contains("out of memory")
+        || primitive_failed_near_the_limit(&text).is_some()
+}
+
+/// oneDNN reports a failed allocation (its scratchpad, a kernel's code) as "could not create a
+/// primitive", with no status in the text; so does a layout it cannot run. Under an
+/// address-space or memory limit either may come first in a step that does not fit. Taken as
+/// out of memory when the process's peak address space (`VmPeak`) is at least half of
+/// [`memory_limit`]: `Some(why)`, naming both.
+fn primitive_failed_near_the_limit(text: &str) -> Option<String> {
+    if !text.contains("could not create a primitive") {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let peak = status.lines().find_map(|l| {
+        let kb = l.strip_prefix("VmPeak:")?.trim().strip_suffix("kB")?;
+        kb.trim().parse::<u64>().ok()
+    })? * 1024;
+    let limit = memory_limit()?;
+    (peak >= limit / 2).then(|| {
+        format!(
+            "oneDNN could not create a primitive with {:.1} GiB of address space in use, of the \
+             {:.1} GiB this process may use",
+            gib(peak),
+            gib(limit)
+        )
+    })
 }
 
 /// The error for a step of `batch` images at `resolution` that ran out of memory (`e`).
 pub fn out_of_memory(e: &Error, batch: usize, resolution: i64) -> Error {
     let text = e.to_string();
-    let why = text
-        .split("DefaultCPUAllocator: ")
-        .nth(1)
-        .unwrap_or(&text)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let why = primitive_failed_near_the_limit(&text).unwrap_or_else(|| {
+        text.split("DefaultCPUAllocator: ")
+            .nth(1)
+            .unwrap_or(&text)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    });
     Error::config(
         "training",
         format!(
@@ -142,6 +171,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lower --batch-size or --resolution"), "{err}");
+    }
+
+    #[test]
+    fn only_onednn_primitive_failures_are_judged_by_the_address_space() {
+        assert_eq!(primitive_failed_near_the_limit("shape mismatch"), None);
+        let e = Error::config("x", "DefaultCPUAllocator: can't allocate memory: 8 GB");
+        assert!(is_out_of_memory(&e));
+        assert!(out_of_memory(&e, 4, 512)
+            .to_string()
+            .contains("(can't allocate memory: 8 GB)"));
     }
 
     #[test]

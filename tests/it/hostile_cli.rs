@@ -433,6 +433,13 @@ fn train_steps_too_large_for_memory_are_errors() {
             .contains("out of memory in a step of 6 images of 1024x1024"),
         "{r:?}"
     );
-    assert!(r.stderr.contains("can't allocate memory"), "{r:?}");
+    // Which allocation fails first varies: libtorch's own, or oneDNN's while it creates a
+    // primitive, which it reports without a status (then the error names the address space).
+    assert!(
+        r.stderr.contains("can't allocate memory")
+            || r.stderr
+                .contains("oneDNN could not create a primitive with"),
+        "{r:?}"
+    );
     assert_clean(&r.stderr, &r);
 }
