@@ -20,7 +20,7 @@ use mobilenet::device::{DeviceChoice, Placement, Precision};
 use mobilenet::error::escape;
 use mobilenet::images::{self, Input};
 use mobilenet::models::{Arch, Model, ModelConfig};
-use mobilenet::pipeline::{ordered_map, OrderedMap};
+use mobilenet::pipeline::ordered_map;
 use mobilenet::preprocess::{self, PilTransform, Transform};
 use mobilenet::shard::output::{JsonLinesFile, Recorded};
 use mobilenet::shard::{Shard, ShardSpec};
@@ -251,9 +251,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             inputs.len()
         );
     }
-    // The workers start decoding now, while the model is built and compiled on this thread.
-    let inputs_len = inputs.len();
-    let decoding = start_decoding(&args, device, transform, inputs)?;
     let model = prepare_model(
         &args,
         &config,
@@ -265,7 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if std::io::stderr().is_terminal() {
         eprintln!(
             "classify: {} input(s); {} width {} from {}; {device:?} {}; {transform} ({transform_source}), {:?} path{}",
-            inputs_len,
+            inputs.len(),
             config.arch,
             config.width_mult,
             weights_path.display(),
@@ -285,8 +282,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         failed: kept.failed,
         total: kept.total,
     };
-    let (report, completed) =
-        classify_inputs(&args, &model, num_classes, report, device, decoding)?;
+    let (report, completed) = classify_inputs(
+        &args,
+        &model,
+        num_classes,
+        report,
+        device,
+        transform,
+        inputs,
+    )?;
     if !completed {
         return Ok(report.exit_code());
     }
@@ -472,27 +476,23 @@ fn prepare_model(
     Ok(model)
 }
 
-/// The inputs on their way through the decoding workers ([`start_decoding`]).
-struct Decoding {
-    paths: Vec<PathBuf>,
-    stream: OrderedMap<(Result<Ready, String>, StageTimes)>,
-    workers: usize,
-    transform: Transform,
-    /// The workers only decode; the model's device preprocesses.
-    on_device_prep: bool,
-    started: Instant,
-}
-
-/// Starts `workers` threads decoding and preprocessing `inputs` in order, ahead of the model.
-/// They may run `window` images ahead (at least 64 and 4 per worker, 0.6 MB each at 224): the
-/// images decoded while the model is built and compiled wait there.
-fn start_decoding(
+/// Streams `inputs` through decoding workers and the model in batches, printing each result in
+/// input order to `report`. Stops early when stdout is closed: then the flag returned is false.
+fn classify_inputs(
     args: &Args,
+    model: &Model,
+    num_classes: i64,
+    mut report: Report<Sink>,
     device: Device,
     transform: Transform,
     inputs: Vec<Input>,
-) -> anyhow::Result<Decoding> {
+) -> anyhow::Result<(Report<Sink>, bool)> {
+    let _no_grad = tch::no_grad_guard();
+    let batch_size = args.batch_size as usize;
     let workers = args.workers.map_or_else(default_workers, |n| n as usize);
+    let interactive = std::io::stderr().is_terminal();
+    report.bar = (interactive && inputs.len() > batch_size).then(|| progress_bar(inputs.len()));
+
     let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path().to_path_buf()).collect();
     // The workers preprocess PIL's path anywhere and the tensor path on the CPU; elsewhere they
     // decode and the model's device preprocesses.
@@ -505,45 +505,20 @@ fn start_decoding(
     let draft = args
         .fast_decode
         .then(|| u32::try_from(transform.resize).unwrap_or(u32::MAX));
-    let window = (args.batch_size as usize).max(4 * workers).max(64);
+    let window = batch_size.max(4 * workers);
     let started = Instant::now();
     let stream = ordered_map(inputs, workers, window, move |input| {
         let mut times = StageTimes::default();
         let loaded = load(input, &prep, draft, &mut times);
         (loaded, times)
     });
-    Ok(Decoding {
-        paths,
-        stream,
-        workers,
-        transform,
-        on_device_prep,
-        started,
-    })
-}
-
-/// Takes the decoded inputs through the model in batches, printing each result in input order
-/// to `report`. Stops early when stdout is closed: then the flag returned is false.
-fn classify_inputs(
-    args: &Args,
-    model: &Model,
-    num_classes: i64,
-    mut report: Report<Sink>,
-    device: Device,
-    decoding: Decoding,
-) -> anyhow::Result<(Report<Sink>, bool)> {
-    let _no_grad = tch::no_grad_guard();
-    let batch_size = args.batch_size as usize;
-    let interactive = std::io::stderr().is_terminal();
-    let total = decoding.paths.len();
-    report.bar = (interactive && total > batch_size).then(|| progress_bar(total));
 
     let classifier = BatchClassifier {
         model,
         device,
         kind: args.precision.kind(),
         k: args.top_k.min(num_classes),
-        crop: decoding.transform.crop,
+        crop: transform.crop,
         model_time: Cell::default(),
         batches: Cell::default(),
         images: Cell::default(),
@@ -551,15 +526,15 @@ fn classify_inputs(
     let mut totals = StageTimes::default();
     let mut pending: Vec<(PathBuf, Result<Ready, String>)> = Vec::new();
     let mut ready = 0;
-    for (path, loaded) in decoding.paths.into_iter().zip(decoding.stream) {
+    for (path, loaded) in paths.into_iter().zip(stream) {
         let entry = match loaded {
             Some((Ok(image), times)) => {
                 totals.decode += times.decode;
                 totals.resize += times.resize;
-                match (decoding.on_device_prep, image) {
+                match (on_device_prep, image) {
                     (true, Ready::Tensor(image)) => {
                         let start = Instant::now();
-                        let x = on_device(&image, device, &decoding.transform);
+                        let x = on_device(&image, device, &transform);
                         totals.resize += start.elapsed();
                         x.map(Ready::Tensor)
                     }
@@ -581,12 +556,7 @@ fn classify_inputs(
     }
     let completed = report.flush(&classifier, &mut pending)?;
     if args.timings {
-        print_timings(
-            &classifier,
-            totals,
-            decoding.workers,
-            decoding.started.elapsed(),
-        );
+        print_timings(&classifier, totals, workers, started.elapsed());
     }
     Ok((report, completed))
 }
