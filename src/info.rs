@@ -35,6 +35,9 @@ pub struct Info {
     pub openmp: bool,
     /// Whether data-parallel training has c10d's NCCL backend for CUDA tensors (else Gloo).
     pub nccl: bool,
+    /// The direct oneDNN engine's library: its oneDNN (version, threading, commit), or
+    /// `none (why)`.
+    pub engine: String,
     pub default_device: String,
     /// The CPU and the instruction sets that matter to its kernels.
     pub cpu: CpuIsa,
@@ -69,6 +72,7 @@ impl Info {
             mkldnn: tch::utils::has_mkldnn(),
             openmp: tch::utils::has_openmp(),
             nccl: crate::ffi::has_nccl(),
+            engine: crate::ffi::engine_version(),
             default_device: if cuda_available { "cuda:0" } else { "cpu" }.to_string(),
             cpu: CpuIsa::detect(),
         }

@@ -202,7 +202,7 @@ fn prepare_model(args: &Args, device: tch::Device) -> anyhow::Result<Model> {
     if !args.no_fuse {
         model.accelerate()?;
     }
-    if !args.no_engine && model.compile_engine()? {
+    if !args.no_engine && super::common::compile_engine("bench", &mut model)? {
         return Ok(model);
     }
     if !args.no_graph {

@@ -466,7 +466,7 @@ fn prepare_model(
         model.compile_graph()?;
     } else if !args.no_engine {
         // Where it applies (CPU, BatchNorm, fp32 or native bf16); else the fused kernel runs.
-        model.compile_engine()?;
+        super::common::compile_engine("classify", &mut model)?;
     }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);

@@ -39,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("mkldnn           {}", info.mkldnn);
     println!("openmp           {}", info.openmp);
     println!("nccl             {}", info.nccl);
+    println!("engine           {}", info.engine);
     println!("default device   {}", info.default_device);
     println!("cpu              {}", info.cpu.model);
     println!("cpu isa          {}", info.cpu.flags.join(" "));

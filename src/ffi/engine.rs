@@ -57,8 +57,12 @@ fn api() -> std::result::Result<&'static Api, &'static str> {
     API.get_or_init(load).as_ref().map_err(String::as_str)
 }
 
-/// Where the library is: the path build.rs wrote, else beside the executable.
+/// Where the library is: `MOBILENET_ENGINE_LIB` when set at run time (another build of it, to
+/// compare two), else the path build.rs wrote, else beside the executable.
 fn library_path() -> std::result::Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("MOBILENET_ENGINE_LIB").filter(|p| !p.is_empty()) {
+        return Ok(path.into());
+    }
     super::built_library(env!("MOBILENET_ENGINE_LIB"), "libmobilenet_engine.so")
         .unwrap_or_else(|| Err("built without oneDNN (run `make setup`, then rebuild)".into()))
 }
@@ -148,6 +152,15 @@ fn engine_error(msg: &str) -> Error {
 /// oneDNN it links).
 pub fn engine_available() -> bool {
     api().is_ok()
+}
+
+/// Why the engine did not load, where this build has one (or `MOBILENET_ENGINE_LIB` names
+/// one): a library that is missing, or that `dlopen` refused (under a tight memory limit, its
+/// mappings can fail). `None` when it loaded or when the build has none.
+pub fn engine_load_error() -> Option<String> {
+    let built = !env!("MOBILENET_ENGINE_LIB").is_empty()
+        || std::env::var_os("MOBILENET_ENGINE_LIB").is_some_and(|p| !p.is_empty());
+    api().err().filter(|_| built).map(str::to_string)
 }
 
 /// The oneDNN the engine links (version, threading runtime, commit), or why there is no engine.

@@ -292,3 +292,76 @@ fn bench_bf16_says_native_or_emulated() {
     let v: serde_json::Value = serde_json::from_slice(&fp32.stdout).unwrap();
     assert!(v["bf16_compute"].is_null(), "{v}");
 }
+
+/// `MOBILENET_ENGINE_LIB` naming a file that is not a library: `info` says why the engine did
+/// not load, and `classify` warns and still classifies with libtorch's kernels (the same top-5
+/// as the engine, probabilities within 1e-5), exit 0.
+#[test]
+fn an_engine_that_does_not_load_is_reported() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("mn-engine-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_a_library = dir.join("libmobilenet_engine.so");
+    std::fs::write(&not_a_library, "not an ELF file").unwrap();
+
+    let info = |env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["info", "--json"]);
+        if let Some(path) = env {
+            cmd.env("MOBILENET_ENGINE_LIB", path);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&output_ok(&mut cmd).stdout).unwrap();
+        v["engine"]
+            .as_str()
+            .expect("engine is a string")
+            .to_string()
+    };
+    let built = info(None);
+    let broken = info(Some(&not_a_library));
+    assert!(
+        broken.starts_with(&format!("none (cannot load {}", not_a_library.display())),
+        "{broken}"
+    );
+
+    let image = root.join("fixtures/classify/png/chelsea.png");
+    let weights = root.join("fixtures/classify/mobilenet_v2-seeded.pth");
+    let classify = |env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["classify", "--device", "cpu", "--json", "--weights"])
+            .arg(&weights)
+            .arg(&image);
+        if let Some(path) = env {
+            cmd.env("MOBILENET_ENGINE_LIB", path);
+        }
+        let out = output_ok(&mut cmd);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let top: Vec<(i64, f64)> = v["top"]
+            .as_array()
+            .expect("a result")
+            .iter()
+            .map(|c| {
+                (
+                    c["index"].as_i64().unwrap(),
+                    c["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        (top, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (fallback, stderr) = classify(Some(&not_a_library));
+    assert!(
+        stderr.contains("classify: warning: the direct oneDNN engine did not load (cannot load")
+            && stderr.contains("libtorch's kernels run instead"),
+        "{stderr}"
+    );
+    let (normal, stderr) = classify(None);
+    if built.starts_with("oneDNN") {
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
+    assert_eq!(fallback.len(), 5);
+    for ((i, p), (j, q)) in fallback.iter().zip(&normal) {
+        assert_eq!(i, j, "{fallback:?} against {normal:?}");
+        assert!((p - q).abs() <= 1e-5, "{fallback:?} against {normal:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
