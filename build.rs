@@ -74,7 +74,7 @@ fn build_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/dist.cpp");
     println!("cargo:rerun-if-changed=third_party/gloo/include");
     println!("cargo:rerun-if-changed=src/ffi/protect.h");
-    libtorch_cpp(lib)
+    libtorch_cpp(lib, &[])
         .file("src/ffi/shim.cpp")
         .file("src/ffi/graph.cpp")
         .file("src/ffi/dist.cpp")
@@ -86,14 +86,18 @@ fn build_shim(lib: &Path) {
 }
 
 /// A C++17 build against libtorch's headers (as system headers: -Wall -Wextra then warn about
-/// our code only), with libtorch's C++ ABI (`LIBTORCH_CXX11_ABI`, default 1).
-fn libtorch_cpp(lib: &Path) -> cc::Build {
+/// our code only), searched after `first` (system headers too), with libtorch's C++ ABI
+/// (`LIBTORCH_CXX11_ABI`, default 1).
+fn libtorch_cpp(lib: &Path, first: &[PathBuf]) -> cc::Build {
     let include = lib.parent().unwrap_or(lib).join("include");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
+    build.cpp(true);
+    for dir in first {
+        build.flag("-isystem").flag(dir.display().to_string());
+    }
     build
-        .cpp(true)
         .flag("-isystem")
         .flag(include.display().to_string())
         .flag("-isystem")
@@ -119,10 +123,8 @@ fn build_nccl(lib: &Path) {
         println!("cargo:rustc-env=MOBILENET_NCCL_LIB=");
         return;
     };
-    let mut build = libtorch_cpp(lib);
-    for dir in includes {
-        build.flag("-isystem").flag(dir.display().to_string());
-    }
+    // NCCL's and CUDA's headers first, as before the shared setup.
+    let mut build = libtorch_cpp(lib, &includes);
     build
         .pic(true)
         .file("src/ffi/nccl.cpp")

@@ -88,12 +88,12 @@ impl ModelArgs {
 }
 
 /// Compiles `model`'s direct oneDNN engine where it applies ([`Model::compile_engine`]) and
-/// says so on stderr, as `command`, when this build has the engine but it did not load (a
-/// missing or unloadable library): libtorch's kernels run then, within 1e-5 of the engine's
-/// logits but not its bytes. Whether the engine runs.
+/// says so on stderr, as `command`, when it applies and this build has the engine but it did not
+/// load (a missing or unloadable library): libtorch's kernels run then, within 1e-5 of the
+/// engine's logits but not its bytes. Whether the engine runs.
 pub fn compile_engine(command: &str, model: &mut Model) -> mobilenet::Result<bool> {
     let compiled = model.compile_engine()?;
-    if !compiled && model.device() == tch::Device::Cpu {
+    if !compiled && model.engine_applies() {
         if let Some(why) = mobilenet::ffi::engine_load_error() {
             eprintln!(
                 "{command}: warning: the direct oneDNN engine did not load ({why}); libtorch's \

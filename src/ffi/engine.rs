@@ -57,10 +57,13 @@ fn api() -> std::result::Result<&'static Api, &'static str> {
     API.get_or_init(load).as_ref().map_err(String::as_str)
 }
 
-/// Where the library is: `MOBILENET_ENGINE_LIB` when set at run time (another build of it, to
-/// compare two), else the path build.rs wrote, else beside the executable.
+/// The run-time override of the engine's library path (another build of it, to compare two).
+const OVERRIDE: &str = "MOBILENET_ENGINE_OVERRIDE";
+
+/// Where the library is: [`OVERRIDE`]'s path when set, else the path build.rs wrote, else
+/// beside the executable.
 fn library_path() -> std::result::Result<std::path::PathBuf, String> {
-    if let Some(path) = std::env::var_os("MOBILENET_ENGINE_LIB").filter(|p| !p.is_empty()) {
+    if let Some(path) = std::env::var_os(OVERRIDE).filter(|p| !p.is_empty()) {
         return Ok(path.into());
     }
     super::built_library(env!("MOBILENET_ENGINE_LIB"), "libmobilenet_engine.so")
@@ -154,12 +157,11 @@ pub fn engine_available() -> bool {
     api().is_ok()
 }
 
-/// Why the engine did not load, where this build has one (or `MOBILENET_ENGINE_LIB` names
-/// one): a library that is missing, or that `dlopen` refused (under a tight memory limit, its
+/// Why the engine did not load, where this build has one (or [`OVERRIDE`] names one): a library that is missing, or that `dlopen` refused (under a tight memory limit, its
 /// mappings can fail). `None` when it loaded or when the build has none.
 pub fn engine_load_error() -> Option<String> {
     let built = !env!("MOBILENET_ENGINE_LIB").is_empty()
-        || std::env::var_os("MOBILENET_ENGINE_LIB").is_some_and(|p| !p.is_empty());
+        || std::env::var_os(OVERRIDE).is_some_and(|p| !p.is_empty());
     api().err().filter(|_| built).map(str::to_string)
 }
 

@@ -341,16 +341,23 @@ impl Model {
     /// milliseconds); [`Model::forward_with_stages`] keeps the layer-by-layer path.
     pub fn compile_engine(&mut self) -> Result<bool> {
         self.engine = None;
-        let bf16 = match self.kind() {
-            tch::Kind::Float => false,
-            tch::Kind::BFloat16 if crate::info::CpuIsa::detect().bf16_native() => true,
-            _ => return Ok(false),
-        };
-        if !self.is_folded() || self.vs.device() != Device::Cpu {
+        if !self.engine_applies() {
             return Ok(false);
         }
+        let bf16 = self.kind() == tch::Kind::BFloat16;
         self.engine = engine::build(&self.net.program(), bf16)?;
         Ok(self.engine.is_some())
+    }
+
+    /// Whether [`Model::compile_engine`] would build the engine, its library loading: folded
+    /// weights on the CPU, in fp32 or in bf16 where the CPU computes in bf16.
+    pub fn engine_applies(&self) -> bool {
+        let kind_ok = match self.kind() {
+            tch::Kind::Float => true,
+            tch::Kind::BFloat16 => crate::info::CpuIsa::detect().bf16_native(),
+            _ => false,
+        };
+        kind_ok && self.is_folded() && self.vs.device() == Device::Cpu
     }
 
     /// Switches the folded convolutions to the fused CPU kernel ([`crate::nn::accel`]): oneDNN

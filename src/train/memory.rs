@@ -38,6 +38,14 @@ pub fn kept_bytes_per_image(
 /// cgroup's limit (`memory.max`, a container's) and the address-space limit (`RLIMIT_AS`).
 /// `None` where none can be read.
 pub fn memory_limit() -> Option<u64> {
+    [resident_limit(), address_space_limit()]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// The least of the machine's RAM (`MemTotal`) and the cgroup's `memory.max`.
+fn resident_limit() -> Option<u64> {
     let mut limits = Vec::new();
     if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
         let total = text.lines().find_map(|l| {
@@ -49,6 +57,11 @@ pub fn memory_limit() -> Option<u64> {
     if let Ok(text) = std::fs::read_to_string("/sys/fs/cgroup/memory.max") {
         limits.extend(text.trim().parse::<u64>().ok());
     }
+    limits.into_iter().min()
+}
+
+/// `RLIMIT_AS`, where one is set.
+fn address_space_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         let mut rl = libc::rlimit {
@@ -59,10 +72,10 @@ pub fn memory_limit() -> Option<u64> {
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) } == 0
             && rl.rlim_cur != libc::RLIM_INFINITY
         {
-            limits.push(rl.rlim_cur);
+            return Some(rl.rlim_cur);
         }
     }
-    limits.into_iter().min()
+    None
 }
 
 fn gib(bytes: u64) -> f64 {
@@ -97,8 +110,8 @@ pub fn check_fits(
 }
 
 /// Whether `e` is libtorch's allocation failure ("DefaultCPUAllocator: can't allocate memory",
-/// or CUDA's "out of memory"), or oneDNN's failure to create a primitive while this process
-/// holds at least half of what it may use ([`primitive_failed_near_the_limit`]).
+/// or CUDA's "out of memory"), or oneDNN's failure to create a primitive near this process's
+/// memory limit ([`primitive_failed_near_the_limit`]).
 pub fn is_out_of_memory(e: &Error) -> bool {
     let text = e.to_string();
     text.contains("can't allocate memory")
@@ -106,29 +119,48 @@ pub fn is_out_of_memory(e: &Error) -> bool {
         || primitive_failed_near_the_limit(&text).is_some()
 }
 
+/// A `/proc/self/status` field in bytes (`VmPeak:  123 kB`).
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let kb = l.strip_prefix(field)?.trim().strip_suffix("kB")?;
+        kb.trim().parse::<u64>().ok().map(|kb| kb * 1024)
+    })
+}
+
 /// oneDNN reports a failed allocation (its scratchpad, a kernel's code) as "could not create a
 /// primitive", with no status in the text; so does a layout it cannot run. Under an
 /// address-space or memory limit either may come first in a step that does not fit. Taken as
-/// out of memory when the process's peak address space (`VmPeak`) is at least half of
-/// [`memory_limit`]: `Some(why)`, naming both.
+/// out of memory when the process came within half of a limit: its peak address space
+/// (`VmPeak`) against `RLIMIT_AS`, or its peak resident memory (`VmHWM`) against the RAM or the
+/// cgroup's `memory.max`. `Some(why)`, naming the peak and the limit.
 fn primitive_failed_near_the_limit(text: &str) -> Option<String> {
     if !text.contains("could not create a primitive") {
         return None;
     }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let peak = status.lines().find_map(|l| {
-        let kb = l.strip_prefix("VmPeak:")?.trim().strip_suffix("kB")?;
-        kb.trim().parse::<u64>().ok()
-    })? * 1024;
-    let limit = memory_limit()?;
-    (peak >= limit / 2).then(|| {
-        format!(
-            "oneDNN could not create a primitive with {:.1} GiB of address space in use, of the \
-             {:.1} GiB this process may use",
-            gib(peak),
-            gib(limit)
-        )
-    })
+    let address_space = status_bytes(&status, "VmPeak:").zip(address_space_limit());
+    let resident = status_bytes(&status, "VmHWM:").zip(resident_limit());
+    judge_primitive_failure(address_space, resident)
+}
+
+/// [`primitive_failed_near_the_limit`]'s verdict on `(peak, limit)` pairs of address space and
+/// of resident memory.
+fn judge_primitive_failure(
+    address_space: Option<(u64, u64)>,
+    resident: Option<(u64, u64)>,
+) -> Option<String> {
+    let near = |(peak, limit): (u64, u64)| peak >= limit / 2;
+    let (peak, limit, what) = match (address_space, resident) {
+        (Some(a), _) if near(a) => (a.0, a.1, "address space"),
+        (_, Some(r)) if near(r) => (r.0, r.1, "memory"),
+        _ => return None,
+    };
+    Some(format!(
+        "oneDNN could not create a primitive at a peak of {:.1} GiB of {what}, of the {:.1} GiB \
+         this process may use",
+        gib(peak),
+        gib(limit)
+    ))
 }
 
 /// The error for a step of `batch` images at `resolution` that ran out of memory (`e`).
@@ -174,8 +206,25 @@ mod tests {
     }
 
     #[test]
-    fn only_onednn_primitive_failures_are_judged_by_the_address_space() {
+    fn onednn_primitive_failures_near_a_limit_are_out_of_memory() {
+        const GIB: u64 = 1 << 30;
+        // Not oneDNN's message: never judged.
         assert_eq!(primitive_failed_near_the_limit("shape mismatch"), None);
+        // At 3.9 of a 4 GiB address space: out of memory, naming both.
+        let why = judge_primitive_failure(Some((39 * GIB / 10, 4 * GIB)), None).unwrap();
+        assert!(
+            why.contains("a peak of 3.9 GiB of address space, of the 4.0 GiB"),
+            "{why}"
+        );
+        // Far from both limits: a real oneDNN error, kept as it is.
+        assert_eq!(
+            judge_primitive_failure(Some((GIB, 4 * GIB)), Some((GIB, 24 * GIB))),
+            None
+        );
+        // Resident memory near the RAM or the cgroup's limit, no address-space limit.
+        let why = judge_primitive_failure(None, Some((13 * GIB, 24 * GIB))).unwrap();
+        assert!(why.contains("13.0 GiB of memory, of the 24.0 GiB"), "{why}");
+        // The old path: libtorch's own allocation failure.
         let e = Error::config("x", "DefaultCPUAllocator: can't allocate memory: 8 GB");
         assert!(is_out_of_memory(&e));
         assert!(out_of_memory(&e, 4, 512)

@@ -293,7 +293,7 @@ fn bench_bf16_says_native_or_emulated() {
     assert!(v["bf16_compute"].is_null(), "{v}");
 }
 
-/// `MOBILENET_ENGINE_LIB` naming a file that is not a library: `info` says why the engine did
+/// `MOBILENET_ENGINE_OVERRIDE` naming a file that is not a library: `info` says why the engine did
 /// not load, and `classify` warns and still classifies with libtorch's kernels (the same top-5
 /// as the engine, probabilities within 1e-5), exit 0.
 #[test]
@@ -308,7 +308,7 @@ fn an_engine_that_does_not_load_is_reported() {
         let mut cmd = Command::new(BIN);
         cmd.args(["info", "--json"]);
         if let Some(path) = env {
-            cmd.env("MOBILENET_ENGINE_LIB", path);
+            cmd.env("MOBILENET_ENGINE_OVERRIDE", path);
         }
         let v: serde_json::Value = serde_json::from_slice(&output_ok(&mut cmd).stdout).unwrap();
         v["engine"]
@@ -325,13 +325,14 @@ fn an_engine_that_does_not_load_is_reported() {
 
     let image = root.join("fixtures/classify/png/chelsea.png");
     let weights = root.join("fixtures/classify/mobilenet_v2-seeded.pth");
-    let classify = |env: Option<&std::path::Path>| {
+    let classify_with = |env: Option<&std::path::Path>, extra: &[&str]| {
         let mut cmd = Command::new(BIN);
         cmd.args(["classify", "--device", "cpu", "--json", "--weights"])
             .arg(&weights)
+            .args(extra)
             .arg(&image);
         if let Some(path) = env {
-            cmd.env("MOBILENET_ENGINE_LIB", path);
+            cmd.env("MOBILENET_ENGINE_OVERRIDE", path);
         }
         let out = output_ok(&mut cmd);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -348,6 +349,7 @@ fn an_engine_that_does_not_load_is_reported() {
             .collect();
         (top, String::from_utf8_lossy(&out.stderr).into_owned())
     };
+    let classify = |env: Option<&std::path::Path>| classify_with(env, &[]);
     let (fallback, stderr) = classify(Some(&not_a_library));
     assert!(
         stderr.contains("classify: warning: the direct oneDNN engine did not load (cannot load")
@@ -358,6 +360,19 @@ fn an_engine_that_does_not_load_is_reported() {
     if built.starts_with("oneDNN") {
         assert!(!stderr.contains("warning"), "{stderr}");
     }
+    // Where the engine would not run anyway, the broken library is never loaded or named:
+    // `--no-engine`, and bf16 on a CPU that only emulates it.
+    let warned = |extra: &[&str]| {
+        classify_with(Some(&not_a_library), extra)
+            .1
+            .contains("did not load")
+    };
+    assert!(!warned(&["--no-engine"]));
+    let v: serde_json::Value =
+        serde_json::from_slice(&output_ok(Command::new(BIN).args(["info", "--json"])).stdout)
+            .unwrap();
+    let native_bf16 = v["cpu"]["bf16"] == "native";
+    assert_eq!(warned(&["--precision", "bf16"]), native_bf16, "{v}");
     assert_eq!(fallback.len(), 5);
     for ((i, p), (j, q)) in fallback.iter().zip(&normal) {
         assert_eq!(i, j, "{fallback:?} against {normal:?}");
