@@ -60,11 +60,18 @@ fn api() -> std::result::Result<&'static Api, &'static str> {
 /// The run-time override of the engine's library path (another build of it, to compare two).
 const OVERRIDE: &str = "MOBILENET_ENGINE_OVERRIDE";
 
+/// [`OVERRIDE`]'s path, when set and not empty.
+fn override_path() -> Option<std::path::PathBuf> {
+    std::env::var_os(OVERRIDE)
+        .filter(|p| !p.is_empty())
+        .map(Into::into)
+}
+
 /// Where the library is: [`OVERRIDE`]'s path when set, else the path build.rs wrote, else
 /// beside the executable.
 fn library_path() -> std::result::Result<std::path::PathBuf, String> {
-    if let Some(path) = std::env::var_os(OVERRIDE).filter(|p| !p.is_empty()) {
-        return Ok(path.into());
+    if let Some(path) = override_path() {
+        return Ok(path);
     }
     super::built_library(env!("MOBILENET_ENGINE_LIB"), "libmobilenet_engine.so")
         .unwrap_or_else(|| Err("built without oneDNN (run `make setup`, then rebuild)".into()))
@@ -157,11 +164,11 @@ pub fn engine_available() -> bool {
     api().is_ok()
 }
 
-/// Why the engine did not load, where this build has one (or [`OVERRIDE`] names one): a library that is missing, or that `dlopen` refused (under a tight memory limit, its
-/// mappings can fail). `None` when it loaded or when the build has none.
+/// Why the engine did not load, where this build has one (or [`OVERRIDE`] names one): a
+/// library that is missing, or that `dlopen` refused (under a tight memory limit, its mappings
+/// can fail). `None` when it loaded or when the build has none.
 pub fn engine_load_error() -> Option<String> {
-    let built = !env!("MOBILENET_ENGINE_LIB").is_empty()
-        || std::env::var_os(OVERRIDE).is_some_and(|p| !p.is_empty());
+    let built = !env!("MOBILENET_ENGINE_LIB").is_empty() || override_path().is_some();
     api().err().filter(|_| built).map(str::to_string)
 }
 

@@ -109,16 +109,6 @@ pub fn check_fits(
     Ok(())
 }
 
-/// Whether `e` is libtorch's allocation failure ("DefaultCPUAllocator: can't allocate memory",
-/// or CUDA's "out of memory"), or oneDNN's failure to create a primitive near this process's
-/// memory limit ([`primitive_failed_near_the_limit`]).
-pub fn is_out_of_memory(e: &Error) -> bool {
-    let text = e.to_string();
-    text.contains("can't allocate memory")
-        || text.contains("out of memory")
-        || primitive_failed_near_the_limit(&text).is_some()
-}
-
 /// A `/proc/self/status` field in bytes (`VmPeak:  123 kB`).
 fn status_bytes(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| {
@@ -163,10 +153,13 @@ fn judge_primitive_failure(
     ))
 }
 
-/// The error for a step of `batch` images at `resolution` that ran out of memory (`e`).
-pub fn out_of_memory(e: &Error, batch: usize, resolution: i64) -> Error {
+/// The error for a step of `batch` images at `resolution` that failed with `e`, where `e` is an
+/// allocation failure: libtorch's ("DefaultCPUAllocator: can't allocate memory", or CUDA's "out
+/// of memory"), or oneDNN's failure to create a primitive near this process's memory limit
+/// ([`primitive_failed_near_the_limit`]). `None` for any other error.
+pub fn out_of_memory(e: &Error, batch: usize, resolution: i64) -> Option<Error> {
     let text = e.to_string();
-    let why = primitive_failed_near_the_limit(&text).unwrap_or_else(|| {
+    let why = if text.contains("can't allocate memory") || text.contains("out of memory") {
         text.split("DefaultCPUAllocator: ")
             .nth(1)
             .unwrap_or(&text)
@@ -175,14 +168,16 @@ pub fn out_of_memory(e: &Error, batch: usize, resolution: i64) -> Error {
             .unwrap_or("")
             .trim()
             .to_string()
-    });
-    Error::config(
+    } else {
+        primitive_failed_near_the_limit(&text)?
+    };
+    Some(Error::config(
         "training",
         format!(
             "out of memory in a step of {batch} images of {resolution}x{resolution} ({why}): \
              lower --batch-size or --resolution"
         ),
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -226,10 +221,11 @@ mod tests {
         assert!(why.contains("13.0 GiB of memory, of the 24.0 GiB"), "{why}");
         // The old path: libtorch's own allocation failure.
         let e = Error::config("x", "DefaultCPUAllocator: can't allocate memory: 8 GB");
-        assert!(is_out_of_memory(&e));
         assert!(out_of_memory(&e, 4, 512)
+            .unwrap()
             .to_string()
             .contains("(can't allocate memory: 8 GB)"));
+        assert!(out_of_memory(&Error::config("x", "shape mismatch"), 4, 512).is_none());
     }
 
     #[test]

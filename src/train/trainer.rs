@@ -584,13 +584,9 @@ impl Trainer {
             }
             let x = images.f_to_device(device)?;
             let y = labels.f_to_device(device)?;
-            let (loss, hits) = self.train_step(&x, &y).map_err(|e| {
-                if memory::is_out_of_memory(&e) {
-                    memory::out_of_memory(&e, n, o.resolution)
-                } else {
-                    e
-                }
-            })?;
+            let (loss, hits) = self
+                .train_step(&x, &y)
+                .map_err(|e| memory::out_of_memory(&e, n, o.resolution).unwrap_or(e))?;
             seen += n;
             loss_sum += loss * n as f64;
             correct += hits;
