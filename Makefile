@@ -43,6 +43,7 @@ test: check-torch fixtures
 	$(PY) scripts/classify_compare.py --smoke
 	$(PY) scripts/bench_compare.py --arch mobilenet_v3_small --smoke
 	$(PY) scripts/thread_scaling.py --arch mobilenet_v3_small --smoke
+	bash scripts/dense_compare.sh --smoke
 
 ## BatchNorm against GroupNorm, LayerNorm and InstanceNorm as the batch shrinks (about 40 min on
 ## 2 cores): bench-results/norm-study.json and docs/norm-study.png.
@@ -73,6 +74,7 @@ bench: release
 	$(PY) scripts/thread_scaling.py --arch mobilenet_v3_small
 	$(PY) scripts/train_compare.py --arch mobilenet_v2 --steps 20 --batch-size 32 --resolution 64
 	$(PY) scripts/classify_compare.py
+	bash scripts/dense_compare.sh
 
 ## Formatting, clippy, and the library built without the `cli` feature, with no clap or
 ## indicatif among its dependencies.

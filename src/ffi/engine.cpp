@@ -1,7 +1,7 @@
 // A folded model's forward as a list of oneDNN primitives, called directly (no TorchScript, no
 // ATen between layers): every convolution with its activation and residual add as post-ops,
 // squeeze-excitation as pooling, two 1x1 convolutions and a broadcast multiply, then global
-// pooling and the classifier as 1x1 convolutions, in fp32 or bf16. Activations keep one layout
+// pooling and the classifier as 1x1 convolutions (in fp32 our own kernel, Dense), in fp32 or bf16. Activations keep one layout
 // from the first layer to the last (8-channel blocks on AVX2, 16-channel blocks in fp32 on
 // AVX-512, NHWC in bf16; see Engine::maps_layout); buffers are reused as soon as a value is
 // dead. The primitives, reordered weights and buffers of each input shape are built on
@@ -20,10 +20,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -36,6 +38,7 @@
 #include "protect.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
+#include <immintrin.h>
 #include <omp.h>
 
 namespace {
@@ -94,8 +97,129 @@ struct Buffer {
 };
 
 struct Step {
+  Step(dnnl::primitive prim, std::unordered_map<int, memory> a)
+      : p(std::move(prim)), args(std::move(a)) {}
+  explicit Step(std::function<void()> f) : own(std::move(f)) {}
   dnnl::primitive p;
   std::unordered_map<int, memory> args;
+  std::function<void()> own;  // instead of `p`: one of our kernels (Dense)
+};
+
+// The classifier's layers (the 1x1 convolutions after the global pooling), `y[i] = act(W x[i] +
+// b)` on pooled features: for a batch of 1 a matrix-vector product that streams W (5 MB for a
+// 1280 -> 1000 classifier) for two flops per weight. oneDNN 3.2 runs them as its GEMM
+// (`x64:gemm:jit`). Here rows of W are taken 8 at a time and each is read once for every image
+// of the batch (AVX2: 8 rows of one image, or 4 rows of two images, per pass over the inputs),
+// the rows split across threads. scripts/dense_compare.sh times both in one process: 2026-12-01
+// on the 2-vCPU Zen 3 (3 runs), V2's 1280 -> 1000 with W out of cache, 1 image 0.45-0.53 ms
+// against 0.62-0.68 on one thread and 0.28-0.36 against 0.40-0.47 on two; 16 images 0.93-1.05
+// against 1.81-2.06 ms on two threads.
+//
+// Each output is summed the same way whatever the batch and the threads: eight partial sums
+// over the inputs in order (input j into sum j mod 8), added pairwise ((0+4)+(2+6))+((1+5)+
+// (3+7)), then the bias, then the activation. So an image's logits do not depend on its batch
+// (tests/it/optimizations.rs), and the AVX2 kernel and the portable one give the same bits.
+struct Dense {
+  std::vector<float> w;  // [out][in], PyTorch's layout
+  std::vector<float> b;  // [out]
+  int64_t in = 0, out = 0;
+  int32_t act = kIdentity;
+
+  static constexpr int64_t kRows = 8;
+
+  // `portable`: the portable code even where AVX2 is (to test that both give the same bits).
+  void run(const float* x, float* y, int64_t n, bool portable = false) const {
+    const int64_t blocks = (out + kRows - 1) / kRows;
+    const bool wide = !portable && has_avx2() && in % 8 == 0;
+    // All threads for a large product, one for a small one.
+    const bool parallel = 2 * n * in * out >= (int64_t{1} << 20) && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t o = blk * kRows, rows = std::min(kRows, out - o);
+      for (int64_t i = 0; i < n; i += 2) {
+        const int64_t imgs = std::min<int64_t>(2, n - i);
+        float sums[2][kRows];
+        if (wide && rows == kRows && imgs == 1) {
+          block_avx2<1, 8>(x + i * in, o, sums, 0);
+        } else if (wide && rows == kRows) {
+          block_avx2<2, 4>(x + i * in, o, sums, 0);
+          block_avx2<2, 4>(x + i * in, o + 4, sums, 4);
+        } else {
+          block_portable(x + i * in, imgs, o, rows, sums);
+        }
+        for (int64_t m = 0; m < imgs; ++m) {
+          for (int64_t r = 0; r < rows; ++r) {
+            y[(i + m) * out + o + r] = activate(sums[m][r] + b[o + r]);
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  static bool has_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return yes;
+  }
+
+  float activate(float v) const {
+    switch (act) {
+      case kRelu:
+        return v > 0.f ? v : 0.f;
+      case kRelu6:
+        return std::min(std::max(v, 0.f), 6.f);
+      case kHardswish:  // ATen's: x * min(max(x + 3, 0), 6) / 6
+        return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+      case kHardsigmoid:  // ATen's: min(max(x + 3, 0), 6) / 6
+        return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+      default:
+        return v;
+    }
+  }
+
+  // The eight partial sums added in the fixed order above.
+  static float reduce8(const float* l) {
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+  }
+
+  void block_portable(const float* x, int64_t imgs, int64_t o, int64_t rows,
+                      float (&sums)[2][kRows]) const {
+    for (int64_t m = 0; m < imgs; ++m) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w.data() + (o + r) * in;
+        const float* xm = x + m * in;
+        float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t j = 0; j < in; ++j) l[j % 8] = std::fma(wr[j], xm[j], l[j % 8]);
+        sums[m][r] = reduce8(l);
+      }
+    }
+  }
+
+  // Rows o..o+Rows of Imgs images into sums[m][at + r].
+  template <int Imgs, int Rows>
+  __attribute__((target("avx2,fma"))) void block_avx2(const float* x, int64_t o,
+                                                      float (&sums)[2][kRows], int at) const {
+    __m256 acc[Imgs][Rows];
+    for (int m = 0; m < Imgs; ++m) {
+      for (int r = 0; r < Rows; ++r) acc[m][r] = _mm256_setzero_ps();
+    }
+    const float* w0 = w.data() + o * in;
+    for (int64_t j = 0; j < in; j += 8) {
+      __m256 xv[Imgs];
+      for (int m = 0; m < Imgs; ++m) xv[m] = _mm256_loadu_ps(x + m * in + j);
+      for (int r = 0; r < Rows; ++r) {
+        const __m256 wv = _mm256_loadu_ps(w0 + r * in + j);
+        for (int m = 0; m < Imgs; ++m) acc[m][r] = _mm256_fmadd_ps(wv, xv[m], acc[m][r]);
+      }
+    }
+    alignas(32) float l[8];
+    for (int m = 0; m < Imgs; ++m) {
+      for (int r = 0; r < Rows; ++r) {
+        _mm256_store_ps(l, acc[m][r]);
+        sums[m][at + r] = reduce8(l);
+      }
+    }
+  }
 };
 
 // Everything one input shape needs.
@@ -235,7 +359,14 @@ class Engine {
   static void execute(Plan& p, const float* x, float* out) {
     p.input.set_data_handle(const_cast<float*>(x));
     p.output.set_data_handle(out);
-    for (auto& s : p.steps) s.p.execute(p.stream, s.args);
+    for (auto& s : p.steps) {
+      if (s.own) {
+        p.stream.wait();
+        s.own();
+      } else {
+        s.p.execute(p.stream, s.args);
+      }
+    }
     p.stream.wait();
   }
 
@@ -330,6 +461,7 @@ class Engine {
   // depthwise conv after it only takes with the reference kernel: a reorder of 1.6 MB).
   std::map<int, memory::desc> dst_hints_;
   bool new_hint_ = false;
+  bool in_head_ = false;  // planning the head: its 1x1 convolutions of pooled features are Dense
 
   template <typename Build>
   std::unique_ptr<Plan> planned(Build build) {
@@ -403,6 +535,10 @@ class Engine {
       throw std::invalid_argument("a convolution's weights do not fit its " + std::to_string(c) +
                                   "-channel input");
     }
+    if (in_head_ && act_ == dt::f32 && h == 1 && w == 1 && k == 1 && groups == 1 &&
+        stride == 1 && pad == 0 && residual == nullptr) {
+      return dense(plan, src, wdata, bdata, oc, act);
+    }
     memory::dims wd = groups == 1 ? memory::dims{oc, c, k, k}
                                   : memory::dims{groups, oc / groups, c / groups, k, k};
     tag wt = groups == 1 ? tag::oihw : tag::goihw;
@@ -464,6 +600,24 @@ class Engine {
                            {DNNL_ARG_WEIGHTS, wm},
                            {DNNL_ARG_BIAS, bm},
                            {DNNL_ARG_DST, dst.mem}}});
+    release(src);
+    return dst;
+  }
+
+  // A 1x1 convolution of [n, c, 1, 1] in fp32 as our Dense kernel (plain layouts in and out).
+  Value dense(Plan& plan, Value src, const std::vector<float>& wdata,
+              const std::vector<float>& bdata, int64_t oc, int32_t act) {
+    const auto dims = src.mem.get_desc().get_dims();
+    const int64_t n = dims[0], c = dims[1];
+    auto d = std::make_shared<Dense>();
+    d->w = wdata, d->b = bdata, d->in = c, d->out = oc, d->act = act;
+    src = as_layout(plan, src, memory::desc({n, c, 1, 1}, dt::f32, tag::nchw));
+    Value dst = alloc(plan, memory::desc({n, oc, 1, 1}, dt::f32, tag::nchw));
+    memory in = src.mem, out = dst.mem;
+    plan.steps.emplace_back([d, in, out, n] {
+      d->run(static_cast<const float*>(in.get_data_handle()),
+             static_cast<float*>(out.get_data_handle()), n);
+    });
     release(src);
     return dst;
   }
@@ -587,7 +741,9 @@ class Engine {
   std::unique_ptr<Plan> build_head(int64_t n, int64_t c) {
     auto plan = std::make_unique<Plan>(eng_);
     plan->input = memory(memory::desc({n, c, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
+    in_head_ = true;
     Value cur = walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
+    in_head_ = false;
     auto dims = cur.mem.get_desc().get_dims();
     if (dims[2] != 1 || dims[3] != 1) {
       throw std::invalid_argument("the program does not end in [N, classes]");
@@ -676,6 +832,21 @@ MN_EXPORT bool mn_engine_squeeze_excite(void* e, const float* w1, const float* b
 
 // Global average pooling to [N, C, 1, 1]; the classifier follows as 1x1 convolutions.
 MN_EXPORT void mn_engine_pool(void* e) { as_engine(e)->ops.push_back(Op(Op::kPool)); }
+
+// Our classifier kernel alone (Dense, fp32): `y` [n, out] = act(`x` [n, in] W^T + `b`) for `w`
+// [out, in]; `portable` runs its portable code even where AVX2 is. For tests.
+MN_EXPORT bool mn_engine_dense(const float* w, const float* b, int64_t in, int64_t out, int32_t act,
+                               const float* x, int64_t n, float* y, bool portable, char** err) {
+  MN_PROTECT({
+    if (in < 1 || out < 1 || n < 0) throw std::invalid_argument("bad dense shape");
+    check_act(act);
+    Dense d;
+    d.w = copy(w, in * out), d.b = copy(b, out), d.in = in, d.out = out, d.act = act;
+    d.run(x, y, n, portable);
+    return true;
+  })
+  return false;
+}
 
 // Runs the program on `x` ([n, 3, h, w], contiguous fp32) into `out` ([n, width]); an error
 // when the program does not give `width` values per image.

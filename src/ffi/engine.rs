@@ -49,6 +49,19 @@ struct Api {
     ) -> bool,
     pool: unsafe extern "C" fn(Handle),
     run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, i64, ErrOut) -> bool,
+    #[cfg_attr(not(test), allow(dead_code))]
+    dense: unsafe extern "C" fn(
+        *const f32,
+        *const f32,
+        i64,
+        i64,
+        i32,
+        *const f32,
+        i64,
+        *mut f32,
+        bool,
+        ErrOut,
+    ) -> bool,
 }
 
 /// The loaded library, or why it is not there.
@@ -123,6 +136,7 @@ fn load() -> std::result::Result<Api, String> {
         squeeze_excite: sym!("mn_engine_squeeze_excite"),
         pool: sym!("mn_engine_pool"),
         run: sym!("mn_engine_run"),
+        dense: sym!("mn_engine_dense"),
     })
 }
 
@@ -402,6 +416,107 @@ impl Drop for Engine {
         if let Ok(api) = api() {
             // SAFETY: created by the library's `mn_engine_new`, freed once.
             unsafe { (api.free)(self.engine.as_ptr()) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's classifier kernel (`Dense`) on `x` [n, inp]: its AVX2 code, then its portable
+    /// code.
+    fn dense(w: &[f32], b: &[f32], inp: usize, act: i32, x: &[f32], portable: bool) -> Vec<f32> {
+        let api = api().expect("the engine library loads");
+        let (out, n) = (b.len(), x.len() / inp);
+        let mut y = vec![f32::NAN; n * out];
+        let mut err = std::ptr::null_mut();
+        // SAFETY: w is [out, inp], b [out], x [n, inp] and y [n, out], alive for the call.
+        let ok = unsafe {
+            (api.dense)(
+                w.as_ptr(),
+                b.as_ptr(),
+                inp as i64,
+                out as i64,
+                act,
+                x.as_ptr(),
+                n as i64,
+                y.as_mut_ptr(),
+                portable,
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "dense").expect("dense runs");
+        y
+    }
+
+    /// Seeded values in [-1, 1).
+    fn values(count: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..count)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Each output is the same sum whatever the batch, the row block and the code path: the
+    /// AVX2 and portable kernels give the same bits, an image alone gives what it gives in a
+    /// batch, and the values are within float rounding of a float64 reference.
+    #[test]
+    fn dense_is_one_sum_per_output() {
+        if api().is_err() {
+            eprintln!("skipped: the engine library is not built");
+            return;
+        }
+        // (in, out): a classifier's shape, rows beyond a block of 8, inputs not a multiple of 8.
+        for (inp, out) in [(1280, 1000), (64, 13), (20, 9)] {
+            for act in [0, 1, 2, 3, 4] {
+                let w = values(inp * out, 1);
+                let b = values(out, 2);
+                let x = values(5 * inp, 3);
+                let batch = dense(&w, &b, inp, act, &x, false);
+                assert_eq!(
+                    batch.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    dense(&w, &b, inp, act, &x, true)
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{inp} -> {out}, activation {act}: AVX2 and portable code differ"
+                );
+                for i in 0..5 {
+                    let alone = dense(&w, &b, inp, act, &x[i * inp..(i + 1) * inp], false);
+                    assert_eq!(
+                        alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        batch[i * out..(i + 1) * out]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>(),
+                        "{inp} -> {out}: image {i} alone differs from the batch"
+                    );
+                    for o in 0..out {
+                        let z: f64 = b[o] as f64
+                            + (0..inp)
+                                .map(|j| w[o * inp + j] as f64 * x[i * inp + j] as f64)
+                                .sum::<f64>();
+                        let want = match act {
+                            1 => z.max(0.0),
+                            2 => z.clamp(0.0, 6.0),
+                            3 => z * (z + 3.0).clamp(0.0, 6.0) / 6.0,
+                            4 => (z + 3.0).clamp(0.0, 6.0) / 6.0,
+                            _ => z,
+                        };
+                        let got = batch[i * out + o] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{inp} -> {out}, activation {act}, image {i}, output {o}: {got} against {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
