@@ -1,9 +1,10 @@
 // A folded model's forward as a list of oneDNN primitives, called directly (no TorchScript, no
 // ATen between layers): every convolution with its activation and residual add as post-ops,
 // squeeze-excitation as pooling, two 1x1 convolutions and a broadcast multiply, then global
-// pooling and the classifier as 1x1 convolutions (in fp32 our own kernel, Dense), in fp32 or bf16. Activations keep one layout
-// from the first layer to the last (8-channel blocks on AVX2, 16-channel blocks in fp32 on
-// AVX-512, NHWC in bf16; see Engine::maps_layout); buffers are reused as soon as a value is
+// pooling and the classifier as 1x1 convolutions (in fp32 our own kernel, Dense), in fp32 or
+// bf16. Activations keep one layout from the first layer to the last (8-channel blocks on AVX2,
+// 16-channel blocks in fp32 on AVX-512, NHWC in bf16; see Engine::maps_layout); buffers are
+// reused as soon as a value is
 // dead. The primitives, reordered weights and buffers of each input shape are built on
 // its first forward and kept (a few shapes at most). A batch runs its layers up to the global
 // pooling one or two images at a time per thread ("lanes", Engine::run) and the classifier
@@ -38,8 +39,11 @@
 #include "protect.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
-#include <immintrin.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MN_DENSE_AVX2 1
+#endif
 
 namespace {
 
@@ -139,6 +143,7 @@ struct Dense {
       for (int64_t i = 0; i < n; i += 2) {
         const int64_t imgs = std::min<int64_t>(2, n - i);
         float sums[2][kRows];
+#ifdef MN_DENSE_AVX2
         if (wide && rows == kRows && imgs == 1) {
           block_avx2<1, 8>(x + i * in, o, sums, 0);
         } else if (wide && rows == kRows) {
@@ -147,6 +152,10 @@ struct Dense {
         } else {
           block_portable(x + i * in, imgs, o, rows, sums);
         }
+#else
+        (void)wide;
+        block_portable(x + i * in, imgs, o, rows, sums);
+#endif
         for (int64_t m = 0; m < imgs; ++m) {
           for (int64_t r = 0; r < rows; ++r) {
             y[(i + m) * out + o + r] = activate(sums[m][r] + b[o + r]);
@@ -158,14 +167,21 @@ struct Dense {
 
  private:
   static bool has_avx2() {
-    static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#ifdef MN_DENSE_AVX2
+    static const bool yes = [] {
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }();
     return yes;
+#else
+    return false;
+#endif
   }
 
   float activate(float v) const {
     switch (act) {
-      case kRelu:
-        return v > 0.f ? v : 0.f;
+      case kRelu:  // NaN stays NaN, as in ATen (std::max returns its first argument then)
+        return std::max(v, 0.f);
       case kRelu6:
         return std::min(std::max(v, 0.f), 6.f);
       case kHardswish:  // ATen's: x * min(max(x + 3, 0), 6) / 6
@@ -195,6 +211,7 @@ struct Dense {
     }
   }
 
+#ifdef MN_DENSE_AVX2
   // Rows o..o+Rows of Imgs images into sums[m][at + r].
   template <int Imgs, int Rows>
   __attribute__((target("avx2,fma"))) void block_avx2(const float* x, int64_t o,
@@ -220,6 +237,7 @@ struct Dense {
       }
     }
   }
+#endif
 };
 
 // Everything one input shape needs.
@@ -741,9 +759,16 @@ class Engine {
   std::unique_ptr<Plan> build_head(int64_t n, int64_t c) {
     auto plan = std::make_unique<Plan>(eng_);
     plan->input = memory(memory::desc({n, c, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
-    in_head_ = true;
-    Value cur = walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
-    in_head_ = false;
+    Value cur = [&] {
+      // Cleared however walk leaves (an error must not turn the next trunk's convolutions on
+      // 1x1 maps into Dense).
+      struct InHead {
+        bool& flag;
+        explicit InHead(bool& f) : flag(f) { flag = true; }
+        ~InHead() { flag = false; }
+      } in_head(in_head_);
+      return walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
+    }();
     auto dims = cur.mem.get_desc().get_dims();
     if (dims[2] != 1 || dims[3] != 1) {
       throw std::invalid_argument("the program does not end in [N, classes]");

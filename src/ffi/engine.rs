@@ -49,7 +49,8 @@ struct Api {
     ) -> bool,
     pool: unsafe extern "C" fn(Handle),
     run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, i64, ErrOut) -> bool,
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Tests only, so that an older build of the library (`MOBILENET_ENGINE_OVERRIDE`) loads.
+    #[cfg(test)]
     dense: unsafe extern "C" fn(
         *const f32,
         *const f32,
@@ -136,6 +137,7 @@ fn load() -> std::result::Result<Api, String> {
         squeeze_excite: sym!("mn_engine_squeeze_excite"),
         pool: sym!("mn_engine_pool"),
         run: sym!("mn_engine_run"),
+        #[cfg(test)]
         dense: sym!("mn_engine_dense"),
     })
 }
