@@ -13,11 +13,17 @@ cd "$(dirname "$0")/.."
 IN=1280 OUT=1000 SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --in) IN="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
+    --in) IN="${2-}"; shift $(($# > 1 ? 2 : 1)) ;;
+    --out) OUT="${2-}"; shift $(($# > 1 ? 2 : 1)) ;;
     --smoke) SMOKE=1; shift ;;
     *) echo "dense_compare.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
+done
+for v in "in:$IN" "out:$OUT"; do
+  if ! [[ "${v#*:}" =~ ^[1-9][0-9]{0,4}$ ]]; then
+    echo "dense_compare.sh: --${v%%:*} takes a whole number from 1 to 99999, not '${v#*:}'" >&2
+    exit 2
+  fi
 done
 ROOT=${MOBILENET_DNNL_ROOT:-.venv}
 CXX=${CXX:-g++}

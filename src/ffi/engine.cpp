@@ -4,9 +4,8 @@
 // pooling and the classifier as 1x1 convolutions (in fp32 our own kernel, Dense), in fp32 or
 // bf16. Activations keep one layout from the first layer to the last (8-channel blocks on AVX2,
 // 16-channel blocks in fp32 on AVX-512, NHWC in bf16; see Engine::maps_layout); buffers are
-// reused as soon as a value is
-// dead. The primitives, reordered weights and buffers of each input shape are built on
-// its first forward and kept (a few shapes at most). A batch runs its layers up to the global
+// reused as soon as a value is dead. The primitives, reordered weights and buffers of each input
+// shape are built on its first forward and kept (a few shapes at most). A batch runs its layers up to the global
 // pooling one or two images at a time per thread ("lanes", Engine::run) and the classifier
 // once for the batch.
 //
@@ -122,7 +121,8 @@ struct Step {
 // Each output is summed the same way whatever the batch and the threads: eight partial sums
 // over the inputs in order (input j into sum j mod 8), added pairwise ((0+4)+(2+6))+((1+5)+
 // (3+7)), then the bias, then the activation. So an image's logits do not depend on its batch
-// (tests/it/optimizations.rs), and the AVX2 kernel and the portable one give the same bits.
+// (tests/it/optimizations.rs), and the AVX2 kernel and the portable one give the same bits (the
+// unit test in src/ffi/engine.rs).
 struct Dense {
   std::vector<float> w;  // [out][in], PyTorch's layout
   std::vector<float> b;  // [out]
@@ -479,7 +479,6 @@ class Engine {
   // depthwise conv after it only takes with the reference kernel: a reorder of 1.6 MB).
   std::map<int, memory::desc> dst_hints_;
   bool new_hint_ = false;
-  bool in_head_ = false;  // planning the head: its 1x1 convolutions of pooled features are Dense
 
   template <typename Build>
   std::unique_ptr<Plan> planned(Build build) {
@@ -537,7 +536,8 @@ class Engine {
 
   // A convolution of `src` ([n, c, h, w]); with `residual`, `dst = act(conv(src) + residual)`
   // computed in the residual's buffer.
-  // `index`: the op's place in the program, for the layout hints (-1: none).
+  // `index`: the op's place in the program, for the layout hints and for telling the head's
+  // convolutions (after the global pooling, Dense in fp32) from the trunk's (-1: neither).
   Value conv(Plan& plan, Value src, const std::vector<float>& wdata, const std::vector<float>& bdata,
              int64_t oc, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t groups,
              int32_t act, Value* residual, int index) {
@@ -553,8 +553,9 @@ class Engine {
       throw std::invalid_argument("a convolution's weights do not fit its " + std::to_string(c) +
                                   "-channel input");
     }
-    if (in_head_ && act_ == dt::f32 && h == 1 && w == 1 && k == 1 && groups == 1 &&
-        stride == 1 && pad == 0 && residual == nullptr) {
+    // The head's (ops after the global pooling) 1x1 convolutions of pooled features.
+    if (act_ == dt::f32 && h == 1 && w == 1 && k == 1 && groups == 1 && stride == 1 &&
+        pad == 0 && residual == nullptr && index > static_cast<int>(pool_index())) {
       return dense(plan, src, wdata, bdata, oc, act);
     }
     memory::dims wd = groups == 1 ? memory::dims{oc, c, k, k}
@@ -759,16 +760,7 @@ class Engine {
   std::unique_ptr<Plan> build_head(int64_t n, int64_t c) {
     auto plan = std::make_unique<Plan>(eng_);
     plan->input = memory(memory::desc({n, c, 1, 1}, dt::f32, tag::nchw), eng_, nullptr);
-    Value cur = [&] {
-      // Cleared however walk leaves (an error must not turn the next trunk's convolutions on
-      // 1x1 maps into Dense).
-      struct InHead {
-        bool& flag;
-        explicit InHead(bool& f) : flag(f) { flag = true; }
-        ~InHead() { flag = false; }
-      } in_head(in_head_);
-      return walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
-    }();
+    Value cur = walk(*plan, Value{plan->input, nullptr}, pool_index() + 1, ops.size());
     auto dims = cur.mem.get_desc().get_dims();
     if (dims[2] != 1 || dims[3] != 1) {
       throw std::invalid_argument("the program does not end in [N, classes]");
