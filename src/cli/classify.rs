@@ -1,12 +1,18 @@
 //! `mobilenet classify`: the top-k classes of image files and folders (ImageNet's, or those of the
 //! model card beside the weights that `mobilenet train` writes, [`mobilenet::card`]).
 //!
-//! Streamed: worker threads decode and preprocess the images (by default PIL's path,
-//! [`mobilenet::preprocess::PilTransform`], on `uint8` buffers; the tensor path off the CPU is
-//! preprocessed on the model's device) while the model runs on earlier batches of the final float
-//! tensors ([`mobilenet::pipeline::ordered_map`]), so decoding, resizing and the model overlap on
-//! all cores and memory stays bounded however many files there are; results are printed in input
-//! order as each batch finishes. `--timings` reports the time of each stage.
+//! Streamed, in one of two ways; either way memory stays bounded however many files there are,
+//! and results are printed in input order as each batch finishes:
+//! - By default with the direct oneDNN engine on the CPU (fp32, PIL's path): each of the model's
+//!   threads takes the next image, decodes and preprocesses it and runs it through its own
+//!   one-image trunk ([`mobilenet::ffi::Lanes`]); the batch meets only in the classifier. No
+//!   second set of threads competes for the cores, and an image stays in its core's cache.
+//! - Otherwise (or with `--workers N`): worker threads decode and preprocess the images (PIL's
+//!   path, [`mobilenet::preprocess::PilTransform`], on `uint8` buffers; the tensor path off the
+//!   CPU is preprocessed on the model's device) while the model runs on earlier batches of the
+//!   final float tensors ([`mobilenet::pipeline::ordered_map`]).
+//!
+//! Both give the same bytes. `--timings` reports the time of each stage.
 //!
 //! Sharded batch inference ([`mobilenet::shard`]): `--shard K/N|auto` takes one slice of the
 //! inputs, `--output FILE` writes JSON Lines atomically, `--resume` continues a killed run.
@@ -124,7 +130,9 @@ pub struct Args {
     /// Center crop N x N [default: the weights' own, 224].
     #[arg(long, value_name = "N")]
     crop: Option<i64>,
-    /// Decoding threads [default: the number of CPUs, at most 8].
+    /// Decoding threads, beside the model's [default: none; with the direct oneDNN engine on
+    /// the CPU and PIL's path, each of the model's threads decodes its own images; else the
+    /// number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
     /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser instead of the
@@ -507,13 +515,21 @@ fn classify_inputs(
         .then(|| u32::try_from(transform.resize).unwrap_or(u32::MAX));
     let window = batch_size.max(4 * workers);
     let started = Instant::now();
-    let stream = ordered_map(inputs, workers, window, move |input| {
-        let mut times = StageTimes::default();
-        let loaded = load(input, &prep, draft, &mut times);
-        (loaded, times)
-    });
-
+    // With the engine on the CPU in fp32, PIL's path and no --workers: each of the model's
+    // threads decodes, preprocesses and runs the trunk for its own images, one at a time (see
+    // `lane_stream`); the batches then only meet in the head. (A bf16 engine would round the
+    // input itself, where the batched path gives it bf16 images.)
+    let fp32 = args.precision == Precision::Fp32;
+    let lanes = match (&prep, device, args.workers, model.engine()) {
+        (Prep::Pil(_), Device::Cpu, None, Some(engine)) if fp32 => {
+            let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
+            engine.lanes(threads, transform.crop, transform.crop)?
+        }
+        _ => None,
+    };
+    let lanes = lanes.as_ref();
     let classifier = BatchClassifier {
+        lanes,
         model,
         device,
         kind: args.precision.kind(),
@@ -523,6 +539,67 @@ fn classify_inputs(
         batches: Cell::default(),
         images: Cell::default(),
     };
+    let run = |stream: &mut dyn Iterator<Item = Loaded>| {
+        consume(
+            args,
+            &classifier,
+            report,
+            paths,
+            stream,
+            (on_device_prep, device, &transform),
+        )
+    };
+    let (report, completed, totals, workers) = match lanes {
+        Some(lanes) => {
+            let workers = lanes.take();
+            let count = workers.len();
+            // The head runs here, between the lanes' images: on this thread alone.
+            mobilenet::ffi::serial_thread();
+            std::thread::scope(|scope| {
+                let mut stream = lane_stream(
+                    scope,
+                    inputs,
+                    workers,
+                    (&prep, draft),
+                    window,
+                    lanes.channels(),
+                );
+                let (report, completed, totals) = run(&mut stream)?;
+                anyhow::Ok((report, completed, totals, count))
+            })?
+        }
+        None => {
+            let mut stream = ordered_map(inputs, workers, window, move |input| {
+                let mut times = StageTimes::default();
+                let loaded = load(input, &prep, draft, &mut times);
+                (loaded, times)
+            });
+            let (report, completed, totals) = run(&mut stream)?;
+            (report, completed, totals, workers)
+        }
+    };
+    if completed && args.timings {
+        print_timings(&classifier, totals, workers, started.elapsed());
+    }
+    Ok((report, completed))
+}
+
+/// What a worker hands over for one input: the prepared image or why not, and the time of
+/// each stage; `None` when the worker crashed on it.
+type Loaded = Option<(Result<Ready, String>, StageTimes)>;
+
+/// Runs `stream` (one item per path of `paths`, in order) through the model in batches,
+/// printing each result in order to `report`: the report, whether it completed (false when
+/// stdout closed), and the stages' total times.
+fn consume(
+    args: &Args,
+    classifier: &BatchClassifier,
+    mut report: Report<Sink>,
+    paths: Vec<PathBuf>,
+    stream: &mut dyn Iterator<Item = Loaded>,
+    (on_device_prep, device, transform): (bool, Device, &Transform),
+) -> anyhow::Result<(Report<Sink>, bool, StageTimes)> {
+    let batch_size = args.batch_size as usize;
     let mut totals = StageTimes::default();
     let mut pending: Vec<(PathBuf, Result<Ready, String>)> = Vec::new();
     let mut ready = 0;
@@ -531,10 +608,11 @@ fn classify_inputs(
             Some((Ok(image), times)) => {
                 totals.decode += times.decode;
                 totals.resize += times.resize;
+                totals.forward += times.forward;
                 match (on_device_prep, image) {
                     (true, Ready::Tensor(image)) => {
                         let start = Instant::now();
-                        let x = on_device(&image, device, &transform);
+                        let x = on_device(&image, device, transform);
                         totals.resize += start.elapsed();
                         x.map(Ready::Tensor)
                     }
@@ -548,17 +626,103 @@ fn classify_inputs(
         pending.push((path, entry));
         // Errors alone are printed at once; otherwise wait for a full batch.
         if ready == batch_size || ready == 0 {
-            if !report.flush(&classifier, &mut pending)? {
-                return Ok((report, false));
+            if !report.flush(classifier, &mut pending)? {
+                return Ok((report, false, totals));
             }
             ready = 0;
         }
     }
-    let completed = report.flush(&classifier, &mut pending)?;
-    if args.timings {
-        print_timings(&classifier, totals, workers, started.elapsed());
+    let completed = report.flush(classifier, &mut pending)?;
+    Ok((report, completed, totals))
+}
+
+/// The loaded inputs, in order, from one thread per lane: each takes the next input, decodes
+/// and preprocesses it (PIL's path) and runs it through its lane's trunk, so that the images
+/// reach the head as pooled features ([`Ready::Features`]). With the threads doing every stage
+/// of their own images there is no second set of threads to share the cores with, and an
+/// image's activations stay in its core's cache. At most `window` results wait for the
+/// consumer; dropping the iterator stops the threads after the image they hold.
+fn lane_stream<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    inputs: Vec<Input>,
+    lanes: Vec<mobilenet::ffi::Lane<'s>>,
+    (prep, draft): (&'s Prep, Option<u32>),
+    window: usize,
+    channels: usize,
+) -> impl Iterator<Item = Loaded> + 's {
+    let total = inputs.len();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(inputs.into_iter().enumerate()));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Loaded)>(window.max(1));
+    for mut lane in lanes {
+        let (queue, tx) = (std::sync::Arc::clone(&queue), tx.clone());
+        scope.spawn(move || {
+            // The lane's trunk runs on this thread alone; so do libtorch's ops here.
+            mobilenet::ffi::serial_thread();
+            let mut x = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some((i, input)) = next else { break };
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut times = StageTimes::default();
+                    let ready = load(input, prep, draft, &mut times).and_then(|image| {
+                        through_lane(image, &mut lane, &mut x, channels, &mut times)
+                    });
+                    (ready, times)
+                }))
+                .ok();
+                if tx.send((i, loaded)).is_err() {
+                    break;
+                }
+            }
+        });
     }
-    Ok((report, completed))
+    drop(tx);
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        if next == total {
+            return None;
+        }
+        while !waiting.contains_key(&next) {
+            match rx.recv() {
+                Ok((i, loaded)) => {
+                    waiting.insert(i, loaded);
+                }
+                // Every thread ended without this input: one crashed outside an image.
+                Err(_) => break,
+            }
+        }
+        let loaded = waiting.remove(&next).flatten();
+        next += 1;
+        Some(loaded)
+    })
+}
+
+/// PIL's values of one image (`[S, S, 3]`) through `lane`'s trunk, by way of the planar copy
+/// `x`: its pooled features.
+fn through_lane(
+    image: Ready,
+    lane: &mut mobilenet::ffi::Lane<'_>,
+    x: &mut Vec<f32>,
+    channels: usize,
+    times: &mut StageTimes,
+) -> Result<Ready, String> {
+    let Ready::Floats(hwc) = image else {
+        return Ok(image);
+    };
+    let start = Instant::now();
+    let plane = hwc.len() / 3;
+    x.resize(hwc.len(), 0.0);
+    for (p, rgb) in hwc.chunks_exact(3).enumerate() {
+        x[p] = rgb[0];
+        x[plane + p] = rgb[1];
+        x[2 * plane + p] = rgb[2];
+    }
+    let mut pooled = vec![0.0; channels];
+    lane.run(x, &mut pooled)
+        .map_err(|e| format!("cannot run the model: {e}"))?;
+    times.forward = start.elapsed();
+    Ok(Ready::Features(pooled))
 }
 
 /// `classify: timings {JSON}`: images through the model, wall time from the first decode to the
@@ -574,7 +738,7 @@ fn print_timings(classifier: &BatchClassifier, totals: StageTimes, workers: usiz
         "workers": workers,
         "decode_ms_per_image": per_image(totals.decode),
         "resize_ms_per_image": per_image(totals.resize),
-        "model_ms_per_image": per_image(classifier.model_time.get()),
+        "model_ms_per_image": per_image(classifier.model_time.get() + totals.forward),
         "batches": classifier.batches.get(),
     });
     eprintln!("classify: timings {timings}");
@@ -688,6 +852,8 @@ enum Ready {
     Floats(Vec<f32>),
     /// The tensor path: `float32 [3, S, S]`.
     Tensor(Tensor),
+    /// Through the trunk already ([`lane_stream`]): the pooled features.
+    Features(Vec<f32>),
 }
 
 /// What the workers do to each decoded image.
@@ -705,6 +871,8 @@ enum Prep {
 struct StageTimes {
     decode: Duration,
     resize: Duration,
+    /// The trunk, where a lane runs it ([`lane_stream`]).
+    forward: Duration,
 }
 
 /// Reads and decodes one input (with `draft`, letting the decoder downscale to at least
@@ -775,6 +943,8 @@ fn cannot_preprocess(error: mobilenet::Error) -> String {
 
 struct BatchClassifier<'a> {
     model: &'a Model,
+    /// The engine's lanes, which ran the trunk in the workers: the head is left.
+    lanes: Option<&'a mobilenet::ffi::Lanes<'a>>,
     device: Device,
     kind: Kind,
     k: i64,
@@ -798,10 +968,15 @@ impl BatchClassifier<'_> {
     }
 
     fn run(&self, images: &[&Ready]) -> anyhow::Result<Vec<Vec<(i64, f32)>>> {
-        let xs = self
-            .batch(images)?
-            .f_to_device_(self.device, self.kind, false, false)?;
-        let logits = self.model.f_forward_t(&xs, false)?;
+        let logits = match self.features(images) {
+            Some((lanes, pooled)) => lanes.head(&pooled)?,
+            None => {
+                let xs = self
+                    .batch(images)?
+                    .f_to_device_(self.device, self.kind, false, false)?;
+                self.model.f_forward_t(&xs, false)?
+            }
+        };
         let probs = logits.f_softmax(-1, Kind::Float)?;
         let (values, indices) = probs.f_topk(self.k, -1, true, true)?;
         let values: Vec<f32> = values
@@ -820,6 +995,19 @@ impl BatchClassifier<'_> {
             .collect())
     }
 
+    /// The lanes and the images' pooled features one after another, when the lanes ran them.
+    fn features(&self, images: &[&Ready]) -> Option<(&mobilenet::ffi::Lanes<'_>, Vec<f32>)> {
+        let lanes = self.lanes?;
+        let mut pooled = Vec::with_capacity(images.len() * lanes.channels());
+        for image in images {
+            let Ready::Features(f) = image else {
+                return None;
+            };
+            pooled.extend_from_slice(f);
+        }
+        Some((lanes, pooled))
+    }
+
     /// The images as one `float32 [N, 3, S, S]` tensor on the CPU: PIL's values joined
     /// (channels-last strides, as the model runs), the tensor path's stacked.
     fn batch(&self, images: &[&Ready]) -> anyhow::Result<Tensor> {
@@ -827,7 +1015,7 @@ impl BatchClassifier<'_> {
             .iter()
             .map(|r| match r {
                 Ready::Floats(v) => Some(v.as_slice()),
-                Ready::Tensor(_) => None,
+                _ => None,
             })
             .collect();
         if let Some(floats) = floats {
@@ -840,7 +1028,7 @@ impl BatchClassifier<'_> {
             .iter()
             .filter_map(|r| match r {
                 Ready::Tensor(t) => Some(t),
-                Ready::Floats(_) => None,
+                _ => None,
             })
             .collect();
         Ok(Tensor::f_stack(&tensors, 0)?)

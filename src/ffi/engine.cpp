@@ -329,6 +329,31 @@ class Engine {
     execute(head, pooled, out);
   }
 
+  // `count` one-image trunks for `h` x `w` images, each built for one thread, for the caller's
+  // own threads (classify's lanes, each of which also decodes its images): plan i runs on one
+  // thread at a time (run_lane). They hold their own reordered weights and buffers, outside
+  // the plan caches, so that nothing here evicts them.
+  std::unique_ptr<Lanes> own_lanes(int count, int64_t h, int64_t w) {
+    if (count < 1) throw std::invalid_argument("lanes: count must be at least 1");
+    auto lanes = std::make_unique<Lanes>();
+    ThreadsFor one(1);
+    for (int i = 0; i < count; ++i) {
+      lanes->plans.push_back(planned([&] { return build_trunk(1, h, w); }));
+    }
+    return lanes;
+  }
+
+  // One image `x` ([3, h, w]) through `p` on the calling thread alone: its pooled features.
+  static void run_lane(Plan& p, const float* x, float* pooled) {
+    ThreadsFor one(1);
+    execute(p, x, pooled);
+  }
+
+  // The head for `n` images of `c` pooled features on the calling thread's OpenMP threads.
+  void run_head(const float* pooled, int64_t n, int64_t c, float* out, int64_t width) {
+    execute(checked_head(n, c, width), pooled, out);
+  }
+
  private:
   static constexpr size_t kMaxPlans = 4;
   dt act_;
@@ -871,6 +896,44 @@ MN_EXPORT bool mn_engine_run(void* e, const float* x, int64_t n, int64_t h, int6
                    int64_t width, char** err) {
   MN_PROTECT({
     as_engine(e)->run(x, n, h, w, out, width);
+    return true;
+  })
+  return false;
+}
+
+// `count` one-image trunks for h x w images (Engine::own_lanes), with `channels` set to the
+// pooled features each gives; freed by mn_engine_lanes_free.
+MN_EXPORT void* mn_engine_lanes_new(void* e, int32_t count, int64_t h, int64_t w, int64_t* channels,
+                                    char** err) {
+  MN_PROTECT({
+    auto lanes = as_engine(e)->own_lanes(count, h, w);
+    *channels = lanes->plans[0]->channels;
+    return static_cast<void*>(lanes.release());
+  })
+  return nullptr;
+}
+
+MN_EXPORT void mn_engine_lanes_free(void* l) { delete static_cast<Lanes*>(l); }
+
+// Image `x` ([3, h, w] as the lanes were made for, contiguous fp32) through lane `lane` on the
+// calling thread: its pooled features into `pooled`. One thread at a time per lane.
+MN_EXPORT bool mn_engine_lane_run(void* l, int32_t lane, const float* x, float* pooled, char** err) {
+  MN_PROTECT({
+    auto* lanes = static_cast<Lanes*>(l);
+    if (lane < 0 || static_cast<size_t>(lane) >= lanes->plans.size()) {
+      throw std::invalid_argument("no lane " + std::to_string(lane));
+    }
+    Engine::run_lane(*lanes->plans[lane], x, pooled);
+    return true;
+  })
+  return false;
+}
+
+// The head alone: `pooled` ([n, c]) to `out` ([n, width]).
+MN_EXPORT bool mn_engine_head(void* e, const float* pooled, int64_t n, int64_t c, float* out,
+                              int64_t width, char** err) {
+  MN_PROTECT({
+    as_engine(e)->run_head(pooled, n, c, out, width);
     return true;
   })
   return false;

@@ -49,6 +49,8 @@ struct Api {
     ) -> bool,
     pool: unsafe extern "C" fn(Handle),
     run: unsafe extern "C" fn(Handle, *const f32, i64, i64, i64, *mut f32, i64, ErrOut) -> bool,
+    /// Own-thread lanes (absent from older builds of the library).
+    lanes: Option<LaneApi>,
     /// Tests only, so that an older build of the library (`MOBILENET_ENGINE_OVERRIDE`) loads.
     #[cfg(test)]
     dense: unsafe extern "C" fn(
@@ -63,6 +65,14 @@ struct Api {
         bool,
         ErrOut,
     ) -> bool,
+}
+
+/// The entry points of [`Lanes`].
+struct LaneApi {
+    new: unsafe extern "C" fn(Handle, i32, i64, i64, *mut i64, ErrOut) -> Handle,
+    free: unsafe extern "C" fn(Handle),
+    run: unsafe extern "C" fn(Handle, i32, *const f32, *mut f32, ErrOut) -> bool,
+    head: unsafe extern "C" fn(Handle, *const f32, i64, i64, *mut f32, i64, ErrOut) -> bool,
 }
 
 /// The loaded library, or why it is not there.
@@ -126,7 +136,24 @@ fn load() -> std::result::Result<Api, String> {
             unsafe { fn_pointer(p) }
         }};
     }
+    macro_rules! optional {
+        ($name:literal) => {{
+            // SAFETY: as in `sym!`.
+            let p = unsafe { libc::dlsym(handle, concat!($name, "\0").as_ptr().cast()) };
+            // SAFETY: engine.cpp defines the symbol with the signature of the field it fills.
+            (!p.is_null()).then(|| unsafe { fn_pointer(p) })
+        }};
+    }
+    let lanes = (|| {
+        Some(LaneApi {
+            new: optional!("mn_engine_lanes_new")?,
+            free: optional!("mn_engine_lanes_free")?,
+            run: optional!("mn_engine_lane_run")?,
+            head: optional!("mn_engine_head")?,
+        })
+    })();
     Ok(Api {
+        lanes,
         free_error: sym!("mn_engine_free_error"),
         version: sym!("mn_engine_version"),
         new: sym!("mn_engine_new"),
@@ -410,6 +437,156 @@ impl Engine {
             return Ok(out.f_to_kind(tch::Kind::BFloat16)?);
         }
         Ok(out)
+    }
+}
+
+impl Engine {
+    /// `count` one-image trunks for `h` x `w` images, for the caller's own threads ([`Lane`]),
+    /// and the head for their pooled features ([`Lanes::head`]): the forward split so that
+    /// each thread can run its own images (and decode them) with no OpenMP team between them.
+    /// An image's logits are bit for bit those of [`Engine::forward`]. `None` when the loaded
+    /// library is an older build without lanes.
+    pub fn lanes(&self, count: usize, h: i64, w: i64) -> Result<Option<Lanes<'_>>> {
+        let api = api().map_err(engine_error)?;
+        let Some(lane_api) = &api.lanes else {
+            return Ok(None);
+        };
+        let count = i32::try_from(count)
+            .ok()
+            .filter(|&c| c >= 1)
+            .ok_or_else(|| engine_error(&format!("lanes: bad count {count}")))?;
+        let (mut channels, mut err) = (0i64, std::ptr::null_mut());
+        // SAFETY: the engine is alive; the lanes it returns are freed on drop, before the
+        // engine (they borrow it).
+        let lanes =
+            unsafe { (lane_api.new)(self.engine.as_ptr(), count, h, w, &mut channels, &mut err) };
+        checked(api, !lanes.is_null(), err, "lanes")?;
+        Ok(Some(Lanes {
+            lanes: NonNull::new(lanes).ok_or_else(|| engine_error("no lanes"))?,
+            engine: self,
+            count: count as usize,
+            image: 3 * h * w,
+            channels,
+            taken: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+}
+
+/// One-image trunks of an [`Engine`] for the caller's threads, and its head.
+pub struct Lanes<'a> {
+    lanes: NonNull<c_void>,
+    engine: &'a Engine,
+    count: usize,
+    image: i64,
+    channels: i64,
+    taken: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Lanes<'a> {
+    /// The pooled features per image that a lane gives and [`Lanes::head`] takes.
+    pub fn channels(&self) -> usize {
+        self.channels as usize
+    }
+
+    /// The lanes, each to one thread; given out once (then an empty list).
+    pub fn take(&self) -> Vec<Lane<'_>> {
+        if self.taken.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Vec::new();
+        }
+        (0..self.count)
+            .map(|index| Lane {
+                lanes: self.lanes,
+                index: index as i32,
+                image: self.image as usize,
+                channels: self.channels as usize,
+                _lanes: std::marker::PhantomData,
+            })
+            .collect()
+    }
+
+    /// Logits `[n, classes]` (fp32; a bf16 engine's rounded to bf16) for `pooled`, `n` images'
+    /// features one after another.
+    pub fn head(&self, pooled: &[f32]) -> Result<Tensor> {
+        let api = api().map_err(engine_error)?;
+        let lane_api = api.lanes.as_ref().ok_or_else(|| engine_error("no lanes"))?;
+        let n = pooled.len() / self.channels as usize;
+        if n * self.channels as usize != pooled.len() {
+            return Err(engine_error(&format!(
+                "head: {} values are not whole images of {} features",
+                pooled.len(),
+                self.channels
+            )));
+        }
+        let classes = self.engine.classes;
+        let mut out = vec![0f32; n * classes as usize];
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `pooled` holds n x channels values and `out` n x classes; the engine checks
+        // that its program gives `classes` values per image.
+        let ok = unsafe {
+            (lane_api.head)(
+                self.engine.engine.as_ptr(),
+                pooled.as_ptr(),
+                n as i64,
+                self.channels,
+                out.as_mut_ptr(),
+                classes,
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "head")?;
+        Ok(Tensor::f_from_slice(&out)?.f_view([n as i64, classes])?)
+    }
+}
+
+impl Drop for Lanes<'_> {
+    fn drop(&mut self) {
+        if let Ok(Some(lane_api)) = api().map(|a| a.lanes.as_ref()) {
+            // SAFETY: made by `mn_engine_lanes_new`, freed once; no `Lane` outlives `self`.
+            unsafe { (lane_api.free)(self.lanes.as_ptr()) }
+        }
+    }
+}
+
+/// One of [`Lanes`]: runs one image at a time on the calling thread.
+pub struct Lane<'a> {
+    lanes: NonNull<c_void>,
+    index: i32,
+    image: usize,
+    channels: usize,
+    _lanes: std::marker::PhantomData<&'a ()>,
+}
+
+// SAFETY: a lane's plan is used by its one `Lane` only (`Lanes::take` gives each out once),
+// from whichever thread holds it; the plans share nothing mutable.
+unsafe impl Send for Lane<'_> {}
+
+impl Lane<'_> {
+    /// The pooled features (`pooled`, [`Lanes::channels`] values) of one image `x`
+    /// (`[3, H, W]`, contiguous, of the size the lanes were made for).
+    pub fn run(&mut self, x: &[f32], pooled: &mut [f32]) -> Result<()> {
+        if x.len() != self.image || pooled.len() != self.channels {
+            return Err(engine_error(&format!(
+                "lane: expected {} input and {} output values, got {} and {}",
+                self.image,
+                self.channels,
+                x.len(),
+                pooled.len()
+            )));
+        }
+        let api = api().map_err(engine_error)?;
+        let lane_api = api.lanes.as_ref().ok_or_else(|| engine_error("no lanes"))?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: sizes checked above; this lane runs on one thread at a time (`&mut self`).
+        let ok = unsafe {
+            (lane_api.run)(
+                self.lanes.as_ptr(),
+                self.index,
+                x.as_ptr(),
+                pooled.as_mut_ptr(),
+                &mut err,
+            )
+        };
+        checked(api, ok, err, "lane")
     }
 }
 

@@ -12,7 +12,7 @@
 //! [`Error::Torch`].
 
 mod engine;
-pub use engine::{engine_available, engine_load_error, engine_version, Engine};
+pub use engine::{engine_available, engine_load_error, engine_version, Engine, Lane, Lanes};
 
 use crate::{Error, Result};
 use std::ffi::{c_char, CStr};

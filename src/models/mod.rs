@@ -178,6 +178,11 @@ impl Model {
         self.engine.is_some()
     }
 
+    /// The direct oneDNN engine that eval-mode forwards run, when there is one.
+    pub fn engine(&self) -> Option<&crate::ffi::Engine> {
+        self.engine.as_ref()
+    }
+
     pub fn is_channels_last(&self) -> bool {
         self.channels_last
     }

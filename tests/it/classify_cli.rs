@@ -195,27 +195,29 @@ fn batch_size_does_not_change_results() {
     .collect();
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--json",
-            "--workers",
-            "3",
-            "--weights",
-            weights.to_str().unwrap(),
-        ];
+        let mut args = vec!["--json", "--weights", weights.to_str().unwrap()];
         args.extend_from_slice(extra);
         let out = classify(&args, &refs);
         assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
         records(&out)
     };
-    // The default forward (the direct oneDNN engine) gives the same bytes at any batch size;
-    // the compiled graph and the layer-by-layer path agree with it to rounding.
-    let one = run(&["--batch-size", "1"]);
+    // The default forward (the direct oneDNN engine) gives the same bytes at any batch size,
+    // with decoding threads of its own (--workers) or with each of the model's threads
+    // decoding its own images and running them through its lane (the default, one lane with
+    // --threads 1); the compiled graph and the layer-by-layer path agree with it to rounding.
+    let one = run(&["--workers", "3", "--batch-size", "1"]);
     assert_eq!(one.len(), 5);
-    assert_eq!(one, run(&["--batch-size", "2", "--threads", "1"]));
+    assert_eq!(
+        one,
+        run(&["--workers", "3", "--batch-size", "2", "--threads", "1"])
+    );
+    assert_eq!(one, run(&["--workers", "3", "--batch-size", "5"]));
     assert_eq!(one, run(&["--batch-size", "5"]));
+    assert_eq!(one, run(&["--batch-size", "2", "--threads", "1"]));
+    assert_eq!(one, run(&["--batch-size", "2", "--threads", "3"]));
     for other in [
-        run(&["--batch-size", "1", "--graph"]),
-        run(&["--batch-size", "2", "--no-engine"]),
+        run(&["--workers", "3", "--batch-size", "1", "--graph"]),
+        run(&["--workers", "3", "--batch-size", "2", "--no-engine"]),
     ] {
         for (a, b) in one.iter().zip(&other) {
             assert_eq!(a["path"], b["path"]);
@@ -309,6 +311,20 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
         "stderr: {}",
         stderr(&out)
     );
+    // The same records, byte for byte, with decoding threads beside the model's (the default
+    // above: each of the model's threads decodes its own images).
+    let separate = classify(
+        &[
+            "--json",
+            "--workers",
+            "2",
+            "--weights",
+            weights.to_str().unwrap(),
+        ],
+        &[&dir, &missing],
+    );
+    assert_eq!(separate.status.code(), Some(1));
+    assert_eq!(separate.stdout, out.stdout);
 
     // Text mode: tables on stdout, the failures on stderr with their paths, same exit code.
     let out = classify(&["--weights", weights.to_str().unwrap()], &[&dir]);

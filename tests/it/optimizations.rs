@@ -389,6 +389,70 @@ fn engine_batch_equals_each_image_alone() {
     f.assert_none();
 }
 
+/// The engine's lanes for the caller's own threads (`Engine::lanes`, what `classify` runs):
+/// images through one-image trunks on two threads of ours, in whatever order the threads take
+/// them, then the head for the batch, give the batched forward's logits bit for bit; a lane
+/// refuses values of the wrong size; the lanes are given out once.
+#[test]
+fn engine_lanes_on_our_threads_equal_the_batch() {
+    let mut f = Failures::new();
+    for (arch, name) in [EVERY_ARCH[1], EVERY_ARCH[3]] {
+        let mut model = load(arch, name);
+        model.fold_batch_norm().unwrap();
+        assert!(model.compile_engine().unwrap(), "{arch}");
+        let engine = model.engine().unwrap();
+        let x = normal(&[5, 3, 224, 224], 910);
+        let batch = logits(&model, &x);
+        let lanes = engine
+            .lanes(2, 224, 224)
+            .unwrap()
+            .expect("lanes in this build");
+        let c = lanes.channels();
+        let images: Vec<Vec<f32>> = (0..5)
+            .map(|i| Vec::<f32>::try_from(x.get(i).flatten(0, -1)).unwrap())
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut pooled = vec![vec![0f32; c]; 5];
+        let slots: Vec<std::sync::Mutex<&mut Vec<f32>>> =
+            pooled.iter_mut().map(std::sync::Mutex::new).collect();
+        let mut taken = lanes.take();
+        assert_eq!(taken.len(), 2, "{arch}");
+        assert!(lanes.take().is_empty(), "{arch}: lanes given out twice");
+        let mut wrong = vec![0f32; c + 1];
+        assert!(taken[0].run(&images[0], &mut wrong).is_err(), "{arch}");
+        assert!(
+            taken[0].run(&images[0][1..], &mut wrong[..c]).is_err(),
+            "{arch}"
+        );
+        std::thread::scope(|s| {
+            for mut lane in taken {
+                let (next, images, slots) = (&next, &images, &slots);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= images.len() {
+                        break;
+                    }
+                    let mut out = vec![0f32; c];
+                    lane.run(&images[i], &mut out).unwrap();
+                    **slots[i].lock().unwrap() = out;
+                });
+            }
+        });
+        drop(slots);
+        let head = lanes.head(&pooled.concat()).unwrap();
+        f.check(
+            head.equal(&batch),
+            arch,
+            format!(
+                "lanes then head differ from the batch by {}",
+                (&head - &batch).abs().max().double_value(&[])
+            ),
+        );
+        assert!(lanes.head(&pooled.concat()[1..]).is_err(), "{arch}");
+    }
+    f.assert_none();
+}
+
 #[test]
 fn non_batch_norms_are_left_unfolded() {
     let cfg = ModelConfig {
