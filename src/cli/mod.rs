@@ -54,6 +54,7 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    let quick_exit = matches!(cli.command, Command::Classify(_));
     let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Summary(args) => summary::run(args),
@@ -64,12 +65,40 @@ pub fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Train(args) => train::run(*args),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", without_backtrace(&format!("{err:#}")));
             ExitCode::from(2)
         }
+    };
+    if quick_exit {
+        exit_now(code);
+    }
+    code
+}
+
+/// Ends the process with `code` (0, 1 or 2) once everything written has left the process,
+/// without running the C++ static destructors: libtorch's tear its operator registry down one
+/// entry at a time (`torch::jit::deregisterOperator`, `Dispatcher::cleanup`), 0.2 s at every
+/// exit on a 2-vCPU Zen 3, 5% of `classify`'s run over 512 images. The command has returned, so
+/// its files are closed and its buffers flushed; stdout and C's streams (oneDNN's verbose
+/// lines) are flushed here.
+fn exit_now(code: ExitCode) -> ! {
+    use std::io::Write;
+    let status = if code == ExitCode::SUCCESS {
+        0
+    } else if code == ExitCode::from(1) {
+        1
+    } else {
+        2
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: fflush(NULL) flushes every C stream; _exit ends the process at once.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(status)
     }
 }
 
