@@ -519,11 +519,19 @@ fn classify_inputs(
     // threads decodes, preprocesses and runs the trunk for its own images, one at a time (see
     // `lane_stream`); the batches then only meet in the head. (A bf16 engine would round the
     // input itself, where the batched path gives it bf16 images.)
+    // One lane per thread, no more than there are inputs; if they cannot be built (memory),
+    // the batched path runs instead.
     let fp32 = args.precision == Precision::Fp32;
     let lanes = match (&prep, device, args.workers, model.engine()) {
-        (Prep::Pil(_), Device::Cpu, None, Some(engine)) if fp32 => {
+        (Prep::Pil(_), Device::Cpu, None, Some(engine)) if fp32 && !inputs.is_empty() => {
             let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
-            engine.lanes(threads, transform.crop, transform.crop)?
+            let count = threads.min(inputs.len());
+            engine
+                .lanes(count, transform.crop, transform.crop)
+                .unwrap_or_else(|e| {
+                    eprintln!("classify: warning: {e}; the model runs whole batches instead");
+                    None
+                })
         }
         _ => None,
     };
@@ -553,7 +561,8 @@ fn classify_inputs(
         Some(lanes) => {
             let workers = lanes.take();
             let count = workers.len();
-            // The head runs here, between the lanes' images: on this thread alone.
+            // The head runs here, between the lanes' images: on this thread alone (for the
+            // rest of the process, which ends after the results).
             mobilenet::ffi::serial_thread();
             std::thread::scope(|scope| {
                 let mut stream = lane_stream(
@@ -579,7 +588,8 @@ fn classify_inputs(
         }
     };
     if completed && args.timings {
-        print_timings(&classifier, totals, workers, started.elapsed());
+        let path = if lanes.is_some() { "lanes" } else { "workers" };
+        print_timings(&classifier, totals, (path, workers), started.elapsed());
     }
     Ok((report, completed))
 }
@@ -620,7 +630,7 @@ fn consume(
                 }
             }
             Some((Err(reason), _)) => Err(reason),
-            None => Err("internal error: the decoding thread crashed on this input".into()),
+            None => Err("internal error: the thread that prepared this input crashed".into()),
         };
         ready += entry.is_ok() as usize;
         pending.push((path, entry));
@@ -640,8 +650,9 @@ fn consume(
 /// and preprocesses it (PIL's path) and runs it through its lane's trunk, so that the images
 /// reach the head as pooled features ([`Ready::Features`]). With the threads doing every stage
 /// of their own images there is no second set of threads to share the cores with, and an
-/// image's activations stay in its core's cache. At most `window` results wait for the
-/// consumer; dropping the iterator stops the threads after the image they hold.
+/// image's activations stay in its core's cache. The threads take an input only while fewer
+/// than `window` of those taken wait for the consumer, so memory stays bounded whatever one
+/// slow image holds up; dropping the iterator stops the threads after the image they hold.
 fn lane_stream<'s>(
     scope: &'s std::thread::Scope<'s, '_>,
     inputs: Vec<Input>,
@@ -651,17 +662,16 @@ fn lane_stream<'s>(
     channels: usize,
 ) -> impl Iterator<Item = Loaded> + 's {
     let total = inputs.len();
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(inputs.into_iter().enumerate()));
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Loaded)>(window.max(1));
+    let window = window.max(1);
+    let gate = std::sync::Arc::new(Gate::new(inputs));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Loaded)>(window);
     for mut lane in lanes {
-        let (queue, tx) = (std::sync::Arc::clone(&queue), tx.clone());
+        let (gate, tx) = (std::sync::Arc::clone(&gate), tx.clone());
         scope.spawn(move || {
             // The lane's trunk runs on this thread alone; so do libtorch's ops here.
             mobilenet::ffi::serial_thread();
             let mut x = Vec::new();
-            loop {
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                let Some((i, input)) = next else { break };
+            while let Some((i, input)) = gate.take(window) {
                 let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut times = StageTimes::default();
                     let ready = load(input, prep, draft, &mut times).and_then(|image| {
@@ -677,12 +687,15 @@ fn lane_stream<'s>(
         });
     }
     drop(tx);
+    let stop = StopOnDrop(gate);
     let mut waiting = std::collections::BTreeMap::new();
     let mut next = 0;
     std::iter::from_fn(move || {
         if next == total {
             return None;
         }
+        // The input `next` was taken (taken >= consumed): its result comes, and the channel
+        // never stays full while this drains it.
         while !waiting.contains_key(&next) {
             match rx.recv() {
                 Ok((i, loaded)) => {
@@ -694,8 +707,78 @@ fn lane_stream<'s>(
         }
         let loaded = waiting.remove(&next).flatten();
         next += 1;
+        stop.0.consumed(next);
         Some(loaded)
     })
+}
+
+/// Hands [`lane_stream`]'s inputs out in order, at most `window` ahead of the consumer.
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+    turn: std::sync::Condvar,
+}
+
+struct GateState {
+    inputs: std::iter::Enumerate<std::vec::IntoIter<Input>>,
+    /// Inputs handed out, and results handed to the consumer.
+    taken: usize,
+    consumed: usize,
+    /// The consumer is gone.
+    stopped: bool,
+}
+
+impl Gate {
+    fn new(inputs: Vec<Input>) -> Gate {
+        Gate {
+            state: std::sync::Mutex::new(GateState {
+                inputs: inputs.into_iter().enumerate(),
+                taken: 0,
+                consumed: 0,
+                stopped: false,
+            }),
+            turn: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next input once fewer than `window` taken ones wait; `None` when there are no more
+    /// or the consumer is gone.
+    fn take(&self, window: usize) -> Option<(usize, Input)> {
+        let mut state = self.lock();
+        loop {
+            if state.stopped {
+                return None;
+            }
+            if state.taken < state.consumed + window {
+                state.taken += 1;
+                return state.inputs.next();
+            }
+            state = self
+                .turn
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn consumed(&self, count: usize) {
+        self.lock().consumed = count;
+        self.turn.notify_all();
+    }
+}
+
+/// Stops the gate's threads when the consumer drops the stream.
+struct StopOnDrop(std::sync::Arc<Gate>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.turn.notify_all();
+    }
 }
 
 /// PIL's values of one image (`[S, S, 3]`) through `lane`'s trunk, by way of the planar copy
@@ -720,21 +803,29 @@ fn through_lane(
     }
     let mut pooled = vec![0.0; channels];
     lane.run(x, &mut pooled)
-        .map_err(|e| format!("cannot run the model: {e}"))?;
+        .map_err(|e| format!("inference failed: {e:#}"))?;
     times.forward = start.elapsed();
     Ok(Ready::Features(pooled))
 }
 
 /// `classify: timings {JSON}`: images through the model, wall time from the first decode to the
-/// last result, and per image the decode and resize times (summed over the workers) and the
-/// model's forward (batched, with the softmax and top-k).
-fn print_timings(classifier: &BatchClassifier, totals: StageTimes, workers: usize, wall: Duration) {
+/// last result, the path (`lanes` or `workers`) and its thread count, and per image the decode
+/// and resize times (summed over the threads) and the model's: with workers, the batched
+/// forward with the softmax and top-k; in lanes, the one-image trunks summed over the lanes
+/// plus the classifier, softmax and top-k per batch.
+fn print_timings(
+    classifier: &BatchClassifier,
+    totals: StageTimes,
+    (path, workers): (&str, usize),
+    wall: Duration,
+) {
     let images = classifier.images.get();
     let per_image = |d: Duration| d.as_secs_f64() * 1e3 / images.max(1) as f64;
     let timings = serde_json::json!({
         "images": images,
         "seconds": wall.as_secs_f64(),
         "images_per_second": images as f64 / wall.as_secs_f64(),
+        "path": path,
         "workers": workers,
         "decode_ms_per_image": per_image(totals.decode),
         "resize_ms_per_image": per_image(totals.resize),
@@ -1220,4 +1311,38 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    /// A thread waits while `window` taken inputs wait for the consumer, goes on when one is
+    /// consumed, and gets `None` when the consumer is gone.
+    #[test]
+    fn gate_hands_out_at_most_window_ahead() {
+        let inputs = (0..5)
+            .map(|i| Input::Image(PathBuf::from(format!("{i}.png"))))
+            .collect();
+        let gate = Arc::new(Gate::new(inputs));
+        let index = |g: &Gate| g.take(2).map(|(i, _)| i);
+        assert_eq!(index(&gate), Some(0));
+        assert_eq!(index(&gate), Some(1));
+        let waiting = |gate: &Arc<Gate>| {
+            let g = Arc::clone(gate);
+            let h = thread::spawn(move || index(&g));
+            thread::sleep(Duration::from_millis(100));
+            assert!(!h.is_finished(), "took a third while two wait");
+            h
+        };
+        let h = waiting(&gate);
+        gate.consumed(1);
+        assert_eq!(h.join().unwrap(), Some(2));
+        let h = waiting(&gate);
+        drop(StopOnDrop(Arc::clone(&gate)));
+        assert_eq!(h.join().unwrap(), None);
+        assert_eq!(index(&gate), None);
+    }
 }

@@ -215,6 +215,38 @@ fn batch_size_does_not_change_results() {
     assert_eq!(one, run(&["--batch-size", "5"]));
     assert_eq!(one, run(&["--batch-size", "2", "--threads", "1"]));
     assert_eq!(one, run(&["--batch-size", "2", "--threads", "3"]));
+    // Those ran in lanes, one per thread and no more than the inputs; --workers does not.
+    let path_of = |extra: &[&str], files: &[&Path]| {
+        let mut args = vec![
+            "--json",
+            "--timings",
+            "--weights",
+            weights.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = classify(&args, files);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find_map(|l| l.strip_prefix("classify: timings "))
+            .unwrap_or_else(|| panic!("no timings in: {err}"));
+        let t: Value = serde_json::from_str(line).unwrap();
+        (
+            t["path"].as_str().unwrap().to_string(),
+            t["workers"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(path_of(&["--threads", "3"], &refs), ("lanes".into(), 3));
+    assert_eq!(
+        path_of(&["--threads", "3"], &refs[..1]),
+        ("lanes".into(), 1)
+    );
+    assert_eq!(path_of(&["--workers", "2"], &refs), ("workers".into(), 2));
+    assert_eq!(
+        path_of(&["--no-engine", "--threads", "2"], &refs).0,
+        "workers"
+    );
     for other in [
         run(&["--workers", "3", "--batch-size", "1", "--graph"]),
         run(&["--workers", "3", "--batch-size", "2", "--no-engine"]),
