@@ -719,8 +719,8 @@ struct Gate {
 }
 
 struct GateState {
-    inputs: std::iter::Enumerate<std::vec::IntoIter<Input>>,
-    /// Inputs handed out, and results handed to the consumer.
+    inputs: std::vec::IntoIter<Input>,
+    /// Inputs handed out (the next one's index), and results handed to the consumer.
     taken: usize,
     consumed: usize,
     /// The consumer is gone.
@@ -731,7 +731,7 @@ impl Gate {
     fn new(inputs: Vec<Input>) -> Gate {
         Gate {
             state: std::sync::Mutex::new(GateState {
-                inputs: inputs.into_iter().enumerate(),
+                inputs: inputs.into_iter(),
                 taken: 0,
                 consumed: 0,
                 stopped: false,
@@ -755,8 +755,9 @@ impl Gate {
                 return None;
             }
             if state.taken < state.consumed + window {
+                let input = state.inputs.next()?;
                 state.taken += 1;
-                return state.inputs.next();
+                return Some((state.taken - 1, input));
             }
             state = self
                 .turn

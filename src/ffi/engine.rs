@@ -448,7 +448,7 @@ impl Engine {
     /// library is an older build without lanes.
     pub fn lanes(&self, count: usize, h: i64, w: i64) -> Result<Option<Lanes<'_>>> {
         let api = api().map_err(engine_error)?;
-        let Some(lane_api) = &api.lanes else {
+        let Some(lane_api) = api.lanes.as_ref() else {
             return Ok(None);
         };
         let count = i32::try_from(count)
@@ -462,24 +462,28 @@ impl Engine {
             unsafe { (lane_api.new)(self.engine.as_ptr(), count, h, w, &mut channels, &mut err) };
         checked(api, !lanes.is_null(), err, "lanes")?;
         Ok(Some(Lanes {
+            api,
+            lane_api,
             lanes: NonNull::new(lanes).ok_or_else(|| engine_error("no lanes"))?,
             engine: self,
             count: count as usize,
             image: 3 * h * w,
             channels,
-            taken: std::sync::atomic::AtomicBool::new(false),
+            taken: std::cell::Cell::new(false),
         }))
     }
 }
 
 /// One-image trunks of an [`Engine`] for the caller's threads, and its head.
 pub struct Lanes<'a> {
+    api: &'static Api,
+    lane_api: &'static LaneApi,
     lanes: NonNull<c_void>,
     engine: &'a Engine,
     count: usize,
     image: i64,
     channels: i64,
-    taken: std::sync::atomic::AtomicBool,
+    taken: std::cell::Cell<bool>,
 }
 
 impl<'a> Lanes<'a> {
@@ -490,11 +494,13 @@ impl<'a> Lanes<'a> {
 
     /// The lanes, each to one thread; given out once (then an empty list).
     pub fn take(&self) -> Vec<Lane<'_>> {
-        if self.taken.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.taken.replace(true) {
             return Vec::new();
         }
         (0..self.count)
             .map(|index| Lane {
+                api: self.api,
+                lane_api: self.lane_api,
                 lanes: self.lanes,
                 index: index as i32,
                 image: self.image as usize,
@@ -507,8 +513,6 @@ impl<'a> Lanes<'a> {
     /// Logits `[n, classes]` (fp32; a bf16 engine's rounded to bf16) for `pooled`, `n` images'
     /// features one after another.
     pub fn head(&self, pooled: &[f32]) -> Result<Tensor> {
-        let api = api().map_err(engine_error)?;
-        let lane_api = api.lanes.as_ref().ok_or_else(|| engine_error("no lanes"))?;
         let n = pooled.len() / self.channels as usize;
         if n * self.channels as usize != pooled.len() {
             return Err(engine_error(&format!(
@@ -523,7 +527,7 @@ impl<'a> Lanes<'a> {
         // SAFETY: `pooled` holds n x channels values and `out` n x classes; the engine checks
         // that its program gives `classes` values per image.
         let ok = unsafe {
-            (lane_api.head)(
+            (self.lane_api.head)(
                 self.engine.engine.as_ptr(),
                 pooled.as_ptr(),
                 n as i64,
@@ -533,22 +537,22 @@ impl<'a> Lanes<'a> {
                 &mut err,
             )
         };
-        checked(api, ok, err, "head")?;
+        checked(self.api, ok, err, "head")?;
         Ok(Tensor::f_from_slice(&out)?.f_view([n as i64, classes])?)
     }
 }
 
 impl Drop for Lanes<'_> {
     fn drop(&mut self) {
-        if let Ok(Some(lane_api)) = api().map(|a| a.lanes.as_ref()) {
-            // SAFETY: made by `mn_engine_lanes_new`, freed once; no `Lane` outlives `self`.
-            unsafe { (lane_api.free)(self.lanes.as_ptr()) }
-        }
+        // SAFETY: made by `mn_engine_lanes_new`, freed once; no `Lane` outlives `self`.
+        unsafe { (self.lane_api.free)(self.lanes.as_ptr()) }
     }
 }
 
 /// One of [`Lanes`]: runs one image at a time on the calling thread.
 pub struct Lane<'a> {
+    api: &'static Api,
+    lane_api: &'static LaneApi,
     lanes: NonNull<c_void>,
     index: i32,
     image: usize,
@@ -573,12 +577,10 @@ impl Lane<'_> {
                 pooled.len()
             )));
         }
-        let api = api().map_err(engine_error)?;
-        let lane_api = api.lanes.as_ref().ok_or_else(|| engine_error("no lanes"))?;
         let mut err = std::ptr::null_mut();
         // SAFETY: sizes checked above; this lane runs on one thread at a time (`&mut self`).
         let ok = unsafe {
-            (lane_api.run)(
+            (self.lane_api.run)(
                 self.lanes.as_ptr(),
                 self.index,
                 x.as_ptr(),
@@ -586,7 +588,7 @@ impl Lane<'_> {
                 &mut err,
             )
         };
-        checked(api, ok, err, "lane")
+        checked(self.api, ok, err, "lane")
     }
 }
 
