@@ -131,8 +131,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     crop: Option<i64>,
     /// Decoding threads, beside the model's [default: none; with the direct oneDNN engine on
-    /// the CPU and PIL's path, each of the model's threads decodes its own images; else the
-    /// number of CPUs, at most 8].
+    /// the CPU in fp32 and PIL's path, each of the model's threads decodes its own images;
+    /// else the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: Option<u32>,
     /// On the CPU: compile the forward with libtorch's oneDNN Graph fuser instead of the
